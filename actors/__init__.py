@@ -1,0 +1,1 @@
+"""Thin Ray wrappers around pipeline/ and model/."""

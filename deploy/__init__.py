@@ -1,0 +1,1 @@
+"""Entry points and configuration: Serve app builder, serve config, Train launcher."""

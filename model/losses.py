@@ -1,0 +1,61 @@
+"""Per-patch losses and their rank-weighted aggregation.
+
+All patch maps live on the discriminator's logit grid: a pixel map (B, 1, H, W) is
+average-pooled with kernel = stride = P (the discriminator's patch size) to
+(B, 1, H/P, W/P), then flattened to (B, N) for ranking.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model.ranking import ranked_sum
+
+
+@dataclass(frozen=True)
+class RankConfig:
+    """Targeted patch ranking parameters (see model.ranking for the formula)."""
+
+    k: int = 8
+    decay: float = 0.9
+    floor: float = 0.0
+
+    def __call__(self, values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        return ranked_sum(values, self.k, self.decay, self.floor, valid)
+
+
+def to_patches(pixel_map: torch.Tensor, patch: int) -> torch.Tensor:
+    """pixel_map: (B, C, H, W) -> (B, H/patch, W/patch), channel-averaged patch means."""
+    return F.avg_pool2d(pixel_map.mean(1, keepdim=True), patch)[:, 0]
+
+
+def reconstruction_patch_loss(
+    x: torch.Tensor, x_hat: torch.Tensor, mask: torch.Tensor, patch: int, masked_weight: float
+) -> torch.Tensor:
+    """L1 reconstruction loss per patch, hidden pixels weighted (1 + masked_weight).
+
+    x, x_hat: (B, C, H, W); mask: (B, 1, H, W) 1 = hidden -> (B, N) with N = HW / patch**2.
+    """
+    pix = (x - x_hat).abs() * (1.0 + masked_weight * mask)  # (B, C, H, W)
+    return to_patches(pix, patch).flatten(1)
+
+
+def lsgan_patch_loss(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """Least-squares GAN loss per patch. logits: (B, 1, h, w) -> (B, h*w)."""
+    return ((logits - target) ** 2).flatten(1)
+
+
+def bce_patch_loss(logits: torch.Tensor, target: float) -> torch.Tensor:
+    """BCE-with-logits per patch. logits: (B, 1, h, w) -> (B, h*w)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none").flatten(1)
+
+
+def adversarial_patch_loss(logits: torch.Tensor, target: float, kind: str = "lsgan") -> torch.Tensor:
+    """Dispatch on the loss kind ("lsgan" or "bce"). logits: (B, 1, h, w) -> (B, h*w)."""
+    if kind == "lsgan":
+        return lsgan_patch_loss(logits, target)
+    if kind == "bce":
+        return bce_patch_loss(logits, target)
+    raise ValueError(f"unknown adversarial loss {kind!r} (use 'lsgan' or 'bce')")

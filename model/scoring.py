@@ -1,0 +1,222 @@
+"""The one scoring function: per-patch anomaly scores, ranked image and volume scores.
+
+Used unchanged by evaluation and by the Ray Serve scorer.
+
+Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
+ 1. Reconstruct x under each of the M complementary grid masks (one batched forward of
+    B*M images) and keep, for every pixel, the reconstruction made while it was hidden:
+    composite = sum_m mask_m * recon_m.
+ 2. Residual per pixel r = |x - composite| ("abs") or relu(x - composite) ("positive",
+    for lesions brighter than normal tissue), averaged over channels.
+ 3. Calibrate r against normal validation data: (r - mu) / sigma with mu, sigma per
+    pixel position ("position"), one global pair ("global"), or none.
+ 4. Patch reconstruction evidence = mean calibrated residual in each P x P patch;
+    discriminator evidence = -logit of D(x) for that patch ("does not look normal").
+    Both are z-scored with normal-patch statistics and summed with weights.
+ 5. Image score = rank-weighted top patches (model.ranking) over foreground patches,
+    then z-scored against normal validation images. Volume score = the same ranking
+    over slice scores.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.losses import RankConfig
+from model.masks import complementary_masks
+from model.ranking import ranked_sum
+
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    grid_cell: int = 16  # complementary-mask square side (pixels)
+    grid_period: int = 2  # M = period**2 complementary masks; 0 = no masking (ablation)
+    residual: str = "abs"  # "abs" | "positive"
+    calibration: str = "position"  # "none" | "global" | "position"
+    rec_weight: float = 1.0
+    disc_weight: float = 0.5
+    min_foreground: float = 0.25  # patch counts when >= this fraction is foreground
+    rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
+    volume_rank: RankConfig = field(default_factory=lambda: RankConfig(k=3, decay=0.8, floor=0.0))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScoringConfig":
+        d = dict(d)
+        for key in ("rank", "volume_rank"):
+            if isinstance(d.get(key), dict):
+                d[key] = RankConfig(**d[key])
+        return cls(**d)
+
+
+@dataclass
+class ScoreStats:
+    """Normal-data statistics stored in the checkpoint. Pixel stats: (1, 1, H, W)."""
+
+    pix_mean: torch.Tensor
+    pix_std: torch.Tensor
+    rec_mean: float = 0.0
+    rec_std: float = 1.0
+    disc_mean: float = 0.0
+    disc_std: float = 1.0
+    image_mean: float = 0.0
+    image_std: float = 1.0
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScoreStats":
+        return cls(**d)
+
+    @classmethod
+    def identity(cls, height: int, width: int) -> "ScoreStats":
+        return cls(torch.zeros(1, 1, height, width), torch.ones(1, 1, height, width))
+
+
+@dataclass
+class ScoreOutput:
+    patch_scores: torch.Tensor  # (B, h, w) combined, normalised
+    rec: torch.Tensor  # (B, h, w) reconstruction component (z)
+    disc: torch.Tensor  # (B, h, w) discriminator component (z)
+    valid: torch.Tensor  # (B, h, w) bool, foreground patches
+    image_scores: torch.Tensor  # (B,) normalised against normal images
+    pixel_map: torch.Tensor  # (B, H, W) per-pixel anomaly map for heatmaps / pixel AUROC
+    composite: torch.Tensor  # (B, C, H, W) masked reconstruction
+
+
+@torch.no_grad()
+def raw_maps(
+    recon: nn.Module, disc: nn.Module, x: torch.Tensor, cfg: ScoringConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x: (B, C, H, W) -> residual (B, 1, H, W), disc evidence (B, h, w), composite (B, C, H, W)."""
+    b, c, h, w = x.shape
+    if cfg.grid_period == 0:  # "no masking" ablation: plain autoencoding, nothing hidden
+        composite = recon(x, torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)).float()
+    else:
+        masks = complementary_masks(h, w, cfg.grid_cell, cfg.grid_period).to(x)  # (M, 1, H, W)
+        m = masks.shape[0]
+        xr = x.repeat_interleave(m, 0)  # (B*M, C, H, W)
+        mr = masks.repeat(b, 1, 1, 1)  # (B*M, 1, H, W)
+        rec = recon(xr, mr).float().view(b, m, c, h, w)
+        composite = (rec * masks[None]).sum(1)  # (B, C, H, W)
+    diff = x.float() - composite
+    if cfg.residual == "abs":
+        residual = diff.abs().mean(1, keepdim=True)
+    elif cfg.residual == "positive":
+        residual = diff.clamp_min(0).mean(1, keepdim=True)
+    else:
+        raise ValueError(f"unknown residual {cfg.residual!r} (use 'abs' or 'positive')")
+    evidence = -disc(x).float()[:, 0]  # (B, h, w)
+    return residual, evidence, composite
+
+
+def _calibrate(residual: torch.Tensor, stats: ScoreStats | None, cfg: ScoringConfig) -> torch.Tensor:
+    if stats is None or cfg.calibration == "none":
+        return residual
+    mu, sd = stats.pix_mean.to(residual), stats.pix_std.to(residual)
+    if cfg.calibration == "global":
+        mu, sd = mu.mean(), sd.mean()
+    elif cfg.calibration != "position":
+        raise ValueError(f"unknown calibration {cfg.calibration!r}")
+    return (residual - mu) / sd
+
+
+def _patch_valid(foreground: torch.Tensor | None, shape: tuple[int, ...], patch: int, cfg: ScoringConfig):
+    if foreground is None:
+        return torch.ones(shape, dtype=torch.bool)
+    frac = F.avg_pool2d(foreground.float(), patch)[:, 0]  # (B, h, w)
+    return frac >= cfg.min_foreground
+
+
+def combine(
+    residual: torch.Tensor,
+    evidence: torch.Tensor,
+    foreground: torch.Tensor | None,
+    stats: ScoreStats | None,
+    cfg: ScoringConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Raw maps -> (patch, rec_z, disc_z, valid, raw image score, pixel map).
+
+    residual: (B, 1, H, W); evidence: (B, h, w); foreground: (B, 1, H, W) or None.
+    """
+    patch = residual.shape[-1] // evidence.shape[-1]
+    cal = _calibrate(residual, stats, cfg)
+    rec = F.avg_pool2d(cal, patch)[:, 0]  # (B, h, w)
+    s = stats
+    rec_z = (rec - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)
+    disc_z = (evidence - (s.disc_mean if s else 0.0)) / (s.disc_std if s else 1.0)
+    if cfg.disc_weight == 0:
+        disc_z = torch.zeros_like(disc_z)
+    scores = cfg.rec_weight * rec_z + cfg.disc_weight * disc_z
+    valid = _patch_valid(foreground, tuple(scores.shape), patch, cfg).to(scores.device)
+    image_raw = ranked_sum(scores.flatten(1), cfg.rank.k, cfg.rank.decay, cfg.rank.floor, valid.flatten(1))
+    smooth = F.avg_pool2d(cal, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    pixel = cfg.rec_weight * (smooth - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)
+    up = F.interpolate(disc_z[:, None], size=residual.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    pixel = pixel + cfg.disc_weight * up
+    if foreground is not None:
+        pixel = torch.where(foreground[:, 0].bool(), pixel, torch.full_like(pixel, pixel.min().item()))
+    return scores, rec_z, disc_z, valid, image_raw, pixel
+
+
+@torch.no_grad()
+def score_images(
+    recon: nn.Module,
+    disc: nn.Module,
+    x: torch.Tensor,
+    *,
+    cfg: ScoringConfig,
+    stats: ScoreStats | None,
+    foreground: torch.Tensor | None = None,
+) -> ScoreOutput:
+    """x: (B, C, H, W) preprocessed slices; foreground: (B, 1, H, W) -> ScoreOutput."""
+    residual, evidence, composite = raw_maps(recon, disc, x, cfg)
+    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg)
+    image = (image_raw - (stats.image_mean if stats else 0.0)) / (stats.image_std if stats else 1.0)
+    return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
+
+
+def volume_score(slice_scores: torch.Tensor, cfg: ScoringConfig) -> float:
+    """slice_scores: (S,) -> rank-weighted top slices of one volume."""
+    r = cfg.volume_rank
+    return float(ranked_sum(slice_scores.reshape(1, -1).float(), r.k, r.decay, r.floor)[0])
+
+
+def _robust_std(t: torch.Tensor) -> float:
+    return max(float(t.std()), _EPS) if t.numel() > 1 else 1.0
+
+
+@torch.no_grad()
+def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConfig) -> ScoreStats:
+    """Fit normalisation statistics on normal validation data.
+
+    batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None).
+    """
+    res, ev, fgs = [], [], []
+    for x, fg in batches:
+        r, e, _ = raw_maps(recon, disc, x, cfg)
+        res.append(r.cpu())
+        ev.append(e.cpu())
+        fgs.append(fg.cpu() if fg is not None else torch.ones_like(r, dtype=torch.bool).cpu())
+    if not res:
+        raise ValueError("fit_score_stats needs at least one batch of normal validation data")
+    residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
+    pix_mean = residual.mean(0, keepdim=True)  # (1, 1, H, W)
+    pix_std = residual.std(0, keepdim=True) if len(residual) > 1 else torch.ones_like(pix_mean)
+    # Floor sigma so rarely-varying positions (background) cannot explode the z-score.
+    pix_std = pix_std.clamp_min(float(pix_std.median()) * 0.5 + _EPS)
+    stats = ScoreStats(pix_mean, pix_std)
+    _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg)
+    stats.rec_mean, stats.rec_std = float(rec_z[valid].mean()), _robust_std(rec_z[valid])
+    stats.disc_mean, stats.disc_std = float(disc_z[valid].mean()), _robust_std(disc_z[valid])
+    *_, image_raw, _ = combine(residual, evidence, fg, stats, cfg)
+    stats.image_mean, stats.image_std = float(image_raw.mean()), _robust_std(image_raw)
+    return stats

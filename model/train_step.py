@@ -1,0 +1,84 @@
+"""The one GAN training step, shared by local training and every Ray Train worker.
+
+One call = one reconstructor (generator) update + one discriminator update, both on
+rank-weighted per-patch losses. Works on plain modules and on DDP-wrapped ones.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from model.losses import RankConfig, adversarial_patch_loss, reconstruction_patch_loss
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Loss weights and switches of one training step (ablations flip these)."""
+
+    masked_weight: float = 4.0  # extra L1 weight on hidden pixels
+    adv_weight: float = 0.05  # generator's adversarial term relative to L1
+    adv_loss: str = "lsgan"  # "lsgan" or "bce"
+    use_discriminator: bool = True  # False = "no discriminator" ablation
+    rank: RankConfig = RankConfig(k=16, decay=0.95, floor=1.0)
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+def gan_step(
+    recon: nn.Module,
+    disc: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer | None,
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: StepConfig,
+    *,
+    amp: bool = False,
+) -> dict[str, float]:
+    """x: (B, C, H, W) normal images, mask: (B, 1, H, W) 1 = hidden -> scalar metrics.
+
+    amp: run forward passes under CUDA autocast in bfloat16 (no loss scaling needed).
+    DDP note: the generator's adversarial term goes through the *unwrapped*
+    discriminator (no gradient sync for a network that is not being updated), and the
+    discriminator sees real and fake in one concatenated forward, so each DDP module
+    runs exactly one forward per backward.
+    """
+    plain_disc = _unwrap(disc)
+    patch = plain_disc.patch_size
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+
+    def backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    # Generator (reconstructor) update.
+    with autocast:
+        x_hat = recon(x, mask)  # (B, C, H, W)
+        rec = cfg.rank(reconstruction_patch_loss(x, x_hat.float(), mask, patch, cfg.masked_weight)).mean()
+        loss_g = rec
+        adv = torch.zeros((), device=x.device)
+        if cfg.use_discriminator:
+            for p in plain_disc.parameters():
+                p.requires_grad_(False)
+            adv = cfg.rank(adversarial_patch_loss(plain_disc(x_hat).float(), 1.0, cfg.adv_loss)).mean()
+            for p in plain_disc.parameters():
+                p.requires_grad_(True)
+            loss_g = rec + cfg.adv_weight * adv
+    backward_step(loss_g, opt_g)
+
+    metrics = {"loss_g": float(loss_g.detach()), "loss_rec": float(rec.detach()), "loss_adv": float(adv.detach())}
+    if cfg.use_discriminator and opt_d is not None:
+        with autocast:
+            logits = disc(torch.cat([x, x_hat.detach()])).float()  # (2B, 1, h, w)
+            real = adversarial_patch_loss(logits[: len(x)], 1.0, cfg.adv_loss)
+            fake = adversarial_patch_loss(logits[len(x) :], 0.0, cfg.adv_loss)
+            loss_d = 0.5 * (cfg.rank(real).mean() + cfg.rank(fake).mean())
+        backward_step(loss_d, opt_d)
+        metrics["loss_d"] = float(loss_d.detach())
+    return metrics

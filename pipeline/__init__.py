@@ -1,0 +1,1 @@
+"""PatchRank data path: settings, loading, preprocessing, datasets, training, queue, sink, CLI."""

@@ -1,0 +1,91 @@
+"""Scan-level scoring on top of model.scoring.score_images (the one scoring function).
+
+Shared by `patchrank score`, evaluation and the Serve ingest deployment: slices are
+scored in batches, slice scores are ranked into a scan score, and the top patches of
+the scan are listed with their boxes in the scan's native pixel coordinates.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from model.checkpoint import LoadedModel
+from model.scoring import ScoreOutput, score_images, volume_score
+from pipeline.preprocess import Prepared
+
+
+@dataclass(frozen=True)
+class PatchHit:
+    rank: int  # 1 = most suspicious patch of the scan
+    slice_index: int
+    row: int  # patch grid row / col
+    col: int
+    y0: int  # pixel box in the native slice (rows y0:y1, cols x0:x1)
+    x0: int
+    y1: int
+    x1: int
+    score: float
+    rec: float
+    disc: float
+
+
+@dataclass
+class ScanScore:
+    scan_score: float
+    slice_scores: np.ndarray  # (S,)
+    slice_index: np.ndarray  # (S,)
+    patches: list[PatchHit]
+    pixel_maps: np.ndarray | None = None  # (S, H, W) model-resolution anomaly maps
+    extras: dict = field(default_factory=dict)
+
+
+def score_slices(model: LoadedModel, images: np.ndarray, foreground: np.ndarray, batch_size: int = 32, device: str = "cpu") -> ScoreOutput:
+    """images: (S, C, H, W), foreground: (S, 1, H, W) -> ScoreOutput over all S slices."""
+    outs = []
+    for s in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[s : s + batch_size]).to(device)
+        fg = torch.from_numpy(foreground[s : s + batch_size]).to(device)
+        outs.append(score_images(model.recon, model.disc, x, cfg=model.scoring, stats=model.stats, foreground=fg))
+    return ScoreOutput(*(torch.cat([getattr(o, f).cpu() for o in outs]) for f in ScoreOutput.__dataclass_fields__))
+
+
+def patch_box(row: int, col: int, patch: int, image_size: int, native_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Grid cell -> (y0, x0, y1, x1) in the native slice (undoing square padding and resize)."""
+    h0, w0 = native_shape
+    side = max(h0, w0)
+    scale = side / image_size
+    top, left = (side - h0) // 2, (side - w0) // 2
+    y0 = int(np.clip(np.floor(row * patch * scale) - top, 0, h0))
+    y1 = int(np.clip(np.ceil((row + 1) * patch * scale) - top, 0, h0))
+    x0 = int(np.clip(np.floor(col * patch * scale) - left, 0, w0))
+    x1 = int(np.clip(np.ceil((col + 1) * patch * scale) - left, 0, w0))
+    return y0, x0, y1, x1
+
+
+def rank_patches(out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[int, int], top_n: int) -> list[PatchHit]:
+    """Top-n valid patches over all slices of one scan, most suspicious first."""
+    s, h, w = out.patch_scores.shape
+    image_size = out.pixel_map.shape[-1]
+    patch = image_size // w
+    scores = out.patch_scores.masked_fill(~out.valid, float("-inf")).flatten()
+    n = int(min(top_n, int(out.valid.sum())))
+    if n == 0:
+        return []
+    top = torch.topk(scores, n).indices.tolist()
+    hits = []
+    for rank, flat in enumerate(top, start=1):
+        si, rem = divmod(flat, h * w)
+        r, c = divmod(rem, w)
+        y0, x0, y1, x1 = patch_box(r, c, patch, image_size, native_shape)
+        hits.append(PatchHit(rank, int(slice_index[si]), r, c, y0, x0, y1, x1, float(out.patch_scores[si, r, c]), float(out.rec[si, r, c]), float(out.disc[si, r, c])))
+    return hits
+
+
+def score_prepared(model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False) -> ScanScore:
+    out = score_slices(model, prep.images, prep.foreground, batch_size)
+    scan = volume_score(out.image_scores, model.scoring)
+    hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n)
+    maps = out.pixel_map.numpy() if keep_maps else None
+    return ScanScore(scan, out.image_scores.numpy(), prep.slice_index, hits, maps)

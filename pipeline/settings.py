@@ -1,0 +1,118 @@
+"""Validated configuration (pydantic, extra="forbid"), loaded once at the edge.
+
+model/ never sees these objects: `to_model_kwargs`-style helpers turn them into the
+plain keyword arguments and dataclasses that model/ takes.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.losses import RankConfig
+from model.scoring import ScoringConfig
+from model.train_step import StepConfig
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessConfig(Strict):
+    """The one preprocessing recipe; stored verbatim in every checkpoint."""
+
+    image_size: int = Field(128, ge=16, le=1024, description="square model input side, multiple of 16")
+    channels: int = Field(1, ge=1, le=8)
+    clip: float = Field(5.0, gt=0, description="z-score clip for volumes, then divided by clip -> [-1, 1]")
+    min_area_fraction: float = Field(0.15, ge=0, le=1, description="keep slices whose foreground area >= this x the largest slice's")
+    max_voxels: int = Field(512 * 512 * 512, ge=1, description="refuse volumes larger than this")
+
+    @model_validator(mode="after")
+    def _multiple_of_16(self) -> "PreprocessConfig":
+        if self.image_size % 16:
+            raise ValueError(f"image_size must be a multiple of 16, got {self.image_size}")
+        return self
+
+
+class ArchConfig(Strict):
+    base_channels: int = Field(16, ge=4, le=256)
+    depth: int = Field(4, ge=1, le=6)
+    disc_channels: int = Field(32, ge=4, le=512)
+    disc_layers: int = Field(3, ge=1, le=5)
+
+
+class MaskConfig(Strict):
+    min_boxes: int = Field(1, ge=1)
+    max_boxes: int = Field(4, ge=1)
+    min_size: float = Field(0.08, gt=0, le=1)
+    max_size: float = Field(0.25, gt=0, le=1)
+    grid_prob: float = Field(0.5, ge=0, le=1)
+
+
+class RankSettings(Strict):
+    k: int = Field(ge=1)
+    decay: float = Field(gt=0, le=1)
+    floor: float = Field(0.0, ge=0)
+
+    def to_model(self) -> RankConfig:
+        return RankConfig(k=self.k, decay=self.decay, floor=self.floor)
+
+
+class LossConfig(Strict):
+    masked_weight: float = Field(4.0, ge=0)
+    adv_weight: float = Field(0.05, ge=0)
+    adv_loss: Literal["lsgan", "bce"] = "lsgan"
+    use_discriminator: bool = True
+    use_masking: bool = True
+    rank: RankSettings = RankSettings(k=16, decay=0.95, floor=1.0)
+
+    def to_model(self) -> StepConfig:
+        return StepConfig(
+            masked_weight=self.masked_weight,
+            adv_weight=self.adv_weight,
+            adv_loss=self.adv_loss,
+            use_discriminator=self.use_discriminator,
+            rank=self.rank.to_model(),
+        )
+
+
+class ScoringSettings(Strict):
+    grid_period: int = Field(2, ge=0, le=4, description="0 = no masking at test time")
+    grid_cell: int | None = Field(None, ge=1, description="default: image_size // 8")
+    residual: Literal["abs", "positive"] = "abs"
+    calibration: Literal["none", "global", "position"] = "position"
+    rec_weight: float = Field(1.0, ge=0)
+    disc_weight: float = Field(0.5, ge=0)
+    min_foreground: float = Field(0.25, ge=0, le=1)
+    rank: RankSettings = RankSettings(k=4, decay=0.8)
+    volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
+
+    def to_model(self, image_size: int) -> ScoringConfig:
+        return ScoringConfig(
+            grid_cell=self.grid_cell or max(1, image_size // 8),
+            grid_period=self.grid_period,
+            residual=self.residual,
+            calibration=self.calibration,
+            rec_weight=self.rec_weight,
+            disc_weight=self.disc_weight,
+            min_foreground=self.min_foreground,
+            rank=self.rank.to_model(),
+            volume_rank=self.volume_rank.to_model(),
+        )
+
+
+class TrainConfig(Strict):
+    """Everything `patchrank train` needs besides paths."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1, description="per worker; global batch = batch_size x workers")
+    lr_g: float = Field(1e-3, gt=0)
+    lr_d: float = Field(1e-3, gt=0)
+    seed: int = 0
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of training subjects held out for score statistics")
+    max_val_slices: int = Field(512, ge=8)
+    preprocess: PreprocessConfig = PreprocessConfig()
+    arch: ArchConfig = ArchConfig()
+    masks: MaskConfig = MaskConfig()
+    loss: LossConfig = LossConfig()
+    scoring: ScoringSettings = ScoringSettings()
