@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import torch
@@ -12,17 +11,7 @@ from model.checkpoint import load_checkpoint
 from pipeline.datasets import SliceSet, build_slices, split_by_subject
 from pipeline.discover import discover
 from pipeline.settings import TrainConfig
-from pipeline.training import (
-    CurveLog,
-    batches,
-    build_mask_generator,
-    build_models,
-    build_optimizers,
-    run_epoch,
-    save_trained,
-    score_stats,
-    train_state,
-)
+from pipeline.training import CurveLog, Place, Reporter, epoch_line, fit_loop
 
 log = logging.getLogger("patchrank.train")
 
@@ -39,47 +28,64 @@ def prepare_data(data: str | Path, cfg: TrainConfig, modality: str = "flair", sh
     return train, val
 
 
-def fit_local(train: SliceSet, val: SliceSet, cfg: TrainConfig, out: str | Path, *, resume: bool = False, show: bool = True) -> str:
-    """Train in-process; checkpoint every epoch (atomic); returns the model_version."""
+def prepare_labelled(data: str | Path, cfg: TrainConfig, modality: str = "flair", show: bool = True) -> SliceSet:
+    """Every slice (normal and abnormal, labels 0/1, -1 = unknown) of a labelled validation set, for val AUROC."""
+    bar = (lambda it: tqdm(it, desc="loading labelled val scans", unit="scan", leave=False)) if show else None
+    return build_slices(discover(data, modality=modality), cfg.preprocess, normal_only=False, progress=bar)
+
+
+class LocalReporter(Reporter):
+    """In-process progress bar, learning-curve CSV and checkpoint file after every epoch."""
+
+    def __init__(self, out: Path, cfg: TrainConfig, show: bool) -> None:
+        self.out, self.cfg, self.show = out, cfg, show
+        self.curve = CurveLog(out.with_suffix(".curve.csv"))
+        self.version = ""
+        self.bar = None
+
+    def start_epoch(self, epoch: int, n_steps: int) -> None:
+        self.bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.show, leave=False)
+
+    def step(self, m: dict) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(rec=f"{m['loss_rec']:.4f}", d=f"{m.get('loss_d', 0):.3f}")
+
+    def end_epoch(self, epoch: int, row: dict, save) -> None:
+        self.bar.close()
+        self.curve.write(row)
+        self.version = save(self.out)
+        if self.show:
+            tqdm.write(epoch_line(row, self.cfg.epochs))
+
+
+def pick_device(gpu: bool) -> torch.device:
+    if not gpu:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--gpu given but torch sees no CUDA device")
+    return torch.device("cuda")
+
+
+def fit_local(train: SliceSet, val: SliceSet, cfg: TrainConfig, out: str | Path, *, resume: bool = False, show: bool = True,
+              gpu: bool = False, labelled: SliceSet | None = None) -> str:
+    """Train in-process (no torch.distributed); checkpoint every epoch (atomic); returns the model_version.
+
+    resume: continue from `out`'s weights, optimizer state, mask RNG and epoch.
+    gpu: one CUDA device with bf16 autocast. labelled: slices with 0/1 labels for val AUROC.
+    """
     out = Path(out)
-    recon, disc = build_models(cfg)
-    opt_g, opt_d = build_optimizers(recon, disc, cfg)
-    masks = build_mask_generator(cfg)
-    start = 0
+    state = None
     if resume and out.exists():
-        ck = load_checkpoint(out)
-        if not ck.train_state:
+        state = load_checkpoint(out)
+        if not state.train_state:
             raise ValueError(f"{out} has no training state to resume from")
-        recon.load_state_dict(ck.recon.state_dict())
-        disc.load_state_dict(ck.disc.state_dict())
-        opt_g.load_state_dict(ck.train_state["opt_g"])
-        opt_d.load_state_dict(ck.train_state["opt_d"])
-        masks.load_state_dict(ck.train_state["masks"])
-        start = int(ck.train_state["epoch"]) + 1
-        log.info("resuming from %s at epoch %d", out, start)
-    curve = CurveLog(out.with_suffix(".curve.csv"))
-    n_batches = -(-len(train) // cfg.batch_size)
-    version = ""
-    for epoch in range(start, cfg.epochs):
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not show, leave=False)
-
-        def on_step(m: dict) -> None:
-            bar.update(1)
-            bar.set_postfix(rec=f"{m['loss_rec']:.4f}", d=f"{m.get('loss_d', 0):.3f}")
-
-        t0 = time.perf_counter()
-        metrics = run_epoch(recon, disc, opt_g, opt_d, batches(train.images, cfg.batch_size, cfg.seed, epoch), masks, cfg, on_step=on_step)
-        bar.close()
-        stats = score_stats(recon, disc, val, cfg)
-        row = {"epoch": epoch + 1, **{k: round(v, 6) for k, v in metrics.items()}, "val_image_mean": stats.image_mean, "val_image_std": stats.image_std, "epoch_seconds": round(time.perf_counter() - t0, 2)}
-        curve.write(row)
-        meta = {"epochs_done": epoch + 1, "n_train_slices": len(train), "n_val_slices": int((val.labels == 0).sum())}
-        version = save_trained(out, recon, disc, cfg, stats, meta, train_state(opt_g, opt_d, masks, epoch))
-        if show:
-            tqdm.write(
-                f"epoch {epoch + 1}/{cfg.epochs}  loss_rec {metrics['loss_rec']:.4f}  loss_adv {metrics['loss_adv']:.4f}  "
-                f"loss_d {metrics.get('loss_d', 0):.4f}  {metrics['images_per_s']:.1f} img/s"
-            )
-    if not version:
-        version = load_checkpoint(out).model_version
-    return version
+        log.info("resuming from %s after epoch %d", out, int(state.train_state["epoch"]) + 1)
+    elif resume:
+        log.info("nothing to resume at %s; starting from scratch", out)
+    device = pick_device(gpu)
+    place = Place(device=device, amp=device.type == "cuda", wrap=lambda m: m.to(device))
+    reporter = LocalReporter(out, cfg, show)
+    if state is None:
+        reporter.curve.path.unlink(missing_ok=True)  # a fresh run starts a fresh learning curve
+    fit_loop(train, val, cfg, reporter, place=place, state=state, labelled=labelled)
+    return reporter.version or load_checkpoint(out).model_version

@@ -55,16 +55,34 @@ def build_mask_generator(cfg: TrainConfig, seed_offset: int = 0) -> BoxMaskGener
     )
 
 
-def batches(images: np.ndarray, batch_size: int, seed: int, epoch: int, flip: bool = True) -> Iterable[torch.Tensor]:
-    """Seeded shuffle + random left-right flip. images: (N, C, H, W) -> (B, C, H, W) batches."""
+def n_batches(n_images: int, batch_size: int, world: int = 1) -> int:
+    """Steps per epoch on every rank (the same on all ranks, see `batches`)."""
+    shard = -(-n_images // world)  # ceil
+    return -(-shard // batch_size)
+
+
+def batches(
+    images: np.ndarray, batch_size: int, seed: int, epoch: int, flip: bool = True, *, rank: int = 0, world: int = 1
+) -> Iterable[torch.Tensor]:
+    """Seeded shuffle + random left-right flip, sharded like torch's DistributedSampler.
+
+    images: (N, C, H, W) -> batches (B, C, H, W). Every rank draws the same epoch
+    permutation and flip decisions from (seed, epoch), wraps the order around to a
+    multiple of `world` and takes positions rank, rank + world, ... So all ranks run the
+    same number of steps (DDP needs that) and together see every image once per epoch.
+    world=1 is plain seeded shuffling (the in-process path).
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside world of {world}")
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(images))
+    flips = rng.random(len(order)) < 0.5 if flip else np.zeros(len(order), dtype=bool)
+    total = -(-len(order) // world) * world
+    order, flips = np.resize(order, total)[rank::world], np.resize(flips, total)[rank::world]
     for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+        idx, f = order[start : start + batch_size], flips[start : start + batch_size]
         x = images[idx].copy()
-        if flip:
-            f = rng.random(len(idx)) < 0.5
-            x[f] = x[f][..., ::-1]
+        x[f] = x[f][..., ::-1]
         yield torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -150,3 +168,123 @@ class CurveLog:
             if new:
                 w.writeheader()
             w.writerow(row)
+
+
+def _identity(x):
+    return x
+
+
+@dataclass
+class Place:
+    """Where one training process runs. The defaults are the in-process path (no
+    torch.distributed); a Ray Train worker sets rank/world, wraps the networks with
+    `ray.train.torch.prepare_model` (DDP) and reduces metrics across ranks."""
+
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    amp: bool = False  # bf16 autocast in gan_step (CUDA only)
+    wrap: Callable[[torch.nn.Module], torch.nn.Module] = _identity  # moves to device (+ DDP)
+    reduce: Callable[[dict], dict] = _identity  # epoch metrics -> metrics over all ranks
+    gather: Callable[[object], list] = lambda obj: [obj]  # one object per rank, in rank order
+
+
+class Reporter:
+    """What the loop tells the outside world (progress bar / Ray report); no-op base."""
+
+    def start_epoch(self, epoch: int, n_steps: int) -> None:
+        pass
+
+    def step(self, metrics: dict) -> None:
+        pass
+
+    def end_epoch(self, epoch: int, row: dict, save: Callable[[str | Path], str] | None) -> None:
+        """row: the epoch's metrics; save(path) writes the checkpoint (rank 0 only, else None)."""
+
+
+def restore_train_state(ts: dict | None, opt_g, opt_d, masks: BoxMaskGenerator, place: Place) -> int:
+    """Load optimizer and mask-RNG state saved by `fit_loop`; returns the epoch to start at."""
+    if not ts:
+        raise ValueError("checkpoint has no training state (optimizer, epoch) to resume from")
+    opt_g.load_state_dict(ts["opt_g"])
+    opt_d.load_state_dict(ts["opt_d"])
+    per_rank = ts.get("masks_by_rank")
+    if per_rank and len(per_rank) == place.world:
+        masks.load_state_dict(per_rank[place.rank])
+    elif place.rank == 0:
+        masks.load_state_dict(ts["masks"])
+    return int(ts["epoch"]) + 1
+
+
+def val_auroc(recon, disc, stats: ScoreStats, labelled: SliceSet | None, cfg: TrainConfig, device, batch_size: int = 32) -> float | None:
+    """Slice-level AUROC of the image score on labelled validation slices (None if one class is missing)."""
+    from model.scoring import score_images
+    from pipeline.metrics import auroc
+
+    if labelled is None:
+        return None
+    keep = np.flatnonzero(labelled.labels >= 0)
+    if len(keep) > cfg.max_val_slices:
+        keep = np.sort(np.random.default_rng(cfg.seed).choice(keep, cfg.max_val_slices, replace=False))
+    y = labelled.labels[keep]
+    if not (0 < y.sum() < len(y)):
+        return None
+    recon.eval()
+    disc.eval()
+    scoring = cfg.scoring.to_model(cfg.preprocess.image_size)
+    out = []
+    for s in range(0, len(keep), batch_size):
+        idx = keep[s : s + batch_size]
+        x, fg = torch.from_numpy(labelled.images[idx]).to(device), torch.from_numpy(labelled.foreground[idx]).to(device)
+        out.append(score_images(recon, disc, x, cfg=scoring, stats=stats, foreground=fg).image_scores.float().cpu())
+    return auroc(y, torch.cat(out).numpy())
+
+
+def fit_loop(train: SliceSet, val: SliceSet, cfg: TrainConfig, reporter: Reporter, *, place: Place = Place(),
+             state=None, labelled: SliceSet | None = None) -> None:
+    """THE training loop of every path: epochs of `run_epoch` (on this rank's shard), then on
+    rank 0 score statistics, optional validation AUROC and a checkpoint via `save_trained`.
+
+    state: a LoadedModel to continue from (weights, optimizers, mask RNG, epoch) or None.
+    """
+    recon, disc = build_models(cfg)
+    if state is not None:
+        recon.load_state_dict(state.recon.state_dict())
+        disc.load_state_dict(state.disc.state_dict())
+    recon, disc = place.wrap(recon), place.wrap(disc)
+    plain_r, plain_d = getattr(recon, "module", recon), getattr(disc, "module", disc)
+    opt_g, opt_d = build_optimizers(recon, disc, cfg)
+    masks = build_mask_generator(cfg, seed_offset=place.rank)
+    start = restore_train_state(state.train_state, opt_g, opt_d, masks, place) if state is not None else 0
+    steps = n_batches(len(train), cfg.batch_size, place.world)
+    for epoch in range(start, cfg.epochs):
+        reporter.start_epoch(epoch, steps)
+        t0 = time.perf_counter()
+        data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world)
+        m = place.reduce(run_epoch(recon, disc, opt_g, opt_d, data, masks, cfg, device=place.device, amp=place.amp, on_step=reporter.step))
+        mask_states = place.gather(masks.state_dict())
+        row = {"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in m.items()}}
+        save = None
+        if place.rank == 0:
+            stats = score_stats(plain_r, plain_d, val, cfg, place.device)
+            row.update(val_image_mean=stats.image_mean, val_image_std=stats.image_std)
+            auc = val_auroc(plain_r, plain_d, stats, labelled, cfg, place.device)
+            if auc is not None:
+                row["val_auroc"] = round(auc, 6)
+            row["epoch_seconds"] = round(time.perf_counter() - t0, 2)
+            ts = train_state(opt_g, opt_d, masks, epoch)
+            if place.world > 1:
+                ts["masks_by_rank"] = mask_states
+            meta = {"epochs_done": epoch + 1, "n_train_slices": len(train), "n_val_slices": int((val.labels == 0).sum()), "workers": place.world}
+
+            def save(path, stats=stats, meta=meta, ts=ts) -> str:
+                return save_trained(path, plain_r, plain_d, cfg, stats, meta, ts)
+
+        reporter.end_epoch(epoch, row, save)
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One human-readable progress line per epoch (the same for every path)."""
+    auc = f"  val_auroc {row['val_auroc']:.3f}" if "val_auroc" in row else ""
+    return (f"epoch {row['epoch']}/{epochs}  loss_rec {row['loss_rec']:.4f}  loss_adv {row['loss_adv']:.4f}  "
+            f"loss_d {row.get('loss_d', 0):.4f}  {row['images_per_s']:.1f} img/s{auc}")
