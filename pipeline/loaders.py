@@ -76,7 +76,7 @@ def load_nifti(path: str | Path, *, max_voxels: int | None = None, dims: tuple[i
     except (OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError, TypeError, MemoryError) as exc:
         raise ScanError(f"{path.name}: unreadable or corrupt NIfTI ({exc.__class__.__name__})") from None
     except Exception as exc:  # nibabel raises assorted errors on malformed headers
-        raise ScanError(f"{path.name}: unreadable NIfTI ({exc.__class__.__name__})") from None
+        raise ScanError(f"{path.name}: unreadable or corrupt NIfTI ({exc.__class__.__name__})") from None
     if not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise ScanError(f"{path.name}: {bad} non-finite (NaN/inf) voxels")

@@ -44,8 +44,12 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         if r["status"] == "failed":
             print(f"FAILED  {r['uri']}: {r['error']}")
+    aux = [p for p, why in skipped if why.startswith("label/mask")]
     for path, why in skipped:
-        print(f"skipped {path}: {why}")
+        if not why.startswith("label/mask"):
+            print(f"skipped {path}: {why}")
+    if aux:
+        print(f"skipped {len(aux)} label/mask files (not scans)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"model_version": model.model_version, "results": results}, indent=2))
     return 0

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Idempotent set-up: .venv with CPU torch (pinned), PatchRank (editable) and test deps,
+# plus redis-server (used by the embedded default and the tests) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "[setup] installing redis-server" >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "[setup] redis-server not found and apt-get unavailable: install Redis >= 6.2 yourself" >&2
+    exit 1
+  fi
+fi
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.patchrank-installed
+want=$(cat pyproject.toml requirements-ci.txt | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  echo "[setup] installing dependencies into .venv (first run takes a few minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install -q -r requirements-ci.txt 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true
+  .venv/bin/python -c "import torch, ray, redis, pyarrow, nibabel, pydantic, duckdb, model, pipeline" 
+  echo "$want" > "$stamp"
+fi

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test suite (unit + integration with a private redis-server and local Ray).
+# Extra args go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} RAY_DEDUP_LOGS=0
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "${@:-tests}"

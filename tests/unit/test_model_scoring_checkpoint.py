@@ -1,0 +1,170 @@
+"""The one scoring function and the checkpoint format."""
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from model import (
+    MaskedReconstructor,
+    PatchDiscriminator,
+    ScoringConfig,
+    fit_score_stats,
+    load_checkpoint,
+    save_checkpoint,
+    score_images,
+    volume_score,
+)
+from model.checkpoint import CheckpointError
+
+
+class CopyRecon(torch.nn.Module):
+    """A 'perfect normal model' stand-in: predicts a constant normal intensity."""
+
+    in_channels, base_channels, depth = 1, 1, 1
+
+    def __init__(self, value: float = 0.0) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, mask):
+        return torch.full_like(x, self.value)
+
+
+class ZeroDisc(torch.nn.Module):
+    patch_size = 4
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4)
+
+
+def test_score_shapes_and_hot_region():
+    cfg = ScoringConfig(grid_cell=4, calibration="none", disc_weight=0.0)
+    x = torch.zeros(2, 1, 32, 32)
+    x[1, 0, 12:16, 20:24] = 2.0  # one hot patch in image 1, cell (3, 5)
+    out = score_images(CopyRecon(), ZeroDisc(), x, cfg=cfg, stats=None)
+    assert out.patch_scores.shape == (2, 8, 8) and out.image_scores.shape == (2,)
+    assert out.pixel_map.shape == (2, 32, 32) and out.composite.shape == (2, 1, 32, 32)
+    flat = out.patch_scores[1].flatten()
+    assert divmod(int(flat.argmax()), 8) == (3, 5)
+    assert out.image_scores[1] > out.image_scores[0] + 0.5
+
+
+def test_foreground_excludes_background_patches():
+    cfg = ScoringConfig(grid_cell=4, calibration="none", disc_weight=0.0)
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 0:4, 0:4] = 5.0  # bright corner outside the foreground
+    fg = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    fg[..., 8:24, 8:24] = True
+    out = score_images(CopyRecon(), ZeroDisc(), x, cfg=cfg, stats=None, foreground=fg)
+    assert not out.valid[0, 0, 0]
+    assert out.image_scores[0].abs() < 1e-6
+
+
+def test_complementary_masking_reconstructs_every_pixel_while_hidden():
+    class MaskEcho(torch.nn.Module):
+        def forward(self, x, mask):
+            return mask.expand_as(x)  # 1 where hidden
+
+    cfg = ScoringConfig(grid_cell=4, calibration="none")
+    out = score_images(MaskEcho(), ZeroDisc(), torch.zeros(1, 1, 16, 16), cfg=cfg, stats=None)
+    assert torch.equal(out.composite, torch.ones(1, 1, 16, 16))
+
+
+def _trained_pair(seed=0):
+    torch.manual_seed(seed)
+    return MaskedReconstructor(1, base_channels=4, depth=2).eval(), PatchDiscriminator(1, base_channels=8, n_layers=2).eval()
+
+
+def test_stats_normalise_normal_data():
+    recon, disc = _trained_pair()
+    cfg = ScoringConfig(grid_cell=4)
+    normal = torch.randn(24, 1, 32, 32) * 0.1
+    stats = fit_score_stats(recon, disc, [(normal[:12], None), (normal[12:], None)], cfg)
+    out = score_images(recon, disc, normal, cfg=cfg, stats=stats)
+    assert abs(float(out.image_scores.mean())) < 1e-3
+    assert abs(float(out.image_scores.std()) - 1.0) < 1e-2
+    assert abs(float(out.rec[out.valid].mean())) < 1e-3
+
+
+def test_volume_score_is_ranked_over_slices():
+    cfg = ScoringConfig()  # volume_rank k=3 decay=0.8
+    s = torch.tensor([0.0, 0.1, 5.0, 0.2, 0.0])
+    expect = (5.0 + 0.2 * 0.8 + 0.1 * 0.64) / (1 + 0.8 + 0.64)
+    assert volume_score(s, cfg) == pytest.approx(expect, rel=1e-6)
+
+
+def test_checkpoint_round_trip_scores_identically(tmp_path):
+    recon, disc = _trained_pair(1)
+    cfg = ScoringConfig(grid_cell=4, residual="positive", rec_weight=0.7)
+    x = torch.randn(6, 1, 32, 32)
+    stats = fit_score_stats(recon, disc, [(x, None)], cfg)
+    v = save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats, meta={"note": "t"})
+    m = load_checkpoint(tmp_path / "m.pt")
+    assert m.model_version == v and m.scoring == cfg and m.preprocess == {"image_size": 32}
+    a = score_images(recon, disc, x, cfg=cfg, stats=stats)
+    b = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats)
+    assert torch.equal(a.image_scores, b.image_scores) and torch.equal(a.patch_scores, b.patch_scores)
+    # the version is a content hash: same content -> same version, other weights -> other version
+    assert save_checkpoint(tmp_path / "m2.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats) == v
+    r2, d2 = _trained_pair(2)
+    assert save_checkpoint(tmp_path / "m3.pt", r2, d2, preprocess={"image_size": 32}, scoring=cfg, stats=stats) != v
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_malicious_pickle_checkpoint_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    with open(p, "wb") as f:
+        pickle.dump({"format": "patchrank-ckpt/1", "x": Evil()}, f)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(p)
+
+
+def test_tampered_checkpoint_is_refused(tmp_path):
+    recon, disc = _trained_pair()
+    cfg = ScoringConfig(grid_cell=4)
+    stats = fit_score_stats(recon, disc, [(torch.randn(4, 1, 32, 32), None)], cfg)
+    save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={}, scoring=cfg, stats=stats)
+    payload = torch.load(tmp_path / "m.pt", weights_only=True)
+    payload["stats"]["image_mean"] += 1.0
+    torch.save(payload, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="content hash"):
+        load_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_model_package_is_pure_pytorch():
+    """`import model` must not pull in ray, redis, pyarrow, nibabel (or pydantic)."""
+    code = (
+        "import sys, model, model.checkpoint, model.scoring, model.train_step\n"
+        "bad = [m for m in ('ray', 'redis', 'pyarrow', 'nibabel', 'pydantic', 'duckdb', 'pipeline') if m in sys.modules]\n"
+        "print(','.join(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_model_sources_import_only_torch_numpy():
+    import ast
+    from pathlib import Path
+
+    allowed = {"torch", "numpy", "model", "__future__"}
+    stdlib = set(sys.stdlib_module_names)
+    for path in Path(__import__("model").__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            for n in names:
+                top = n.split(".")[0]
+                assert top in allowed or top in stdlib, f"{path.name} imports {n}"
