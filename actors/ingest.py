@@ -1,0 +1,103 @@
+"""Ingest: the stream consumer (pipeline.consumer.StreamConsumer) inside Ray.
+
+`IngestDeployment` is the Serve deployment: a background asyncio task in the replica
+consumes the stream with the async Redis client and sends slice chunks to the scorer
+deployment's handle. It reports the stream backlog (lag + pending, XINFO GROUPS) to
+Serve through `record_autoscaling_stats`, which the custom policy in
+deploy/autoscaling.py turns into a replica count.
+
+`IngestWorker` is a plain Ray actor with the same consumer and an in-process scorer,
+for running (and killing) a consumer without Serve.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict
+from typing import Awaitable, Callable
+
+import ray
+from ray import serve
+
+from pipeline.consumer import StreamConsumer
+from pipeline.service_settings import ServiceConfig
+from pipeline.slice_scorer import ModelInfo, SliceChunk, SliceResult, SliceScorer, model_info
+from pipeline.streams import AsyncStreamClient
+
+log = logging.getLogger(__name__)
+
+
+class _ConsumerHost:
+    """Runs one StreamConsumer as a background task of the current event loop."""
+
+    def _start(self, cfg: ServiceConfig, info: Callable[[], Awaitable[ModelInfo]], score: Callable[[SliceChunk], Awaitable[SliceResult]]) -> None:
+        self.cfg, self._info, self._score = cfg, info, score
+        self.consumer: StreamConsumer | None = None
+        self._stop = asyncio.Event()
+        self._client = AsyncStreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
+        self._task = asyncio.get_running_loop().create_task(self._main())
+
+    async def _main(self) -> None:
+        self.consumer = StreamConsumer(self.cfg, self._client, self._score, await self._info())
+        await self.consumer.run(self._stop)
+
+    async def stats(self) -> dict:
+        if self._task.done() and self._task.exception() is not None:
+            raise RuntimeError(f"consumer stopped: {self._task.exception()!r}")
+        return dict(self.consumer.stats) if self.consumer else {}
+
+    async def backlog(self) -> dict:
+        b = await self._client.backlog()
+        return {"length": b.length, "lag": b.lag, "pending": b.pending, "consumers": b.consumers}
+
+    async def stop(self) -> dict:
+        self._stop.set()
+        await self._task
+        return dict(self.consumer.stats) if self.consumer else {}
+
+
+@serve.deployment(name="Ingest", max_ongoing_requests=16)
+class IngestDeployment(_ConsumerHost):
+    def __init__(self, scorer, config: dict) -> None:
+        self._scorer = scorer  # DeploymentHandle of ScorerDeployment
+        self._start(ServiceConfig(**config), self._remote_info, self._remote_score)
+
+    async def _remote_info(self) -> ModelInfo:
+        return ModelInfo(**await self._scorer.info.remote())
+
+    async def _remote_score(self, chunk: SliceChunk) -> SliceResult:
+        return await self._scorer.score.remote(chunk)
+
+    async def record_autoscaling_stats(self) -> dict:
+        b = await self._client.backlog()
+        return {"backlog": float(b.lag + b.pending)}
+
+    def check_health(self) -> None:
+        if self._task.done():
+            raise RuntimeError(f"consumer task ended: {self._task.exception()!r}")
+
+    async def __call__(self, request=None) -> dict:
+        return {"consumer": self.consumer.name if self.consumer else None, "stats": await self.stats(), "backlog": await self.backlog()}
+
+    def __del__(self) -> None:
+        if hasattr(self, "_stop"):
+            self._stop.set()  # stop reading; anything unacknowledged is reclaimed by XAUTOCLAIM
+
+
+@ray.remote(max_restarts=0)
+class IngestWorker(_ConsumerHost):
+    """A consumer with its own in-process SliceScorer (no Serve)."""
+
+    async def __init__(self, config: dict) -> None:
+        cfg = ServiceConfig(**config)
+        self.scorer = await asyncio.to_thread(SliceScorer, cfg.checkpoint, device=cfg.device, torch_threads=cfg.torch_threads)
+        self._start(cfg, self._local_info, self._local_score)
+
+    async def _local_info(self) -> ModelInfo:
+        return model_info(self.scorer)
+
+    async def _local_score(self, chunk: SliceChunk) -> SliceResult:
+        return (await asyncio.to_thread(self.scorer.score_chunks, [chunk]))[0]
+
+    async def ready(self) -> dict:
+        return asdict(model_info(self.scorer))

@@ -1,0 +1,39 @@
+"""Serve scorer deployment: the checkpoint loaded once, slices batched with @serve.batch.
+
+A request is one SliceChunk (a few slices of one scan); `@serve.batch` gathers chunks
+from many concurrent scans up to `max_batch_size` *slices* (batch_size_fn counts
+slices) or `batch_wait_timeout_s`, and runs one forward of reconstructor +
+discriminator through pipeline.slice_scorer (-> model.scoring.score_images). Both knobs
+change at runtime through `user_config` (serve_config.yaml or `serve deploy` again).
+Placement (num_cpus / num_gpus) and autoscaling_config come from the app builder.
+"""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict
+
+from ray import serve
+
+from pipeline.slice_scorer import SliceChunk, SliceResult, SliceScorer, chunk_size, model_info
+
+
+@serve.deployment(name="Scorer", max_ongoing_requests=256)
+class ScorerDeployment:
+    def __init__(self, checkpoint: str, device: str = "cpu", torch_threads: int | None = None) -> None:
+        self.scorer = SliceScorer(checkpoint, device=device, torch_threads=torch_threads)
+
+    def reconfigure(self, user_config: dict) -> None:
+        """user_config: {max_batch_size: int, batch_wait_timeout_s: float} (both optional)."""
+        if "max_batch_size" in user_config:
+            self.score.set_max_batch_size(int(user_config["max_batch_size"]))
+        if "batch_wait_timeout_s" in user_config:
+            self.score.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+    def info(self) -> dict:
+        return asdict(model_info(self.scorer))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=chunk_size)
+    async def score(self, chunks: list[SliceChunk]) -> list[SliceResult]:
+        # The forward runs in a worker thread so this replica keeps accepting (and
+        # batching) requests while the model computes.
+        return await asyncio.to_thread(self.scorer.score_chunks, chunks)

@@ -1,0 +1,106 @@
+"""`patchrank enqueue`: add one stream entry per scan file (JSON reference, never pixels)."""
+from __future__ import annotations
+
+import argparse
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from pipeline.files import walk_scans
+
+
+@dataclass
+class EnqueueReport:
+    queued: list[tuple[str, str]] = field(default_factory=list)  # (scan_id, entry_id)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+    def summary(self) -> str:
+        lines = [f"queued {len(self.queued)} scans, skipped {len(self.skipped)}"]
+        for reason, n in Counter(r for _, r in self.skipped).most_common():
+            lines.append(f"  skipped {n}: {reason}")
+        return "\n".join(lines)
+
+
+def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Folders are walked for scan files; a file named explicitly is always queued, so an
+    unsupported or broken file becomes a `failed` result instead of vanishing."""
+    files, skipped = [], []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            files.append(p)
+        elif p.is_dir():
+            found, skip = walk_scans([p])
+            files.extend(found)
+            skipped.extend((str(q), why) for q, why in skip)
+        else:
+            skipped.append((str(p), "not found"))
+    return files, skipped
+
+
+def enqueue_paths(client, paths: list[str | Path], *, modality: str | None = None, show: bool = True, batch: int = 256) -> EnqueueReport:
+    """Walk paths, validate one ScanMessage per file, XADD them (pipelined, in batches)."""
+    from pipeline.messages import message_for
+
+    files, skipped = collect(paths)
+    report = EnqueueReport(skipped=skipped)
+    client.ensure_group()
+    seen: set[str] = set()
+    pending = []
+    bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=not show)
+    for f in files:
+        try:
+            msg = message_for(f, modality)
+        except (OSError, ValueError) as exc:
+            report.skipped.append((str(f), f"cannot stat/describe file ({exc.__class__.__name__})"))
+            bar.update(1)
+            continue
+        if msg.scan_id in seen:
+            report.skipped.append((str(f), "same file given twice"))
+            bar.update(1)
+            continue
+        seen.add(msg.scan_id)
+        pending.append(msg)
+        if len(pending) >= batch:
+            report.queued += zip([m.scan_id for m in pending], client.add_many(pending))
+            bar.update(len(pending))
+            pending = []
+    if pending:
+        report.queued += zip([m.scan_id for m in pending], client.add_many(pending))
+        bar.update(len(pending))
+    bar.close()
+    return report
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("enqueue", help="queue scan files on the Redis stream for the scoring service")
+    p.add_argument("paths", nargs="+", help="scan files or folders (.nii, .nii.gz, .png, .jpg); folders are walked")
+    p.add_argument("--redis-url", default=os.environ.get("PATCHRANK_REDIS_URL"), help="redis://[:password@]host:port/db or rediss:// (TLS); default $PATCHRANK_REDIS_URL")
+    p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
+    p.add_argument("--modality", help="modality tag stored in each message (e.g. flair)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.keys import StreamKeys
+    from pipeline.service_settings import ServiceConfig, redact_url
+    from pipeline.streams import StreamClient
+
+    if not args.redis_url:
+        raise ValueError("--redis-url (or $PATCHRANK_REDIS_URL) is required")
+    kw = ServiceConfig(redis_url=args.redis_url, namespace=args.namespace, checkpoint="-", output_dir="-").redis_kwargs()
+    client = StreamClient.from_url(args.redis_url, StreamKeys(args.namespace), **kw)
+    try:
+        report = enqueue_paths(client, args.paths, modality=args.modality)
+    finally:
+        client.close()
+    print(f"{redact_url(args.redis_url)} stream {StreamKeys(args.namespace).stream}")
+    print(report.summary())
+    for path, why in report.skipped[:20]:
+        print(f"  {path}: {why}")
+    if len(report.skipped) > 20:
+        print(f"  ... and {len(report.skipped) - 20} more")
+    return 0 if report.queued or not report.skipped else 1

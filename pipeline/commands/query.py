@@ -1,0 +1,72 @@
+"""`patchrank query`: ranked scans, SQL, and heatmaps over the Parquet result dataset."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("query", help="query scoring results (Parquet): top scans, SQL, per-scan heatmap PNG",
+                       description="Tables: scans, patches (deduplicated logical results) and scans_all, patches_all (every row).")
+    p.add_argument("dir", help="result dataset directory (the --out of `patchrank screen`)")
+    p.add_argument("--top", type=int, default=10, help="list the N most suspicious scans (default 10)")
+    p.add_argument("--patches", type=int, default=3, help="top patches listed per scan (default 3)")
+    p.add_argument("--model-version", help="only results of this model version")
+    p.add_argument("--sql", help='run SQL over the tables, e.g. "SELECT status, count(*) FROM scans GROUP BY 1"')
+    p.add_argument("--scan", help="scan_id (or unique prefix) to show / render")
+    p.add_argument("--png", help="with --scan: write the heatmap with ranked patch boxes to this PNG")
+    p.set_defaults(func=run)
+
+
+def _print_table(cols: list[str], rows: list[tuple], limit: int = 200) -> None:
+    cells = [[("" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)) for v in r] for r in rows[:limit]]
+    widths = [min(60, max([len(c)] + [len(r[i]) for r in cells])) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in cells:
+        print("  ".join(v[:w].ljust(w) for v, w in zip(r, widths)))
+    if len(rows) > limit:
+        print(f"... {len(rows) - limit} more rows")
+
+
+def _resolve(store, prefix: str) -> str:
+    ids = [r[0] for r in store.con.execute("SELECT DISTINCT scan_id FROM scans WHERE starts_with(scan_id, ?)", [prefix]).fetchall()]
+    if len(ids) != 1:
+        raise ValueError(f"scan id prefix {prefix!r} matches {len(ids)} scans")
+    return ids[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.query import ResultStore, format_ranking
+
+    store = ResultStore(args.dir)
+    if args.sql:
+        import duckdb
+
+        try:
+            cols, rows = store.sql(args.sql)
+        except duckdb.Error as exc:
+            raise ValueError(f"SQL error: {str(exc).splitlines()[0]}") from None
+        _print_table(cols, rows)
+        return 0
+    if args.scan:
+        scan_id = _resolve(store, args.scan)
+        row = store.scan(scan_id, args.model_version)
+        for k in ("scan_id", "uri", "status", "error", "scan_score", "n_slices", "model_version", "latency_s", "scored_at"):
+            print(f"{k:>14}: {row[k]}")
+        for p in store.patches_of(row["result_id"], args.patches):
+            print(f"  #{p['rank']} slice {p['slice_index']} rows {p['y0']}:{p['y1']} cols {p['x0']}:{p['x1']} score {p['score']:.3f} (rec {p['rec']:.2f}, disc {p['disc']:.2f})")
+        if args.png:
+            from pipeline.heatmap import render_scan_png
+
+            print(f"wrote {render_scan_png(store, scan_id, args.png, model_version=args.model_version)}")
+        return 0
+    if args.png:
+        raise ValueError("--png needs --scan ID")
+    counts = store.counts(args.model_version)
+    print(f"{sum(counts.values())} results: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    print(format_ranking(store.top_scans(args.top, model_version=args.model_version, patches=args.patches)))
+    failed = store.failed(args.model_version)
+    for f in failed[:20]:
+        print(f"FAILED {f['scan_id'][:12]}  {f['error']}")
+    if len(failed) > 20:
+        print(f"... {len(failed) - 20} more failed")
+    return 0
