@@ -101,6 +101,8 @@ def load_image(path: str | Path, *, channels: int | None = None, max_pixels: int
             arr = np.asarray(im, dtype=np.float32)
     except ScanError:
         raise
+    except Image.DecompressionBombError:
+        raise ScanError(f"{path.name}: image header claims more pixels than the limit of {max_pixels} (decompression bomb)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise ScanError(f"{path.name}: not a readable image ({exc.__class__.__name__})") from None
     if arr.ndim == 2:
