@@ -22,9 +22,12 @@ stamp=.venv/.patchrank-installed
 want=$(cat pyproject.toml requirements-ci.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing dependencies into .venv (first run takes a few minutes)" >&2
-  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q -r requirements-ci.txt 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | grep -v -e '^WARNING: Location' -e 'BuildBackendWarning' || true
+  log=.venv/setup.log
+  run() { "$@" >>"$log" 2>&1 || { echo "[setup] failed: $* (see $log)" >&2; tail -n 30 "$log" >&2; exit 1; }; }
+  : > "$log"
+  run .venv/bin/python -m pip install --upgrade pip
+  run .venv/bin/python -m pip install -r requirements-ci.txt
+  run .venv/bin/python -m pip install -e '.[dev]'
   .venv/bin/python -c "import torch, ray, redis, pyarrow, nibabel, pydantic, duckdb, model, pipeline" 
   echo "$want" > "$stamp"
 fi
