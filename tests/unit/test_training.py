@@ -1,0 +1,147 @@
+"""The shared training loop: sharded batches, the in-process path (--workers 0) with exact
+resume, and gan_step under DDP (2 CPU processes, gloo) matching one process on the full batch."""
+from __future__ import annotations
+
+import csv
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+
+from model.checkpoint import load_checkpoint
+from pipeline.settings import TrainConfig
+from pipeline.training import batches, build_mask_generator, build_models, build_optimizers, n_batches
+
+TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2}}
+
+
+def _coded_images(n: int) -> np.ndarray:
+    """(n, 1, 2, 2): image i holds [[i+1, -(i+1)], ...] so its id and flip state are readable."""
+    x = np.zeros((n, 1, 2, 2), np.float32)
+    ids = np.arange(1, n + 1, dtype=np.float32)[:, None]
+    x[:, 0, :, 0], x[:, 0, :, 1] = ids, -ids
+    return x
+
+
+def _id_flip(x: torch.Tensor) -> tuple[int, bool]:
+    return int(abs(x[0, 0, 0])) - 1, bool(x[0, 0, 0] < 0)
+
+
+@pytest.mark.parametrize("n,world,bs", [(10, 1, 4), (10, 2, 4), (11, 2, 3), (5, 3, 2), (2, 3, 4)])
+def test_sharded_batches_cover_every_image_with_equal_steps(n, world, bs):
+    imgs = _coded_images(n)
+    full = torch.cat(list(batches(imgs, n, 7, 3)))  # one global batch = the epoch order
+    shards = [list(batches(imgs, bs, 7, 3, rank=r, world=world)) for r in range(world)]
+    assert {len(s) for s in shards} == {n_batches(n, bs, world)}  # DDP: same step count everywhere
+    seen = [_id_flip(x) for s in shards for b in s for x in b]
+    assert {i for i, _ in seen} == set(range(n))
+    assert len(seen) == -(-n // world) * world  # padded by wrapping around, like DistributedSampler
+    flip_of = dict(_id_flip(x) for x in full)  # each image keeps the unsharded epoch's flip decision
+    assert all(flip_of[i] == f for i, f in seen)
+    assert 0 < sum(flip_of.values()) < n or n < 4
+
+
+def test_batches_reject_bad_rank():
+    with pytest.raises(ValueError, match="rank"):
+        next(batches(_coded_images(4), 2, 0, 0, rank=2, world=2))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(phantom_dir):
+    from pipeline.train_local import prepare_data
+
+    return prepare_data(phantom_dir, TrainConfig(**TINY), show=False)
+
+
+@pytest.mark.timeout(120)
+def test_workers0_resume_continues_exactly(tiny_data, tmp_path):
+    from pipeline.train_local import fit_local
+
+    train, val = tiny_data
+    straight = fit_local(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", show=False)
+    fit_local(train, val, TrainConfig(epochs=1, **TINY), tmp_path / "b.pt", show=False)
+    resumed = fit_local(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "b.pt", resume=True, show=False)
+    assert not dist.is_initialized()  # the in-process path never touches torch.distributed
+    assert resumed == straight  # same weights + stats: it continued (epoch 2 only), not restarted
+    ck = load_checkpoint(tmp_path / "b.pt")
+    assert ck.meta["epochs_done"] == 2 and ck.train_state["epoch"] == 1
+    rows = list(csv.DictReader((tmp_path / "b.curve.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+
+
+@pytest.mark.timeout(120)
+def test_cli_workers0_with_labelled_val(phantom_dir, tmp_path, capsys):
+    import json
+
+    from pipeline.cli import main
+
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({**TINY, "epochs": 1}))
+    out = tmp_path / "m.pt"
+    assert main(["train", "--data", str(phantom_dir), "--out", str(out), "--config", str(cfg), "--workers", "0",
+                 "--val-data", str(phantom_dir), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert f"done: checkpoint {out}" in text and "in-process" in text
+    row = next(csv.DictReader(out.with_suffix(".curve.csv").open()))
+    assert 0.0 <= float(row["val_auroc"]) <= 1.0
+    assert load_checkpoint(out).meta["workers"] == 1
+    assert main(["train", "--data", str(phantom_dir), "--out", str(out), "--workers", "-1"]) == 2
+    assert main(["train", "--data", str(phantom_dir), "--out", str(out), "--address", "auto"]) == 2
+
+
+def _ddp_step(rank: int, world: int, port: int, tmp: str) -> None:
+    """One gan_step per process on its half of a fixed batch, networks wrapped in DDP."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from model.train_step import gan_step
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        cfg = TrainConfig(**TINY)
+        recon, disc = build_models(cfg)
+        recon, disc = DDP(recon), DDP(disc)
+        opt_g, opt_d = build_optimizers(recon, disc, cfg)
+        x, mask = _fixed_batch(cfg)
+        half = len(x) // world
+        sl = slice(rank * half, (rank + 1) * half)
+        for _ in range(2):
+            m = gan_step(recon, disc, opt_g, opt_d, x[sl], mask[sl], cfg.loss.to_model())
+        if rank == 0:
+            torch.save({"recon": recon.module.state_dict(), "disc": disc.module.state_dict(), "m": m}, f"{tmp}/ddp.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def _fixed_batch(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(4, 1, 32, 32, generator=g) * 2 - 1
+    return x, build_mask_generator(cfg)(4, 32, 32)
+
+
+@pytest.mark.timeout(120)
+def test_gan_step_under_ddp_matches_single_process_full_batch(tmp_path):
+    """Two gloo ranks on half batches == one process on the whole batch (gradients averaged by
+    DDP); also proves gan_step runs one forward per backward for each DDP module."""
+    from torch import multiprocessing as mp
+
+    from model.train_step import gan_step
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.start_processes(_ddp_step, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    cfg = TrainConfig(**TINY)
+    recon, disc = build_models(cfg)
+    opt_g, opt_d = build_optimizers(recon, disc, cfg)
+    x, mask = _fixed_batch(cfg)
+    for _ in range(2):
+        gan_step(recon, disc, opt_g, opt_d, x, mask, cfg.loss.to_model())
+    for name, net in (("recon", recon), ("disc", disc)):
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(ddp[name][k], v, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
+    assert dist.is_available() and not dist.is_initialized()
