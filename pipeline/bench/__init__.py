@@ -1,0 +1,1 @@
+"""Benchmarks behind `patchrank bench <name>` (one module per benchmark, see pipeline/commands/bench.py)."""

@@ -1,0 +1,157 @@
+"""The quality benchmark: PatchRank, ablations and baselines on the same subject-level folds.
+
+Folds: subjects are shuffled with the seed and dealt into K folds (stratified by
+image label when records carry one, so every ISIC fold has malignant images). For
+fold i the test set is fold i's subjects; every other subject is training data, of
+which only normal slices / benign images are used; `split_by_subject` holds out
+`val_fraction` of the training subjects for the score statistics. Every method sees
+exactly the same training, validation and test slices.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline.datasets import DatasetError, Record, build_slices, split_by_subject
+from pipeline.evaluation import PatchRankScorer, evaluate_scorer, load_test_scans, report
+from pipeline.settings import TrainConfig
+
+METRICS = ["image_auroc", "image_auprc", "small_lesion_auroc", "pixel_auroc", "best_dice"]
+
+# Ablations of PatchRank: (name, TrainConfig overrides merged into the run's config).
+NO_RANK = {"k": 1_000_000, "decay": 1.0, "floor": 0.0}
+ABLATIONS: dict[str, dict] = {
+    "no_ranking": {"loss": {"rank": NO_RANK}, "scoring": {"rank": NO_RANK}},
+    "no_masking": {"loss": {"use_masking": False}, "scoring": {"grid_period": 0}},
+    "no_discriminator": {"loss": {"use_discriminator": False}, "scoring": {"disc_weight": 0.0}},
+}
+BASELINE_NAMES = ["cae", "ocsvm", "alocc", "percentile"]
+ALL_METHODS = ["patchrank", *ABLATIONS, *BASELINE_NAMES]
+
+
+def merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def make_folds(records: list[Record], k: int, seed: int) -> list[list[str]]:
+    """-> k lists of test subjects; stratified by the records' image label when present."""
+    subj_label: dict[str, int] = {}
+    for r in records:
+        subj_label[r.subject] = max(subj_label.get(r.subject, 0), int(r.label or 0))
+    subjects = sorted(subj_label)
+    if k < 2 or k > len(subjects):
+        raise DatasetError(f"need 2 <= folds <= number of subjects ({len(subjects)}), got {k}")
+    rng = np.random.default_rng(seed)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    i = 0
+    for lab in sorted(set(subj_label.values())):
+        group = [s for s in subjects if subj_label[s] == lab]
+        rng.shuffle(group)
+        for s in group:
+            folds[i % k].append(s)
+            i += 1
+    return [sorted(f) for f in folds]
+
+
+@dataclass
+class Fold:
+    index: int
+    train: object  # SliceSet, normal only
+    val: object
+    test: list  # TestScan
+    test_subjects: list[str]
+
+
+def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig, index: int) -> Fold:
+    test_set = set(test_subjects)
+    train_recs = [r for r in records if r.subject not in test_set and r.label in (None, 0)]
+    if not train_recs:
+        raise DatasetError(f"fold {index}: no normal training records")
+    tr, va = split_by_subject(train_recs, cfg.val_fraction, cfg.seed)
+    train = build_slices(tr, cfg.preprocess, normal_only=True)
+    val = build_slices(va, cfg.preprocess, normal_only=True) if va else train
+    test = load_test_scans([r for r in records if r.subject in test_set], cfg.preprocess)
+    return Fold(index, train, val, test, sorted(test_set))
+
+
+def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path):
+    """Train one method on the fold's normal data -> SliceScorer."""
+    if name in BASELINE_NAMES:
+        from pipeline.baselines import BASELINES
+
+        return BASELINES[name](fold.train, fold.val, cfg)
+    from model.checkpoint import load_checkpoint
+    from pipeline.train_local import fit_local
+
+    over = {} if name == "patchrank" else ABLATIONS[name]
+    mcfg = TrainConfig(**merge(cfg.model_dump(), over))
+    path = workdir / f"{name}_fold{fold.index}.pt"
+    fit_local(fold.train, fold.val, mcfg, path, show=False)
+    return PatchRankScorer(load_checkpoint(path), name)
+
+
+def run_quality(
+    records: list[Record],
+    cfg: TrainConfig,
+    *,
+    folds: int,
+    methods: list[str],
+    out: Path,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run every method on every fold; save results incrementally to out/quality.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    split = make_folds(records, folds, cfg.seed)
+    results: dict = {"config": json.loads(cfg.model_dump_json()), "folds": split, "runs": []}
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="patchrank-bench-") as tmp:
+        for i, test_subjects in enumerate(split):
+            fold = build_fold(records, test_subjects, cfg, i)
+            log(f"fold {i + 1}/{folds}: train {len(fold.train)} normal slices, val {len(fold.val)}, "
+                f"test subjects {len(test_subjects)}")
+            for name in methods:
+                t0 = time.perf_counter()
+                scorer = fit_method(name, fold, cfg, Path(tmp))
+                t_fit = time.perf_counter() - t0
+                rep = report(evaluate_scorer(scorer, fold.test, seed=cfg.seed))
+                rep.update(method=name, fold=i, fit_seconds=round(t_fit, 1), seconds=round(time.perf_counter() - t0, 1))
+                results["runs"].append(rep)
+                log(f"  {name:>16}: " + "  ".join(f"{m} {rep[m]:.3f}" for m in METRICS if rep.get(m) is not None)
+                    + f"  ({rep['seconds']:.0f}s)")
+                (out / "quality.json").write_text(json.dumps(results, indent=2))
+    results["wall_seconds"] = round(time.perf_counter() - t_all, 1)
+    results["summary"] = summarise(results["runs"], methods)
+    (out / "quality.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def summarise(runs: list[dict], methods: list[str]) -> dict:
+    """-> {method: {metric: [mean, std, n_folds] or None}}."""
+    out = {}
+    for name in methods:
+        rows = [r for r in runs if r["method"] == name]
+        out[name] = {}
+        for m in METRICS + ["fit_seconds"]:
+            vals = [r[m] for r in rows if r.get(m) is not None]
+            out[name][m] = [float(np.mean(vals)), float(np.std(vals)), len(vals)] if vals else None
+    return out
+
+
+def markdown_table(summary: dict) -> str:
+    present = [m for m in METRICS if any(summary[n].get(m) for n in summary)]
+    head = "| method | " + " | ".join(present) + " | fit s/fold |\n|---|" + "---|" * (len(present) + 1) + "\n"
+    rows = []
+    for name, ms in summary.items():
+        cells = [f"{ms[m][0]:.3f} ± {ms[m][1]:.3f}" if ms.get(m) else "n/a" for m in present]
+        fit = f"{ms['fit_seconds'][0]:.0f}" if ms.get("fit_seconds") else "n/a"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {fit} |")
+    return head + "\n".join(rows) + "\n"
