@@ -60,8 +60,10 @@ def _gather(obj, *, world: int) -> list:
 class RayReporter(Reporter):
     """Rank 0: progress lines, checkpoint directory + ray.train.report. Other ranks: report only."""
 
-    def __init__(self, rank: int, world: int, cfg: TrainConfig, curve: str, *, progress_s: float, fail_after_epoch: int | None) -> None:
+    def __init__(self, rank: int, world: int, cfg: TrainConfig, curve: str, *, progress_s: float, fail_after_epoch: int | None,
+                 attempt: dict) -> None:
         self.rank, self.world, self.cfg = rank, world, cfg
+        self.attempt = attempt  # {"epochs_before": epochs done when this worker group started, "restarted": after a failure}
         self.curve = curve  # CSV text of the epochs before this run
         self.progress_s = progress_s
         self.fail_after_epoch = fail_after_epoch
@@ -84,8 +86,9 @@ class RayReporter(Reporter):
         import ray.train
 
         name = f"checkpoint_epoch_{epoch + 1:04d}"
+        metrics = {**row, **self.attempt}
         if save is None:
-            ray.train.report(row, checkpoint_dir_name=name)
+            ray.train.report(metrics, checkpoint_dir_name=name)
         else:
             self.curve = _append_csv(self.curve, row)
             tmp = Path(tempfile.mkdtemp(prefix="patchrank-ckpt-"))
@@ -93,7 +96,7 @@ class RayReporter(Reporter):
                 save(tmp / CKPT_FILE)
                 (tmp / CURVE_FILE).write_text(self.curve)
                 _say(epoch_line(row, self.cfg.epochs))
-                ray.train.report(row, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if self.fail_after_epoch == epoch + 1 and self.rank == self.world - 1:
@@ -158,7 +161,8 @@ def train_loop_per_worker(config: dict) -> None:
         _say(f"resuming from {src} after epoch {int(state.train_state['epoch']) + 1}")
     # Fault injection happens only in an attempt that did not itself restart from a checkpoint.
     fail = config.get("fail_after_epoch") if not restarted else None
-    reporter = RayReporter(rank, world, cfg, curve, progress_s=float(config.get("progress_s", 10.0)), fail_after_epoch=fail)
+    attempt = {"epochs_before": int(state.train_state["epoch"]) + 1 if state is not None else 0, "restarted": int(restarted)}
+    reporter = RayReporter(rank, world, cfg, curve, progress_s=float(config.get("progress_s", 10.0)), fail_after_epoch=fail, attempt=attempt)
     place = Place(
         rank=rank,
         world=world,
