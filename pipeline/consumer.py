@@ -108,6 +108,8 @@ class StreamConsumer:
                         continue
                     if time.monotonic() - last_claim >= self.cfg.claim_every_s:
                         last_claim = time.monotonic()
+                        if self._active:  # heartbeat: in-flight entries must not look idle to other consumers
+                            await self.client.touch(self.name, list(self._active))
                         claimed = [e for e in await self.client.claim(self.name, self.cfg.claim_idle_ms) if e[0] not in self._active]
                         self.stats["claimed"] += len(claimed)
                         self._spawn(claimed, claimed=True)
@@ -164,7 +166,8 @@ class StreamConsumer:
                 self._buffer.append(_Result(entry_id, row, dead_reason=why, fields=fields))
                 return
             async with self._sem:
-                self._buffer.append(await self._score(msg, entry_id, deliveries, t0, queue_s))
+                result = await self._score(msg, entry_id, deliveries, t0, queue_s)
+            self._buffer.append(result)  # not `self._buffer.append(await ...)`: a flush may swap the buffer meanwhile
         except Exception as exc:  # noqa: BLE001 - infrastructure: leave pending, retry via XAUTOCLAIM
             self.stats["infra_errors"] += 1
             log.warning("entry %s: %s; left pending for retry", entry_id, exc.__class__.__name__)
@@ -212,7 +215,6 @@ class StreamConsumer:
             batch, self._buffer = self._buffer, []
             if not batch:
                 return
-            ids = [r.entry_id for r in batch]
             try:
                 parts = await asyncio.to_thread(self.sink.write, [r.scan for r in batch], [p for r in batch for p in r.patches])
                 await self.client.mark_done(self.info.model_version, [r.scan.scan_id for r in batch])
@@ -223,8 +225,17 @@ class StreamConsumer:
             except Exception as exc:  # noqa: BLE001 - not acknowledged: redelivered later, deduplicated by key
                 self.stats["infra_errors"] += 1
                 log.warning("flush of %d results failed (%s); entries stay pending", len(batch), exc.__class__.__name__)
-                for i in ids:
-                    self._active.discard(i)
+                reason = f"result write failed: {exc.__class__.__name__}: {exc}"
+                for r in batch:
+                    self._active.discard(r.entry_id)
+                    try:  # the reason survives for the consumer that gives up on the entry
+                        if r.dead_reason is None:
+                            await self.client.record_error(r.entry_id, reason)
+                        else:  # giving up and cannot write the failed row: the dead-letter entry is the record
+                            await self.client.dead_letter(r.entry_id, r.fields or {}, f"{r.dead_reason}; {reason}", r.scan.deliveries)
+                            self.stats["dead"] += 1
+                    except Exception:  # noqa: BLE001 - Redis down too: stays pending, retried later
+                        pass
                 return
             self.stats["parts"] += len(parts)
             self.stats["acked"] += acked

@@ -176,6 +176,12 @@ class AsyncStreamClient:
             if cursor in _END:
                 return out
 
+    async def touch(self, consumer: str, ids: list[str]) -> None:
+        """Reset the idle time of entries this consumer is still working on (XCLAIM JUSTID:
+        no delivery-count increment), so XAUTOCLAIM elsewhere does not steal live work."""
+        if ids:
+            await self.r.xclaim(self.keys.stream, self.keys.group, consumer, 0, ids, justid=True)
+
     async def deliveries(self, ids: list[str]) -> dict[str, int]:
         out = {}
         for i in ids:
