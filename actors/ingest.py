@@ -27,11 +27,22 @@ from pipeline.streams import AsyncStreamClient
 log = logging.getLogger(__name__)
 
 
+def _log_to_stderr() -> None:
+    """Consumer logs (scan_id, entry id, never paths) go to the worker's stderr log."""
+    lg = logging.getLogger("pipeline")
+    if not lg.handlers:
+        h = logging.StreamHandler()
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        lg.addHandler(h)
+        lg.setLevel(logging.INFO)
+
+
 class _ConsumerHost:
     """Runs one StreamConsumer as a background task of the current event loop."""
 
     def _start(self, cfg: ServiceConfig, info: Callable[[], Awaitable[ModelInfo]], score: Callable[[SliceChunk], Awaitable[SliceResult]]) -> None:
         self.cfg, self._info, self._score = cfg, info, score
+        _log_to_stderr()
         self.consumer: StreamConsumer | None = None
         self._stop = asyncio.Event()
         self._client = AsyncStreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())

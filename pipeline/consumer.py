@@ -119,6 +119,11 @@ class StreamConsumer:
                         self.stats["read"] += len(entries)
                         self._spawn(entries, claimed=False)
                     backoff = 0.5
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("consumer %s: stream or group vanished; recreating the group", self.name)
+                    await self.client.ensure_group()
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                     log.warning("consumer %s: redis unavailable (%s); retrying in %.1fs", self.name, exc.__class__.__name__, backoff)
                     await asyncio.sleep(backoff)

@@ -1,0 +1,36 @@
+"""The ingest autoscaling policy: replicas from stream backlog, clamped, with scale-down delay."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from deploy.autoscaling import BacklogPolicy, desired_replicas
+
+
+def _ctx(backlog: dict, current: int, now: float, state: dict | None = None, lo: int = 1, hi: int = 4):
+    return SimpleNamespace(aggregated_metrics={"backlog": backlog} if backlog is not None else {}, current_num_replicas=current,
+                           target_num_replicas=current, capacity_adjusted_min_replicas=lo, capacity_adjusted_max_replicas=hi,
+                           policy_state=state or {}, current_time=now)
+
+
+@pytest.mark.parametrize("backlog, want", [(0, 1), (1, 1), (32, 1), (33, 2), (96, 3), (10_000, 4)])
+def test_desired_replicas(backlog, want):
+    assert desired_replicas(backlog, 32, 1, 4) == want
+
+
+def test_policy_scales_up_now_and_down_after_delay():
+    pol = BacklogPolicy(target_backlog_per_replica=10, downscale_delay_s=30)
+    n, state = pol(_ctx({"r1": 35.0, "r2": 34.0}, current=1, now=0.0))
+    assert n == 4
+    n, state = pol(_ctx({"r1": 0.0}, current=4, now=1.0, state=state))
+    assert n == 4 and "below_since" in state  # waits
+    n, state = pol(_ctx({"r1": 0.0}, current=4, now=40.0, state=state))
+    assert n == 1 and "below_since" not in state
+    n, _ = pol(_ctx({}, current=2, now=50.0))
+    assert n == 2  # nothing reported yet: keep the target
+
+
+def test_policy_rejects_bad_target():
+    with pytest.raises(ValueError):
+        BacklogPolicy(target_backlog_per_replica=0)
