@@ -15,7 +15,7 @@ from pipeline.keys import DEFAULT_NAMESPACE, StreamKeys
 
 
 class ServiceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)  # errors never echo a URL with its password
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
@@ -114,7 +114,7 @@ class Placement(BaseModel):
 class AppArgs(BaseModel):
     """Arguments of the Serve app builder (deploy/serve_app.py:build_app)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     service: ServiceConfig
     scorer: Placement = Placement(num_cpus=1.0, target=8.0)

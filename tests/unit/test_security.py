@@ -1,0 +1,153 @@
+"""Security properties that need no services: no unpickling of anything a user or the
+queue provides, checkpoints loaded with weights_only=True on the serving path, secrets
+redacted, header text never in error messages.
+
+(Ray moves SliceChunk numpy arrays between the ingest and scorer replicas with its own
+serializer; that channel is internal to the cluster. Everything that crosses the trust
+boundary — stream messages, scan files, checkpoints — is parsed without pickle.)
+"""
+from __future__ import annotations
+
+import ast
+import logging
+import pickle
+from pathlib import Path
+
+import pytest
+from badinput import PATIENT_MARKER, good_volume
+
+from model.checkpoint import CheckpointError
+from pipeline.service_settings import ServiceConfig, redact_url
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("model", "pipeline", "actors", "deploy")
+UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle", "joblib", "jsonpickle"}
+
+
+def _sources():
+    for pkg in PACKAGES:
+        yield from sorted((ROOT / pkg).rglob("*.py"))
+
+
+def _call_name(node: ast.Call) -> str:
+    f = node.func
+    parts = []
+    while isinstance(f, ast.Attribute):
+        parts.append(f.attr)
+        f = f.value
+    if isinstance(f, ast.Name):
+        parts.append(f.id)
+    return ".".join(reversed(parts))
+
+
+def test_no_unsafe_deserialisation_in_the_code():
+    problems = []
+    for path in _sources():
+        tree = ast.parse(path.read_text(), filename=str(path))
+        rel = path.relative_to(ROOT)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                problems += [f"{rel}:{node.lineno} imports {a.name}" for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
+                problems.append(f"{rel}:{node.lineno} imports from {node.module}")
+            elif isinstance(node, ast.Call):
+                name = _call_name(node)
+                kw = {k.arg: k.value for k in node.keywords}
+                if name.endswith("torch.load") or name == "load" and "weights_only" in kw:
+                    v = kw.get("weights_only")
+                    if not (isinstance(v, ast.Constant) and v.value is True):
+                        problems.append(f"{rel}:{node.lineno} torch.load without weights_only=True")
+                if name.endswith(("np.load", "numpy.load")):
+                    v = kw.get("allow_pickle")
+                    if v is not None and not (isinstance(v, ast.Constant) and v.value is False):
+                        problems.append(f"{rel}:{node.lineno} np.load with allow_pickle")
+                if name.endswith(("read_pickle", "loads")) and name.split(".")[0] in UNSAFE_MODULES | {"pd", "pandas"}:
+                    problems.append(f"{rel}:{node.lineno} calls {name}")
+                if isinstance(node.func, ast.Name) and name in ("eval", "exec"):  # builtins, not nn.Module.eval()
+                    problems.append(f"{rel}:{node.lineno} calls {name}")
+    assert not problems, "\n".join(problems)
+
+
+def test_the_scan_is_checked_by_the_test_above():
+    """Guard against a scanner that silently checks nothing."""
+    assert sum(1 for _ in _sources()) > 30
+    src = "import pickle\nimport torch\ntorch.load(p)\nnp.load(p, allow_pickle=True)\n"
+    tree = ast.parse(src)
+    calls = [_call_name(n) for n in ast.walk(tree) if isinstance(n, ast.Call)]
+    assert calls == ["torch.load", "np.load"]
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch /tmp/patchrank_ckpt_pwned",))
+
+
+def test_serving_path_refuses_a_malicious_pickle_checkpoint(tmp_path):
+    """The scorer replica's load path (SliceScorer) uses weights_only=True: refused, not run."""
+    from pipeline.slice_scorer import SliceScorer
+
+    marker = Path("/tmp/patchrank_ckpt_pwned")
+    marker.unlink(missing_ok=True)
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"format": "patchrank-ckpt/1", "recon_state": _Evil()}))
+    with pytest.raises(CheckpointError):
+        SliceScorer(str(evil))
+    import torch
+
+    torch.save({"format": "patchrank-ckpt/1", "x": _Evil()}, tmp_path / "evil_zip.pt")  # torch's zip container
+    with pytest.raises(CheckpointError):
+        SliceScorer(str(tmp_path / "evil_zip.pt"))
+    assert not marker.exists(), "the pickle payload ran"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["redis://:s3cr3t-Pa55@10.0.0.5:6379/0", "rediss://default:s3cr3t-Pa55@redis.example:6380/1", "rediss://user:s3cr3t-Pa55@h/0?ssl_cert_reqs=required"],
+)
+def test_redact_url_hides_the_password(url):
+    red = redact_url(url)
+    assert "s3cr3t-Pa55" not in red and "***" in red
+    assert red.split("://")[0] == url.split("://")[0]
+
+
+def test_config_repr_and_errors_do_not_leak_the_password():
+    cfg = ServiceConfig(redis_url="redis://:s3cr3t-Pa55@h:1/0", checkpoint="c", output_dir="o")
+    assert cfg.redis_url.endswith("@h:1/0")
+    with pytest.raises(ValueError) as info:
+        ServiceConfig(redis_url="http://:s3cr3t-Pa55@h:1/0", checkpoint="c", output_dir="o")
+    assert "s3cr3t-Pa55" not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        ServiceConfig(redis_url="redis://:s3cr3t-Pa55@h:1/0", checkpoint="c", output_dir="o", read_count=-1)
+    assert "s3cr3t-Pa55" not in str(info.value) and "read_count" in str(info.value)
+
+
+def test_password_from_environment(monkeypatch):
+    monkeypatch.setenv("PATCHRANK_REDIS_PASSWORD", "env-s3cret")
+    cfg = ServiceConfig(redis_url="rediss://h:6380/0", redis_ca_certs="/etc/ca.pem", checkpoint="c", output_dir="o")
+    assert cfg.redis_kwargs() == {"password": "env-s3cret", "ssl_ca_certs": "/etc/ca.pem"}
+    assert "env-s3cret" not in cfg.redis_url
+
+
+def test_nifti_header_text_never_reaches_errors_or_logs(tmp_path, caplog):
+    """Header text fields (descrip, db_name, aux_file, intent_name) hold a patient name."""
+    import numpy as np
+
+    from badinput import write_nifti
+    from pipeline.consumer import check_uri, load_prepared
+    from pipeline.loaders import ScanError
+
+    caplog.set_level(logging.DEBUG)
+    pre = {"image_size": 32}
+    good = good_volume(tmp_path / "named.nii.gz")
+    assert PATIENT_MARKER.encode() in __import__("gzip").decompress(good.read_bytes())  # the marker is really in the file
+    load_prepared(check_uri(str(good), [tmp_path.resolve()]), pre)
+    broken = []
+    for name, data in (("zeros", np.zeros((16, 16, 8), np.int16)), ("d4", np.ones((16, 16, 8, 2), np.int16)), ("nan", np.full((16, 16, 8), np.nan, np.float32))):
+        p = write_nifti(tmp_path / f"{name}.nii.gz", data)
+        with pytest.raises(ScanError) as info:
+            load_prepared(check_uri(str(p), [tmp_path.resolve()]), pre)
+        broken.append(str(info.value))
+    assert broken and not any(PATIENT_MARKER in m for m in broken)
+    assert PATIENT_MARKER not in caplog.text
