@@ -91,3 +91,16 @@ def test_resume_continues_from_saved_epoch(two_worker_run, data):
     # Resuming with nothing left to train keeps the checkpoint as it is.
     again = launch(train, val, TrainConfig(epochs=3, **TINY), out, workers=2, resume=True, progress_s=0)
     assert again.model_version == ck.model_version
+
+
+@pytest.mark.timeout(240)
+def test_crash_restart_is_bitwise_the_uninterrupted_run(two_worker_run, data, tmp_path):
+    """Restarting from checkpoint 1 restores weights, both optimizers and every rank's mask RNG:
+    the crashed-and-restarted run ends with the same model as a run that never failed."""
+    from deploy.train_launcher import launch
+
+    _, crashed = two_worker_run
+    train, val, labelled = data
+    clean = launch(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "clean.pt", workers=2, labelled=labelled, progress_s=0)
+    assert clean.metrics["restarted"] == 0
+    assert clean.model_version == crashed.model_version
