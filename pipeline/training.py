@@ -1,8 +1,11 @@
 """Training loop pieces shared by local training and every Ray Train worker.
 
-`run_epoch` is the only loop over batches; it calls model.train_step.gan_step, the
-only GAN step. Local training (`fit_local`) and the Ray Train worker loop
-(actors/train_worker.py) both drive it, so the training logic exists once.
+`fit_loop` is the only epoch loop, `run_epoch` the only loop over batches, and it calls
+model.train_step.gan_step, the only GAN step. In-process training
+(pipeline.train_local.fit_local) and every Ray Train worker
+(actors.train_worker.train_loop_per_worker) run `fit_loop`; they differ only in the
+`Place` (rank, world, device, DDP wrapping, metric reduction) and the `Reporter`
+(progress, checkpoint file vs ray.train.report), so the training logic exists once.
 """
 from __future__ import annotations
 
