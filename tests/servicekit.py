@@ -145,7 +145,7 @@ def check_exactly_once(cfg: ServiceConfig, scan_ids: list[str], *, model_version
     physical = store.sql(f"SELECT count(*) FROM scans_all {where}")[1][0][0]
     client = StreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
     try:
-        dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.dead_letters()]
+        dead = [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in client.dead_letters()]
     finally:
         client.close()
     return Outcome(by_id, int(physical), dead)

@@ -173,7 +173,7 @@ def test_output_unwritable_for_good_dead_letters_with_reason(redis_url, tmp_path
     from servicekit import StreamClient
 
     client = StreamClient.from_url(cfg.redis_url, cfg.keys)
-    dead = [{k.decode(): v.decode() for k, v in f.items()} for _, f in client.dead_letters()]
+    dead = [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in client.dead_letters()]
     client.close()
     assert sorted(json.loads(d["msg"])["scan_id"] for d in dead) == sorted(m.scan_id for m in msgs), "every scan is on the dead-letter stream"
     for d in dead:
