@@ -1,10 +1,22 @@
 """Masks: random boxes for training, complementary grids for scoring.
 
 Convention everywhere: mask value 1 = hidden from the reconstructor, 0 = visible.
+
+Background (pixels that preprocessing set to exactly BACKGROUND in every channel, i.e.
+outside the brain) is never hidden: `hideable` removes it from any mask, so the
+reconstructor always sees where the brain ends and does not "invent" tissue across
+the brain rim (which otherwise dominates the residuals of normal slices).
 """
 from __future__ import annotations
 
 import torch
+
+BACKGROUND = -1.0  # pipeline.preprocess.BACKGROUND: value of pixels outside the foreground
+
+
+def hideable(x: torch.Tensor) -> torch.Tensor:
+    """x: (B, C, H, W) -> (B, 1, H, W) float: 0 where every channel == BACKGROUND, else 1."""
+    return (x != BACKGROUND).any(1, keepdim=True).to(x.dtype)
 
 
 def complementary_masks(height: int, width: int, cell: int, period: int = 2) -> torch.Tensor:

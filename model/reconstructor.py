@@ -2,13 +2,16 @@
 
 Input is the image with the hidden pixels zeroed plus the mask itself as an extra
 channel, so the network knows which pixels it must invent. The target is the whole
-original image. GroupNorm (not BatchNorm) keeps a slice's output independent of
+original image. Background pixels (exactly -1 in every channel) are never hidden, see
+`model.masks.hideable`. GroupNorm (not BatchNorm) keeps a slice's output independent of
 whatever else shares its batch, which serving relies on.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from model.masks import hideable
 
 
 def _groups(ch: int) -> int:
@@ -70,7 +73,7 @@ class MaskedReconstructor(nn.Module):
             raise ValueError(f"expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise ValueError(f"H and W must be multiples of {self.multiple}, got {tuple(x.shape[-2:])}")
-        mask = mask.to(x.dtype)
+        mask = mask.to(x.dtype) * hideable(x)  # background is never hidden (model.masks)
         h = self.stem(torch.cat([x * (1.0 - mask), mask], dim=1))  # (B, w0, H, W)
         skips = [h]
         for block in self.down:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.losses import RankConfig
-from model.masks import complementary_masks
+from model.masks import complementary_masks, hideable
 from model.ranking import ranked_sum
 
 _EPS = 1e-6
@@ -103,10 +103,11 @@ def raw_maps(
     else:
         masks = complementary_masks(h, w, cfg.grid_cell, cfg.grid_period).to(x)  # (M, 1, H, W)
         m = masks.shape[0]
+        hidden = masks[None] * hideable(x)[:, None]  # (B, M, 1, H, W): background never hidden
         xr = x.repeat_interleave(m, 0)  # (B*M, C, H, W)
-        mr = masks.repeat(b, 1, 1, 1)  # (B*M, 1, H, W)
-        rec = recon(xr, mr).float().view(b, m, c, h, w)
-        composite = (rec * masks[None]).sum(1)  # (B, C, H, W)
+        rec = recon(xr, hidden.reshape(b * m, 1, h, w)).float().view(b, m, c, h, w)
+        # Each pixel from the reconstruction made while it was hidden; background stays as is.
+        composite = (rec * hidden).sum(1) + (1.0 - hidden.sum(1)) * x.float()  # (B, C, H, W)
     diff = x.float() - composite
     if cfg.residual == "abs":
         residual = diff.abs().mean(1, keepdim=True)

@@ -62,7 +62,7 @@ class PatchRankScorer:
 
 
 @dataclass
-class TestScan:
+class EvalScan:
     record: Record
     prep: Prepared
     labels: np.ndarray  # (S,) 0/1/-1 per kept slice
@@ -72,14 +72,14 @@ class TestScan:
         return self.prep.native_shape[0] * self.prep.native_shape[1] / (240.0 * 240.0)
 
 
-def load_test_scans(records: list[Record], cfg: PreprocessConfig, progress: Callable | None = None) -> list[TestScan]:
+def load_test_scans(records: list[Record], cfg: PreprocessConfig, progress: Callable | None = None) -> list[EvalScan]:
     out = []
     for rec in records if progress is None else progress(records):
         try:
             prep = load_record(rec, cfg)
         except ScanError as exc:
             raise DatasetError(f"{rec.subject}: {exc}") from None
-        out.append(TestScan(rec, prep, slice_labels(prep, rec.label)))
+        out.append(EvalScan(rec, prep, slice_labels(prep, rec.label)))
     if not any((t.labels >= 0).any() for t in out):
         raise DatasetError("no labelled slices to evaluate (need tumour masks or image labels)")
     return out
@@ -110,7 +110,7 @@ def _pixels(maps: np.ndarray, fg: np.ndarray, gt: np.ndarray, native_shape) -> t
     return up[region].astype(np.float32), gt[region]
 
 
-def evaluate_scorer(scorer: SliceScorer, scans: list[TestScan], *, max_pixels: int = 6_000_000, seed: int = 0) -> EvalData:
+def evaluate_scorer(scorer: SliceScorer, scans: list[EvalScan], *, max_pixels: int = 6_000_000, seed: int = 0) -> EvalData:
     parts: dict[str, list] = {k: [] for k in ("scores", "labels", "small", "images", "maps", "patches", "pix_s", "pix_y")}
     gt, shapes, names = [], [], []
     for t in scans:

@@ -74,7 +74,7 @@ def read_isic_csv(csv_path: str | Path, image_dir: str | Path | None = None) -> 
     rows = _rows(csv_path)
     first = [c.strip().lower() for c in rows[0]]
     label_col = 1
-    if first[0] in ("image_id", "image", "isic_id", "id", "name"):
+    if len(first) > 1 and first[1] not in LABEL_WORDS:  # a header row
         label_col = first.index("melanoma") if "melanoma" in first else (first.index("label") if "label" in first else 1)
         rows = rows[1:]
     if image_dir is None:
@@ -91,7 +91,8 @@ def read_isic_csv(csv_path: str | Path, image_dir: str | Path | None = None) -> 
             continue
         records.append(Record(str(index[image_id]), image_id, label))
     if missing:
-        raise DatasetError(f"{csv_path.name}: {len(missing)} image(s) listed but not found under {image_dir}, e.g. {missing[0]}")
+        raise DatasetError(f"{csv_path.name}: {len(missing)} image(s) listed but not found under {image_dir}, e.g. {missing[0]} "
+                           "(an ISIC CSV lists image ids; a manifest CSV needs a 'path' column)")
     if not records:
         raise DatasetError(f"{csv_path.name}: no labelled images")
     return records

@@ -67,7 +67,7 @@ class Fold:
     index: int
     train: object  # SliceSet, normal only
     val: object
-    test: list  # TestScan
+    test: list  # EvalScan
     test_subjects: list[str]
 
 

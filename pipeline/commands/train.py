@@ -55,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if args.address and args.workers == 0:
         raise ValueError("--address trains on a Ray cluster: give --workers N (N >= 1) too")
     cfg = config_from_args(args)
+    if "channels" not in cfg.preprocess.model_fields_set:  # auto: 3 for RGB images (ISIC), else 1 per modality
+        from pipeline.discover import discover, infer_channels
+
+        pre = cfg.preprocess.model_copy(update={"channels": infer_channels(discover(args.data, modality=args.modality))})
+        cfg = cfg.model_copy(update={"preprocess": pre})
     show = not args.quiet
     train, val = prepare_data(args.data, cfg, args.modality, show=show)
     labelled = prepare_labelled(args.val_data, cfg, args.modality, show=show) if args.val_data else None

@@ -1,0 +1,122 @@
+"""Loaders on small generated NIfTI/PNG files, their clear errors, and the shared data when present."""
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.loaders import ScanError, load_image, load_nifti, load_scan
+from pipeline.preprocess import preprocess_scan
+from pipeline.settings import PreprocessConfig
+
+
+def _brain(shape=(40, 48, 12), seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth ellipsoid 'brain' (float, mean ~1, std ~0.2) and its mask."""
+    rng = np.random.default_rng(seed)
+    g = np.stack(np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij"))
+    mask = (g[0] ** 2 / 0.8 + g[1] ** 2 / 0.8 + g[2] ** 2 / 1.2) < 1
+    vol = (1 + 0.3 * np.sin(4 * g[0]) * np.cos(3 * g[1]) + 0.05 * rng.normal(size=shape)) * mask
+    return vol.astype(np.float32), mask
+
+
+def _save(path, arr, affine=None, dtype=None):
+    nib.save(nib.Nifti1Image(arr.astype(dtype or arr.dtype), np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_nifti_canonical_orientation(tmp_path):
+    arr = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
+    flip = np.diag([-1.0, 1.0, 1.0, 1.0])  # stored L->R: canonical RAS must flip axis 0
+    out = load_nifti(_save(tmp_path / "a.nii.gz", arr, flip))
+    assert out.dtype == np.float32 and out.shape == (4, 5, 3)
+    np.testing.assert_array_equal(out, arr[::-1])
+    np.testing.assert_array_equal(load_nifti(_save(tmp_path / "b.nii", arr)), arr)
+
+
+def test_raw_int16_and_prenormalised_give_comparable_inputs(tmp_path):
+    vol, mask = _brain()
+    raw = _save(tmp_path / "raw.nii.gz", np.rint(vol * 800 + 0 * mask), dtype=np.int16)  # raw scanner-like units
+    z = np.where(mask, (vol - vol[mask].mean()) / vol[mask].std(), 0)
+    pre = _save(tmp_path / "z.nii.gz", z, dtype=np.float32)
+    m = _save(tmp_path / "mask.nii.gz", mask.astype(np.uint8))
+    cfg = PreprocessConfig(image_size=32)
+    a = preprocess_scan(load_scan(raw, mask_path=m), cfg)
+    b = preprocess_scan(load_scan(pre, mask_path=m), cfg)
+    assert a.images.shape == b.images.shape and a.images.min() >= -1 and a.images.max() <= 1
+    np.testing.assert_allclose(a.images, b.images, atol=0.01)
+    np.testing.assert_array_equal(a.slice_index, b.slice_index)
+
+
+def test_images_gray_and_rgb(tmp_path):
+    rgb = np.zeros((20, 30, 3), np.uint8)
+    rgb[..., 0] = 255
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    Image.fromarray(np.full((20, 30), 128, np.uint8)).save(tmp_path / "g.jpg")
+    x = load_image(tmp_path / "c.png")
+    assert x.shape == (3, 20, 30) and x[0].min() == 1.0 and x[1].max() == 0.0
+    assert load_image(tmp_path / "c.png", channels=1).shape == (1, 20, 30)
+    g = load_image(tmp_path / "g.jpg")
+    assert g.shape == (1, 20, 30) and abs(float(g.mean()) - 128 / 255) < 0.02
+    scan = load_scan(tmp_path / "c.png", channels=3)
+    assert scan.kind == "image" and scan.array.shape == (3, 20, 30, 1)
+    prep = preprocess_scan(scan, PreprocessConfig(image_size=16, channels=3))
+    assert prep.images.shape == (1, 3, 16, 16)
+    assert prep.foreground[0, 0, 8].all() and not prep.foreground[0, 0, 0].any()  # 20x30 padded to square
+
+
+def test_clear_errors(tmp_path):
+    vol, mask = _brain()
+    good = _save(tmp_path / "v.nii.gz", vol)
+    with pytest.raises(ScanError, match="file not found"):
+        load_scan(tmp_path / "missing.nii.gz")
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(ScanError, match="empty file"):
+        load_scan(tmp_path / "empty.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(gzip.compress(b"not a nifti header at all" * 20)[:60])
+    with pytest.raises(ScanError, match="bad.nii.gz"):
+        load_scan(tmp_path / "bad.nii.gz")
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(ScanError, match="not a readable image"):
+        load_scan(tmp_path / "bad.png")
+    with pytest.raises(ScanError, match="unsupported file type"):
+        load_scan(tmp_path / "notes.txt")
+    small = _save(tmp_path / "m.nii.gz", mask[:-2].astype(np.uint8))
+    with pytest.raises(ScanError, match="mask shape"):
+        load_scan(good, mask_path=small)
+    with pytest.raises(ScanError, match="label shape"):
+        load_scan(good, label_path=small)
+    zeros = _save(tmp_path / "zeros.nii.gz", np.zeros((16, 16, 4), np.float32))
+    with pytest.raises(ScanError, match="empty volume"):
+        preprocess_scan(load_scan(zeros), PreprocessConfig(image_size=16))
+    with pytest.raises(ScanError, match="model expects 2"):
+        load_scan(good, channels=2)
+
+
+def test_shared_brats_2015_and_2023_are_comparable(shared_data):
+    """Pre-normalised BraTS 2015 and raw int16 BraTS 2023 land in the same value range."""
+    from pipeline.datasets import load_record
+    from pipeline.discover import discover
+
+    cfg = PreprocessConfig(image_size=64)
+    stats = []
+    for folder in ("brats2015", "brats2023_unlabeled"):
+        rec = discover(shared_data / folder)[0]
+        prep = load_record(rec, cfg)
+        fg = prep.images[:, 0][prep.foreground[:, 0]]
+        assert prep.images.shape[1:] == (1, 64, 64) and len(prep.slice_index) > 50
+        stats.append((float(np.median(fg)), float(fg.std())))
+    (m15, s15), (m23, s23) = stats
+    assert abs(m15 - m23) < 0.1 and 0.1 < s15 < 0.3 and 0.1 < s23 < 0.3
+
+
+def test_shared_isic_images(shared_data):
+    from pipeline.discover import discover, infer_channels
+
+    recs = discover(shared_data / "isic2016_train")
+    assert len(recs) == 349 and sum(r.label for r in recs) == 147
+    assert infer_channels(recs) == 3
+    scan = load_scan(recs[0].path, channels=3)
+    assert scan.array.shape[0] == 3 and 0 <= scan.array.min() and scan.array.max() <= 1
