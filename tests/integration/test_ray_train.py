@@ -14,6 +14,7 @@ from model.checkpoint import load_checkpoint
 from pipeline.settings import TrainConfig
 from pipeline.training import score_stats
 
+HALF_CPU = 0.5  # per worker: 2 workers fit even if another test's actor still holds a CPU
 TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2}}
 
 
@@ -39,10 +40,10 @@ def two_worker_run(ray_session, data, tmp_path_factory):
     """2 epochs on 2 workers; rank 1 crashes once after epoch 1 (FailureConfig restarts it)."""
     from deploy.train_launcher import launch
 
-    _wait_for_cpus(ray_session, 2)
+    _wait_for_cpus(ray_session, 2 * HALF_CPU)
     train, val, labelled = data
     out = tmp_path_factory.mktemp("raytrain") / "model.pt"
-    res = launch(train, val, TrainConfig(epochs=2, **TINY), out, workers=2, max_failures=1, labelled=labelled,
+    res = launch(train, val, TrainConfig(epochs=2, **TINY), out, workers=2, cpus_per_worker=HALF_CPU, max_failures=1, labelled=labelled,
                  progress_s=0, fail_after_epoch=1)
     return out, res
 
@@ -79,7 +80,7 @@ def test_resume_continues_from_saved_epoch(two_worker_run, data):
     out, first = two_worker_run
     train, val, _ = data
     before = load_checkpoint(out)
-    res = launch(train, val, TrainConfig(epochs=3, **TINY), out, workers=2, resume=True, progress_s=0)
+    res = launch(train, val, TrainConfig(epochs=3, **TINY), out, workers=2, cpus_per_worker=HALF_CPU, resume=True, progress_s=0)
     ck = load_checkpoint(out)
     assert ck.meta["epochs_done"] == 3 and ck.train_state["epoch"] == 2
     assert res.metrics["epoch"] == 3 and ck.model_version != before.model_version
@@ -89,7 +90,7 @@ def test_resume_continues_from_saved_epoch(two_worker_run, data):
     rows = list(csv.DictReader(out.with_suffix(".curve.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "3"]
     # Resuming with nothing left to train keeps the checkpoint as it is.
-    again = launch(train, val, TrainConfig(epochs=3, **TINY), out, workers=2, resume=True, progress_s=0)
+    again = launch(train, val, TrainConfig(epochs=3, **TINY), out, workers=2, cpus_per_worker=HALF_CPU, resume=True, progress_s=0)
     assert again.model_version == ck.model_version
 
 
@@ -101,6 +102,6 @@ def test_crash_restart_is_bitwise_the_uninterrupted_run(two_worker_run, data, tm
 
     _, crashed = two_worker_run
     train, val, labelled = data
-    clean = launch(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "clean.pt", workers=2, labelled=labelled, progress_s=0)
+    clean = launch(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "clean.pt", workers=2, cpus_per_worker=HALF_CPU, labelled=labelled, progress_s=0)
     assert clean.metrics["restarted"] == 0
     assert clean.model_version == crashed.model_version
