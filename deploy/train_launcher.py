@@ -149,7 +149,7 @@ def launch(
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus_per_worker, **({"GPU": 1} if gpu else {})}),
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus_per_worker}),
             run_config=RunConfig(
                 name=name,
                 storage_path=storage,
