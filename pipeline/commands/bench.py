@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = ["quality", "train"]
+BENCHES = ["quality", "train", "load"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
