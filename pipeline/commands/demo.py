@@ -1,7 +1,9 @@
 """`patchrank demo`: the main job end to end on built-in phantom data.
 
-phantom data -> train (normal subjects only) -> score a held-out archive of normal and
-abnormal phantoms -> print the ranking with the ground truth beside it.
+phantom data -> train (normal subjects only) -> screen a held-out archive of normal and
+abnormal phantoms through the embedded service (private redis-server + local Ray +
+Ray Serve -> Parquet) -> query the ranking, with the ground truth beside it, and write a
+heatmap PNG of the top scan.
 """
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="end-to-end demo on built-in phantom data (train, score, rank)")
+    p = sub.add_parser("demo", help="end-to-end demo on built-in phantom data: train -> screen (Redis + Ray Serve) -> query")
     p.add_argument("--workdir", help="keep data, checkpoint and results here (default: a temp dir)")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--train-subjects", type=int, default=8, help="normal phantoms to train on (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
@@ -24,21 +27,24 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.phantom import PhantomSpec, write_phantom_dataset
     from pipeline.train_local import fit_local, prepare_data
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="patchrank-demo-"))
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="patchrank-demo-")).resolve()
     train_dir, archive = work / "train", work / "archive"
-    print(f"[1/3] writing phantom data under {work}")
-    write_phantom_dataset(train_dir, PhantomSpec(n_normal=8, n_abnormal=0, seed=args.seed))
+    print(f"[1/4] writing phantom data under {work}")
+    write_phantom_dataset(train_dir, PhantomSpec(n_normal=args.train_subjects, n_abnormal=0, seed=args.seed))
     cases = write_phantom_dataset(archive, PhantomSpec(n_normal=4, n_abnormal=4, seed=args.seed + 1000))
-    truth = {c.name: _has_lesion(c) for c in cases}
-    print(f"[2/3] training {args.epochs} epochs at {args.image_size}px on normal phantoms")
+    truth = {str((c / f"{c.name}_flair.nii.gz").resolve()): _has_lesion(c) for c in cases}
+    print(f"[2/4] training {args.epochs} epochs at {args.image_size}px on {args.train_subjects} normal phantoms")
     ns = argparse.Namespace(config=None, epochs=args.epochs, batch_size=16, seed=args.seed, image_size=args.image_size)
     cfg = config_from_args(ns)
     train, val = prepare_data(train_dir, cfg)
     ckpt = work / "model.pt"
     version = fit_local(train, val, cfg, ckpt)
     print(f"      checkpoint {ckpt} (model_version {version})")
-    print("[3/3] scoring the archive")
-    return _score_and_report(ckpt, archive, truth)
+    print("[3/4] screening the archive: private redis-server + local Ray + Ray Serve -> Parquet")
+    results = work / "results"
+    _screen(archive, ckpt, results)
+    print(f"[4/4] querying {results}")
+    return _report(results, version, truth, work)
 
 
 def _has_lesion(case: Path) -> bool:
@@ -48,26 +54,31 @@ def _has_lesion(case: Path) -> bool:
     return bool(np.asarray(nib.load(str(case / f"{case.name}_seg.nii.gz")).dataobj).any())
 
 
-def _score_and_report(ckpt: Path, archive: Path, truth: dict[str, bool]) -> int:
-    from model.checkpoint import load_checkpoint
-    from pipeline.files import walk_scans
-    from pipeline.loaders import load_scan
-    from pipeline.preprocess import as_config, preprocess_scan
-    from pipeline.scan_scoring import score_prepared
+def _screen(archive: Path, ckpt: Path, results: Path) -> None:
+    from pipeline.commands.screen import add_service_args, app_args
+    from pipeline.screening import screen, services
 
-    model = load_checkpoint(ckpt)
-    pre = as_config(model.preprocess)
-    files, _ = walk_scans([archive])
-    rows = []
-    for f in files:
-        s = score_prepared(model, preprocess_scan(load_scan(f, channels=pre.channels), pre), top_n=1)
-        rows.append((s.scan_score, f.parent.name, s.patches[0] if s.patches else None))
-    rows.sort(key=lambda r: -r[0])
-    print(f"{'rank':>4}  {'score':>8}  {'scan':<14} truth     top patch")
-    for i, (score, name, hit) in enumerate(rows, 1):
-        where = f"slice {hit.slice_index} rows {hit.y0}:{hit.y1} cols {hit.x0}:{hit.x1}" if hit else "-"
-        print(f"{i:>4}  {score:8.3f}  {name:<14} {'LESION' if truth[name] else 'normal':<9} {where}")
+    p = argparse.ArgumentParser()
+    add_service_args(p)
+    sargs = p.parse_args(["--chunk", "8"])
+    with services() as url:
+        app = app_args(sargs, redis_url=url, checkpoint=str(ckpt), out=str(results), roots=[str(archive)])
+        res = screen([archive], app, timeout_s=1800)
+    print(f"      scored {res.queued} scans in {res.seconds:.1f}s (deploy + enqueue + score + write)")
+
+
+def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> int:
+    from pipeline.heatmap import render_scan_png
+    from pipeline.query import ResultStore, format_ranking
+
+    store = ResultStore(results)
+    rows = store.top_scans(len(truth), model_version=version, patches=2)
+    print(format_ranking(rows, truth=truth))
     n_abn = sum(truth.values())
-    top = sum(truth[name] for _, name, _ in rows[:n_abn])
+    top = sum(truth.get(r["uri"], False) for r in rows[:n_abn])
     print(f"{top}/{n_abn} abnormal scans rank in the top {n_abn}")
+    if rows:
+        png = render_scan_png(store, rows[0]["scan_id"], work / "top_scan.png", model_version=version)
+        print(f"heatmap of the top scan: {png}")
+    print(f"more: patchrank query {results} --top 8   |   --sql \"SELECT status, count(*) FROM scans GROUP BY 1\"")
     return 0

@@ -1,0 +1,153 @@
+"""`patchrank bench serve`: end-to-end scoring throughput through Redis -> Serve -> Parquet
+versus the bare batched model forward, in the same run on the same machine.
+
+Data: phantom NIfTI volumes (pipeline.phantom) written to a temp dir, or --data PATHS.
+Model: --checkpoint, or a freshly initialised model of the default architecture saved as
+a checkpoint (throughput does not depend on the weights).
+Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images) over the same
+preprocessed slices in batches of B, in-process, all torch threads (preprocessing and
+I/O excluded). End to end: a private redis-server + local Ray + the Serve app; clock from
+the first XADD to the stream drained (every result in Parquet and acknowledged), after
+one warm-up scan; per configuration (scorer replicas x max batch size).
+Latency per scan: `latency_s` (dequeue -> result row) and `queue_s + latency_s`
+(enqueue -> result row; all scans are enqueued at once, so this includes queueing).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="scoring service throughput vs bare model forward", description=__doc__)
+    p.add_argument("--checkpoint", help="model to serve (default: a fresh default-architecture model)")
+    p.add_argument("--data", nargs="*", help="scan files/folders (default: generated phantoms)")
+    p.add_argument("--scans", type=int, default=16, help="phantom volumes to generate (default 16)")
+    p.add_argument("--image-size", type=int, default=128, help="model input size for the fresh model (default 128)")
+    p.add_argument("--replicas", default="1,2", help="scorer replica counts (default 1,2)")
+    p.add_argument("--batch-sizes", default="8,32,64", help="@serve.batch max_batch_size values (default 8,32,64)")
+    p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
+    p.add_argument("--inflight", type=int, default=4, help="scans in flight per ingest replica (default 4)")
+    p.add_argument("--json", dest="json_out", help="also write the results here")
+    p.set_defaults(func=run)
+
+
+def fresh_checkpoint(path: Path, image_size: int) -> Path:
+    import torch
+
+    from model.scoring import ScoreStats
+    from pipeline.settings import TrainConfig
+    from pipeline.training import build_models, save_trained
+
+    cfg = TrainConfig(preprocess={"image_size": image_size})
+    torch.manual_seed(0)
+    recon, disc = build_models(cfg)
+    save_trained(path, recon, disc, cfg, ScoreStats.identity(image_size, image_size), {"note": "untrained, benchmark only"}, None)
+    return path
+
+
+def bare_forward(checkpoint: str, files: list[Path], batch: int, repeats: int = 2) -> tuple[float, int]:
+    """-> (slices/s of the batched forward alone, slices)."""
+    import numpy as np
+    import torch
+
+    from pipeline.consumer import load_prepared
+    from pipeline.slice_scorer import SliceChunk, SliceScorer
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    scorer = SliceScorer(checkpoint)
+    preps = [load_prepared(f.resolve(), scorer.preprocess) for f in files]
+    images = np.concatenate([p.images for p in preps])
+    fg = np.concatenate([p.foreground for p in preps])
+    scorer.score_chunks([SliceChunk(images[:batch], fg[:batch])])  # warm-up
+    best = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, len(images), batch):
+            scorer.score_chunks([SliceChunk(images[s : s + batch], fg[s : s + batch])])
+        best = max(best, len(images) / (time.perf_counter() - t0))
+    return best, len(images)
+
+
+def _pct(values: list[float], q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def serve_run(url: str, checkpoint: str, files: list[Path], out: Path, roots: list[str], replicas: int, batch: int, args) -> dict:
+    from pipeline.commands.enqueue import enqueue_paths
+    from pipeline.query import ResultStore
+    from pipeline.screening import deploy, undeploy, wait_drained
+    from pipeline.service_settings import AppArgs, Placement, ServiceConfig
+    from pipeline.streams import StreamClient
+
+    ns = f"bench-{replicas}-{batch}-{int(time.time())}"
+    cfg = ServiceConfig(redis_url=url, namespace=ns, checkpoint=checkpoint, output_dir=str(out), allowed_roots=roots,
+                        max_batch_size=batch, chunk_slices=min(args.chunk, batch), max_inflight_scans=args.inflight,
+                        torch_threads=max(1, (os.cpu_count() or 1) // replicas), flush_interval_s=0.2)
+    deploy(AppArgs(service=cfg, scorer=Placement(num_cpus=0.5, min_replicas=replicas, max_replicas=replicas), ingest=Placement(num_cpus=0.1)))
+    client = StreamClient.from_url(url, cfg.keys)
+    try:
+        enqueue_paths(client, files[:1], show=False)  # warm-up: one scan through every stage
+        wait_drained(client, timeout_s=600, show=False)
+        t0 = time.perf_counter()
+        enqueue_paths(client, files[1:], show=False)
+        wait_drained(client, timeout_s=3600, show=False)
+        seconds = time.perf_counter() - t0
+    finally:
+        client.close()
+        undeploy()
+    store = ResultStore(out)
+    rows = store.sql(f"SELECT n_slices, latency_s, queue_s FROM scans WHERE status = 'ok' ORDER BY scored_at OFFSET 1")[1]
+    slices = sum(r[0] for r in rows)
+    proc = [r[1] for r in rows]
+    e2e = [r[1] + r[2] for r in rows]
+    return {"replicas": replicas, "max_batch_size": batch, "scans": len(rows), "slices": slices, "seconds": seconds,
+            "slices_per_s": slices / seconds, "scans_per_s": len(rows) / seconds,
+            "latency_p50": _pct(proc, 50), "latency_p95": _pct(proc, 95), "e2e_p50": _pct(e2e, 50), "e2e_p95": _pct(e2e, 95)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.commands.enqueue import collect
+    from pipeline.phantom import PhantomSpec, write_phantom_dataset
+    from pipeline.screening import services
+
+    work = Path(tempfile.mkdtemp(prefix="patchrank-bench-serve-"))
+    if args.data:
+        files, _ = collect(args.data)
+        roots = sorted({str(Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent) for p in args.data})
+    else:
+        write_phantom_dataset(work / "data", PhantomSpec(n_normal=args.scans // 2, n_abnormal=args.scans - args.scans // 2, seed=7))
+        files, _ = collect([work / "data"])
+        roots = [str((work / "data").resolve())]
+    if len(files) < 2:
+        raise ValueError("need at least 2 scans (one is the warm-up)")
+    ckpt = str(Path(args.checkpoint).resolve()) if args.checkpoint else str(fresh_checkpoint(work / "model.pt", args.image_size))
+    replicas = [int(x) for x in args.replicas.split(",")]
+    batches = [int(x) for x in args.batch_sizes.split(",")]
+    print(f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    results = []
+    with services() as url:
+        for r in replicas:
+            for b in batches:
+                res = serve_run(url, ckpt, files, work / f"out-{r}-{b}", roots, r, b, args)
+                bare, _ = bare_forward(ckpt, files[1:], b)
+                res["bare_slices_per_s"] = bare
+                res["ratio"] = res["slices_per_s"] / bare
+                results.append(res)
+                print(f"  replicas {r} batch {b}: {res['slices_per_s']:.1f} slices/s ({res['scans_per_s']:.2f} scans/s) "
+                      f"vs bare {bare:.1f} -> ratio {res['ratio']:.2f}; latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s", flush=True)
+    print("\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / p95 (s) | enqueue->result p50 / p95 (s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for x in results:
+        print(f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | {x['bare_slices_per_s']:.1f} | "
+              f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / {x['e2e_p95']:.2f} |")
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"files": len(files), "checkpoint": ckpt, "results": results}, indent=2))
+    return 0
