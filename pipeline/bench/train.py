@@ -54,6 +54,16 @@ def _throughput(curve: Path) -> float:
     return statistics.median(rates[1:] if len(rates) > 1 else rates)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _load() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -80,11 +90,15 @@ def run(args: argparse.Namespace) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="patchrank-bench-train-") as tmp:
         torch.set_num_threads(args.threads)
-        t0 = time.perf_counter()
-        fit_local(train, val, cfg, Path(tmp) / "plain.pt", show=False, gpu=args.gpu)
-        plain = _throughput(Path(tmp) / "plain.curve.csv")
-        rows.append({"mode": "plain loop", "workers": 0, "images_per_s": plain, "wall_s": time.perf_counter() - t0})
-        print(f"  plain loop          {plain:8.1f} img/s")
+
+        def plain_run(tag: str) -> None:
+            t0 = time.perf_counter()
+            fit_local(train, val, cfg, Path(tmp) / f"{tag}.pt", show=False, gpu=args.gpu)
+            rate = _throughput(Path(tmp) / f"{tag}.curve.csv")
+            rows.append({"mode": f"plain loop ({tag})", "workers": 0, "images_per_s": rate, "wall_s": time.perf_counter() - t0, "load": _load()})
+            print(f"  plain loop ({tag})   {rate:8.1f} img/s   load {_load()}")
+
+        plain_run("before")
         ray.init(num_cpus=max(counts) * args.threads, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
         try:
@@ -93,17 +107,19 @@ def run(args: argparse.Namespace) -> int:
                 t0 = time.perf_counter()
                 launch(train, val, cfg, out, workers=w, gpu=args.gpu, cpus_per_worker=args.threads, progress_s=0)
                 rate = _throughput(out.with_suffix(".curve.csv"))
-                rows.append({"mode": "Ray Train", "workers": w, "images_per_s": rate, "wall_s": time.perf_counter() - t0})
-                print(f"  Ray Train x{w}        {rate:8.1f} img/s  ({rate / plain:.2f}x plain)")
+                rows.append({"mode": "Ray Train", "workers": w, "images_per_s": rate, "wall_s": time.perf_counter() - t0, "load": _load()})
+                print(f"  Ray Train x{w}        {rate:8.1f} img/s   load {_load()}")
         finally:
             ray.shutdown()
+        plain_run("after")  # bracket the Ray runs: the machine's load may drift
+    plain = statistics.mean(r["images_per_s"] for r in rows if r["workers"] == 0)
     for r in rows:
         r["ratio_vs_plain"] = r["images_per_s"] / plain
-    print(f"\n| mode | workers | images/s | ratio vs plain | wall s (incl. start-up) |\n|---|---|---|---|---|")
+    print(f"\n(ratio vs plain = vs the mean of the two plain runs, {plain:.1f} img/s)")
+    print("| mode | workers | images/s | ratio vs plain | wall s (incl. start-up) | load avg (1/5/15 min) at end |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['ratio_vs_plain']:.2f} | {r['wall_s']:.0f} |")
-    info = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": f"{platform.machine()} {os.cpu_count()} CPUs "
-            f"{platform.processor() or ''}".strip(), "load_avg_end": _load(), "torch": torch.__version__, "ray": ray.__version__}
+        print(f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['ratio_vs_plain']:.2f} | {r['wall_s']:.0f} | {r['load']} |")
+    info = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": f"{os.cpu_count()} CPUs ({_cpu_name()})", "load_avg_end": _load(), "torch": torch.__version__, "ray": ray.__version__}
     print(f"{info['date_utc']} UTC, {info['machine']}, load avg at end {info['load_avg_end']}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"args": vars(args) | {"func": None}, "info": info, "rows": rows}, indent=2))
