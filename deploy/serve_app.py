@@ -24,6 +24,8 @@ def _actor_options(p: Placement) -> dict:
     opts: dict = {"num_cpus": p.num_cpus}
     if p.num_gpus:
         opts["num_gpus"] = p.num_gpus
+    if p.resources:
+        opts["resources"] = dict(p.resources)
     return opts
 
 

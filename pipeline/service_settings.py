@@ -97,6 +97,7 @@ class Placement(BaseModel):
 
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0, description="> 0 places the replica on a GPU node (set device: cuda)")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources, e.g. {ingest_node: 0.01} to pin to a node type")
     min_replicas: int = Field(1, ge=0)
     max_replicas: int = Field(1, ge=1)
     initial_replicas: int | None = Field(None, ge=0)
