@@ -27,10 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="scoring service throughput vs bare model forward", description=__doc__)
     p.add_argument("--checkpoint", help="model to serve (default: a fresh default-architecture model)")
     p.add_argument("--data", nargs="*", help="scan files/folders (default: generated phantoms)")
-    p.add_argument("--scans", type=int, default=16, help="phantom volumes to generate (default 16)")
-    p.add_argument("--image-size", type=int, default=128, help="model input size for the fresh model (default 128)")
+    p.add_argument("--scans", type=int, default=12, help="phantom volumes to generate (default 12)")
+    p.add_argument("--image-size", type=int, default=64, help="model input size for the fresh model (default 64)")
     p.add_argument("--replicas", default="1,2", help="scorer replica counts (default 1,2)")
-    p.add_argument("--batch-sizes", default="8,32,64", help="@serve.batch max_batch_size values (default 8,32,64)")
+    p.add_argument("--batch-sizes", default="8,32", help="@serve.batch max_batch_size values (default 8,32)")
     p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
     p.add_argument("--inflight", type=int, default=4, help="scans in flight per ingest replica (default 4)")
     p.add_argument("--json", dest="json_out", help="also write the results here")
@@ -51,8 +51,8 @@ def fresh_checkpoint(path: Path, image_size: int) -> Path:
     return path
 
 
-def bare_forward(checkpoint: str, files: list[Path], batch: int, repeats: int = 2) -> tuple[float, int]:
-    """-> (slices/s of the batched forward alone, slices)."""
+def bare_forward(checkpoint: str, files: list[Path], batch: int, repeats: int = 1) -> tuple[float, int]:
+    """-> (slices/s of the batched forward alone (best of `repeats`), slices)."""
     import numpy as np
     import torch
 
@@ -72,6 +72,10 @@ def bare_forward(checkpoint: str, files: list[Path], batch: int, repeats: int = 
             scorer.score_chunks([SliceChunk(images[s : s + batch], fg[s : s + batch])])
         best = max(best, len(images) / (time.perf_counter() - t0))
     return best, len(images)
+
+
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -131,23 +135,26 @@ def run(args: argparse.Namespace) -> int:
     ckpt = str(Path(args.checkpoint).resolve()) if args.checkpoint else str(fresh_checkpoint(work / "model.pt", args.image_size))
     replicas = [int(x) for x in args.replicas.split(",")]
     batches = [int(x) for x in args.batch_sizes.split(",")]
-    print(f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
+    print(f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load {_load()}")
     results = []
     with services() as url:
         for r in replicas:
             for b in batches:
+                before, _ = bare_forward(ckpt, files[1:], b)  # bracket the service run: the machine is shared
                 res = serve_run(url, ckpt, files, work / f"out-{r}-{b}", roots, r, b, args)
-                bare, _ = bare_forward(ckpt, files[1:], b)
-                res["bare_slices_per_s"] = bare
+                after, _ = bare_forward(ckpt, files[1:], b)
+                bare = (before + after) / 2
+                res.update(bare_slices_per_s=bare, bare_before=before, bare_after=after, load=_load())
                 res["ratio"] = res["slices_per_s"] / bare
                 results.append(res)
                 print(f"  replicas {r} batch {b}: {res['slices_per_s']:.1f} slices/s ({res['scans_per_s']:.2f} scans/s) "
-                      f"vs bare {bare:.1f} -> ratio {res['ratio']:.2f}; latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s", flush=True)
-    print("\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / p95 (s) | enqueue->result p50 / p95 (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+                      f"vs bare {bare:.1f} ({before:.1f} before, {after:.1f} after) -> ratio {res['ratio']:.2f}; "
+                      f"latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; load {res['load']}", flush=True)
+    print("\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / p95 (s) | enqueue->result p50 / p95 (s) | load avg |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for x in results:
         print(f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | {x['bare_slices_per_s']:.1f} | "
-              f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / {x['e2e_p95']:.2f} |")
+              f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / {x['e2e_p95']:.2f} | {x['load']} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"files": len(files), "checkpoint": ckpt, "results": results}, indent=2))
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = ["quality", "train", "load"]
+BENCHES = ["quality", "train", "serve", "load"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
