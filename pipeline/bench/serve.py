@@ -5,8 +5,8 @@ Data: phantom NIfTI volumes (pipeline.phantom) written to a temp dir, or --data 
 Model: --checkpoint, or a freshly initialised model of the default architecture saved as
 a checkpoint (throughput does not depend on the weights).
 Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images) over the same
-preprocessed slices in batches of B, in-process, all torch threads (preprocessing and
-I/O excluded). End to end: a private redis-server + local Ray + the Serve app; clock from
+preprocessed slices in batches of B, in-process, best of 1 and all torch threads
+(preprocessing and I/O excluded), measured right before and right after each service run. End to end: a private redis-server + local Ray + the Serve app; clock from
 the first XADD to the stream drained (every result in Parquet and acknowledged), after
 one warm-up scan; per configuration (scorer replicas x max batch size).
 Latency per scan: `latency_s` (dequeue -> result row) and `queue_s + latency_s`
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", default="8,32", help="@serve.batch max_batch_size values (default 8,32)")
     p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
     p.add_argument("--inflight", type=int, default=4, help="scans in flight per ingest replica (default 4)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per scorer replica (default: CPUs / replicas)")
     p.add_argument("--json", dest="json_out", help="also write the results here")
     p.set_defaults(func=run)
 
@@ -51,26 +52,30 @@ def fresh_checkpoint(path: Path, image_size: int) -> Path:
     return path
 
 
-def bare_forward(checkpoint: str, files: list[Path], batch: int, repeats: int = 1) -> tuple[float, int]:
-    """-> (slices/s of the batched forward alone (best of `repeats`), slices)."""
+def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float, int]:
+    """-> (slices/s of the batched forward alone, slices): the best over 1 and all torch
+    threads (on a loaded machine one thread can beat two), so the ratio is conservative."""
     import numpy as np
     import torch
 
     from pipeline.consumer import load_prepared
     from pipeline.slice_scorer import SliceChunk, SliceScorer
 
-    torch.set_num_threads(os.cpu_count() or 1)
     scorer = SliceScorer(checkpoint)
     preps = [load_prepared(f.resolve(), scorer.preprocess) for f in files]
     images = np.concatenate([p.images for p in preps])
     fg = np.concatenate([p.foreground for p in preps])
-    scorer.score_chunks([SliceChunk(images[:batch], fg[:batch])])  # warm-up
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for s in range(0, len(images), batch):
-            scorer.score_chunks([SliceChunk(images[s : s + batch], fg[s : s + batch])])
-        best = max(best, len(images) / (time.perf_counter() - t0))
+    best, saved = 0.0, torch.get_num_threads()
+    try:
+        for threads in sorted({1, os.cpu_count() or 1}):
+            torch.set_num_threads(threads)
+            scorer.score_chunks([SliceChunk(images[:batch], fg[:batch])])  # warm-up
+            t0 = time.perf_counter()
+            for s in range(0, len(images), batch):
+                scorer.score_chunks([SliceChunk(images[s : s + batch], fg[s : s + batch])])
+            best = max(best, len(images) / (time.perf_counter() - t0))
+    finally:
+        torch.set_num_threads(saved)
     return best, len(images)
 
 
@@ -94,7 +99,7 @@ def serve_run(url: str, checkpoint: str, files: list[Path], out: Path, roots: li
     ns = f"bench-{replicas}-{batch}-{int(time.time())}"
     cfg = ServiceConfig(redis_url=url, namespace=ns, checkpoint=checkpoint, output_dir=str(out), allowed_roots=roots,
                         max_batch_size=batch, chunk_slices=min(args.chunk, batch), max_inflight_scans=args.inflight,
-                        torch_threads=max(1, (os.cpu_count() or 1) // replicas), flush_interval_s=0.2)
+                        torch_threads=args.threads or max(1, (os.cpu_count() or 1) // replicas), flush_interval_s=0.2)
     deploy(AppArgs(service=cfg, scorer=Placement(num_cpus=0.5, min_replicas=replicas, max_replicas=replicas), ingest=Placement(num_cpus=0.1)))
     client = StreamClient.from_url(url, cfg.keys)
     try:
