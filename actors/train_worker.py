@@ -47,13 +47,19 @@ def _reduce(m: dict, *, device: torch.device, world: int) -> dict:
     return out
 
 
-def _gather(obj, *, world: int) -> list:
+def _gather(state: dict, *, device: torch.device, world: int) -> list[dict]:
+    """A dict of same-shape tensors per rank (the mask RNG state) -> one dict per rank, on CPU.
+    Tensor all_gather on the training device works for gloo and NCCL alike (no pickling)."""
     if world == 1:
-        return [obj]
+        return [state]
     import torch.distributed as dist
 
-    out: list = [None] * world
-    dist.all_gather_object(out, obj)
+    out: list[dict] = [{} for _ in range(world)]
+    for key, t in state.items():
+        parts = [torch.empty_like(t, device=device) for _ in range(world)]
+        dist.all_gather(parts, t.to(device))
+        for r, part in enumerate(parts):
+            out[r][key] = part.cpu()
     return out
 
 
@@ -170,6 +176,6 @@ def train_loop_per_worker(config: dict) -> None:
         amp=bool(config.get("amp")) and device.type == "cuda",
         wrap=prepare_model,
         reduce=partial(_reduce, device=device, world=world),
-        gather=partial(_gather, world=world),
+        gather=partial(_gather, device=device, world=world),
     )
     fit_loop(train, val, cfg, reporter, place=place, state=state, labelled=labelled)

@@ -189,7 +189,7 @@ class Place:
     amp: bool = False  # bf16 autocast in gan_step (CUDA only)
     wrap: Callable[[torch.nn.Module], torch.nn.Module] = _identity  # moves to device (+ DDP)
     reduce: Callable[[dict], dict] = _identity  # epoch metrics -> metrics over all ranks
-    gather: Callable[[object], list] = lambda obj: [obj]  # one object per rank, in rank order
+    gather: Callable[[dict], list] = lambda state: [state]  # a dict of tensors -> one per rank, in rank order
 
 
 class Reporter:
