@@ -90,9 +90,26 @@ class IngestDeployment(_ConsumerHost):
     async def __call__(self, request=None) -> dict:
         return {"consumer": self.consumer.name if self.consumer else None, "stats": await self.stats(), "backlog": await self.backlog()}
 
-    def __del__(self) -> None:
-        if hasattr(self, "_stop"):
-            self._stop.set()  # stop reading; anything unacknowledged is reclaimed by XAUTOCLAIM
+    def __del__(self):
+        """Replica shutdown (scale-down, redeploy, serve.delete, SIGTERM of `serve run`): Serve
+        calls this inside the replica's event loop and awaits the coroutine it returns, which
+        stops reading, finishes the in-flight scans, writes them and acknowledges them (within
+        graceful_shutdown_timeout_s). Plain garbage collection only stops reading; anything
+        unacknowledged is then reclaimed by another replica's XAUTOCLAIM."""
+        if not hasattr(self, "_stop") or self._stop.is_set():
+            return None
+        self._stop.set()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            await self._task
+        finally:
+            await self._client.close()
 
 
 @ray.remote(max_restarts=0)

@@ -129,10 +129,14 @@ class StreamConsumer:
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, 10.0)
         finally:
+            await self._flush()  # what is scored is written and acked first: a shutdown deadline may cut the wait below
             if self._tasks:
-                await asyncio.wait(self._tasks, timeout=60)
+                await asyncio.wait(self._tasks, timeout=self.cfg.drain_timeout_s)
             stop.set()
-            await flusher
+            if self._tasks:  # still stuck (e.g. the scorer is gone): they stay pending, redelivered later
+                async with self._flush_lock:
+                    flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
             await self._flush()
 
     def _spawn(self, entries: list, *, claimed: bool) -> None:

@@ -35,6 +35,7 @@ class ServiceConfig(BaseModel):
     claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are reclaimed (XAUTOCLAIM)")
     claim_every_s: float = Field(2.0, gt=0, description="how often a consumer runs XAUTOCLAIM")
     max_deliveries: int = Field(3, ge=1, le=100, description="after this many deliveries an entry is dead-lettered")
+    drain_timeout_s: float = Field(10.0, gt=0, le=600, description="on shutdown, wait this long for in-flight scans (keep below Serve's graceful_shutdown_timeout_s, 20 s)")
     flush_scans: int = Field(16, ge=1, description="write a Parquet part once this many results are buffered")
     flush_interval_s: float = Field(1.0, gt=0, description="... or once the oldest buffered result is this old")
     top_patches: int = Field(20, ge=1, le=1000, description="patches stored per scan in the patches table")
