@@ -37,10 +37,13 @@ class ScoringConfig:
     grid_cell: int = 16  # complementary-mask square side (pixels)
     grid_period: int = 2  # M = period**2 complementary masks; 0 = no masking (ablation)
     residual: str = "abs"  # "abs" | "positive"
-    calibration: str = "position"  # "none" | "global" | "position"
+    calibration: str = "position"  # "none" | "global" | "position" (patch / image scores)
+    pixel_calibration: str = "global"  # same choices, for the per-pixel map only
     rec_weight: float = 1.0
     disc_weight: float = 0.5
     min_foreground: float = 0.25  # patch counts when >= this fraction is foreground
+    patch_pool: str = "mean"  # patch evidence: "mean" of the calibrated residual, or "max" of its 3x3 mean
+    stat_smooth: int = 0  # odd box size to smooth the per-position statistics (0 = off)
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
     volume_rank: RankConfig = field(default_factory=lambda: RankConfig(k=3, decay=0.8, floor=0.0))
 
@@ -119,14 +122,14 @@ def raw_maps(
     return residual, evidence, composite
 
 
-def _calibrate(residual: torch.Tensor, stats: ScoreStats | None, cfg: ScoringConfig) -> torch.Tensor:
-    if stats is None or cfg.calibration == "none":
+def _calibrate(residual: torch.Tensor, stats: ScoreStats | None, how: str) -> torch.Tensor:
+    if how not in ("none", "global", "position"):
+        raise ValueError(f"unknown calibration {how!r}")
+    if stats is None or how == "none":
         return residual
     mu, sd = stats.pix_mean.to(residual), stats.pix_std.to(residual)
-    if cfg.calibration == "global":
+    if how == "global":
         mu, sd = mu.mean(), sd.mean()
-    elif cfg.calibration != "position":
-        raise ValueError(f"unknown calibration {cfg.calibration!r}")
     return (residual - mu) / sd
 
 
@@ -149,8 +152,14 @@ def combine(
     residual: (B, 1, H, W); evidence: (B, h, w); foreground: (B, 1, H, W) or None.
     """
     patch = residual.shape[-1] // evidence.shape[-1]
-    cal = _calibrate(residual, stats, cfg)
-    rec = F.avg_pool2d(cal, patch)[:, 0]  # (B, h, w)
+    cal = _calibrate(residual, stats, cfg.calibration)
+    if cfg.patch_pool == "mean":
+        rec = F.avg_pool2d(cal, patch)[:, 0]  # (B, h, w)
+    elif cfg.patch_pool == "max":
+        local = F.avg_pool2d(cal, 3, stride=1, padding=1, count_include_pad=False)  # (B, 1, H, W)
+        rec = F.max_pool2d(local, patch)[:, 0]  # (B, h, w)
+    else:
+        raise ValueError(f"unknown patch_pool {cfg.patch_pool!r} (use 'mean' or 'max')")
     s = stats
     rec_z = (rec - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)
     disc_z = (evidence - (s.disc_mean if s else 0.0)) / (s.disc_std if s else 1.0)
@@ -159,7 +168,8 @@ def combine(
     scores = cfg.rec_weight * rec_z + cfg.disc_weight * disc_z
     valid = _patch_valid(foreground, tuple(scores.shape), patch, cfg).to(scores.device)
     image_raw = ranked_sum(scores.flatten(1), cfg.rank.k, cfg.rank.decay, cfg.rank.floor, valid.flatten(1))
-    smooth = F.avg_pool2d(cal, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    pcal = cal if cfg.pixel_calibration == cfg.calibration else _calibrate(residual, stats, cfg.pixel_calibration)
+    smooth = F.avg_pool2d(pcal, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
     pixel = cfg.rec_weight * (smooth - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)
     up = F.interpolate(disc_z[:, None], size=residual.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     pixel = pixel + cfg.disc_weight * up
@@ -214,6 +224,10 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     pix_std = residual.std(0, keepdim=True) if len(residual) > 1 else torch.ones_like(pix_mean)
     # Floor sigma so rarely-varying positions (background) cannot explode the z-score.
     pix_std = pix_std.clamp_min(float(pix_std.median()) * 0.5 + _EPS)
+    if cfg.stat_smooth > 1:  # few normal slices per position: average neighbouring positions
+        k = cfg.stat_smooth
+        pix_mean = F.avg_pool2d(pix_mean, k, stride=1, padding=k // 2, count_include_pad=False)
+        pix_std = F.avg_pool2d(pix_std, k, stride=1, padding=k // 2, count_include_pad=False)
     stats = ScoreStats(pix_mean, pix_std)
     _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg)
     stats.rec_mean, stats.rec_std = float(rec_z[valid].mean()), _robust_std(rec_z[valid])

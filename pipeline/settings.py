@@ -35,9 +35,9 @@ class PreprocessConfig(Strict):
 
 
 class ArchConfig(Strict):
-    base_channels: int = Field(16, ge=4, le=256)
+    base_channels: int = Field(8, ge=4, le=256)
     depth: int = Field(4, ge=1, le=6)
-    disc_channels: int = Field(32, ge=4, le=512)
+    disc_channels: int = Field(16, ge=4, le=512)
     disc_layers: int = Field(3, ge=1, le=5)
 
 
@@ -79,12 +79,15 @@ class LossConfig(Strict):
 class ScoringSettings(Strict):
     grid_period: int = Field(2, ge=0, le=4, description="0 = no masking at test time")
     grid_cell: int | None = Field(None, ge=1, description="default: image_size // 8")
-    residual: Literal["abs", "positive"] = "abs"
+    residual: Literal["abs", "positive"] = Field("positive", description="positive: only brighter-than-normal counts (FLAIR lesions); abs for RGB skin")
     calibration: Literal["none", "global", "position"] = "position"
+    pixel_calibration: Literal["none", "global", "position"] = Field("global", description="calibration of the per-pixel map (heatmaps, pixel AUROC)")
     rec_weight: float = Field(1.0, ge=0)
     disc_weight: float = Field(0.5, ge=0)
     min_foreground: float = Field(0.25, ge=0, le=1)
-    rank: RankSettings = RankSettings(k=4, decay=0.8)
+    patch_pool: Literal["mean", "max"] = "mean"
+    stat_smooth: int = Field(5, ge=0, le=15, description="box size smoothing the per-position statistics (0 = off)")
+    rank: RankSettings = RankSettings(k=8, decay=0.9)
     volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
 
     def to_model(self, image_size: int) -> ScoringConfig:
@@ -93,9 +96,12 @@ class ScoringSettings(Strict):
             grid_period=self.grid_period,
             residual=self.residual,
             calibration=self.calibration,
+            pixel_calibration=self.pixel_calibration,
             rec_weight=self.rec_weight,
             disc_weight=self.disc_weight,
             min_foreground=self.min_foreground,
+            patch_pool=self.patch_pool,
+            stat_smooth=self.stat_smooth,
             rank=self.rank.to_model(),
             volume_rank=self.volume_rank.to_model(),
         )
@@ -104,7 +110,7 @@ class ScoringSettings(Strict):
 class TrainConfig(Strict):
     """Everything `patchrank train` needs besides paths."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(12, ge=1)
     batch_size: int = Field(16, ge=1, description="per worker; global batch = batch_size x workers")
     lr_g: float = Field(1e-3, gt=0)
     lr_d: float = Field(1e-3, gt=0)

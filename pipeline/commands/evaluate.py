@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     scans = load_test_scans(records, cfg, progress=bar)
     data = evaluate_scorer(PatchRankScorer(model), scans)
     rep = report(data)
+    if not rep["n_normal"] or not rep["n_abnormal"]:
+        raise DatasetError(f"evaluation needs normal and abnormal examples; {args.data} gave "
+                           f"{rep['n_normal']} normal and {rep['n_abnormal']} abnormal (labels from _seg masks, labels.csv or a manifest)")
     rep.update(
         checkpoint=str(args.checkpoint),
         model_version=model.model_version,

@@ -1,0 +1,49 @@
+"""`patchrank evaluate` end to end on the tiny phantom model, and a quick quality bench."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.cli import main
+
+
+@pytest.mark.timeout(120)
+def test_evaluate_writes_report_and_figures(tiny_checkpoint, phantom_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_dir), "--out", str(out), "--quiet"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["n_normal"] > 0 and rep["n_abnormal"] > 0 and rep["n_scans"] == 8
+    for key in ("image_auroc", "image_auprc", "small_lesion_auroc", "pixel_auroc", "best_dice"):
+        assert key in rep
+    for key in ("image_auroc", "image_auprc", "pixel_auroc", "best_dice"):
+        assert 0.0 <= rep[key] <= 1.0, key
+    assert rep["n_pixels"] > 1000 and rep["model_version"]
+    for png in ("roc.png", "montage.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.timeout(60)
+def test_evaluate_clear_error_without_labels(tiny_checkpoint, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    rc = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err
+
+
+@pytest.mark.timeout(180)
+def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path):
+    out = tmp_path / "bench"
+    rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--epochs", "1", "--folds", "2",
+               "--methods", "patchrank,percentile", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "quality.json").read_text())
+    assert len(res["runs"]) == 2 * 2 and len(res["folds"]) == 2
+    assert not set(res["folds"][0]) & set(res["folds"][1])
+    table = (out / "quality.md").read_text()
+    assert "| patchrank |" in table and "| percentile |" in table and "±" in table and "command:" in table
