@@ -25,6 +25,28 @@ APP_NAME = "patchrank"
 
 
 @contextlib.contextmanager
+def sigterm_as_interrupt():
+    """While active, SIGTERM raises KeyboardInterrupt like Ctrl-C, so the `finally` blocks
+    stop what was started. Entered after ray.init, whose native handler would otherwise
+    end the process mid-cleanup (leaving the private redis-server and Ray agents behind)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
 def services(redis_url: str | None = None, address: str | None = None, num_cpus: int | None = None):
     """Yield a Redis URL with Ray + Serve running; stop whatever was started here."""
     import ray
@@ -42,6 +64,7 @@ def services(redis_url: str | None = None, address: str | None = None, num_cpus:
             kw = {"address": address} if address else {"num_cpus": num_cpus or os.cpu_count() or 1, "include_dashboard": False}
             ray.init(log_to_driver=False, configure_logging=False, **kw)
             started_ray = address is None
+        stack.enter_context(sigterm_as_interrupt())
         try:
             serve.start(proxy_location="Disabled")
             yield redis_url
