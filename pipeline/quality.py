@@ -106,15 +106,19 @@ def run_quality(
     folds: int,
     methods: list[str],
     out: Path,
+    only: list[int] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Run every method on every fold; save results incrementally to out/quality.json."""
+    """Run every method on every fold (or the 0-based folds in `only`); save results
+    incrementally to out/quality.json (folds run in separate processes merge with `merge_results`)."""
     out.mkdir(parents=True, exist_ok=True)
     split = make_folds(records, folds, cfg.seed)
     results: dict = {"config": json.loads(cfg.model_dump_json()), "folds": split, "runs": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="patchrank-bench-") as tmp:
         for i, test_subjects in enumerate(split):
+            if only is not None and i not in only:
+                continue
             fold = build_fold(records, test_subjects, cfg, i)
             log(f"fold {i + 1}/{folds}: train {len(fold.train)} normal slices, val {len(fold.val)}, "
                 f"test subjects {len(test_subjects)}")
@@ -132,6 +136,20 @@ def run_quality(
     results["summary"] = summarise(results["runs"], methods)
     (out / "quality.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def merge_results(paths: list[Path]) -> dict:
+    """Merge quality.json files of the same folds/config (e.g. one process per fold)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    base = parts[0]
+    for p in parts[1:]:
+        if p["folds"] != base["folds"] or p["config"] != base["config"]:
+            raise DatasetError("cannot merge results with different folds or configuration")
+    runs = {(r["method"], r["fold"]): r for p in parts for r in p["runs"]}
+    merged = {"config": base["config"], "folds": base["folds"], "runs": sorted(runs.values(), key=lambda r: (r["fold"], r["method"]))}
+    methods = list(dict.fromkeys(r["method"] for p in parts for r in p["runs"]))
+    merged["summary"] = summarise(merged["runs"], methods)
+    return merged
 
 
 def summarise(runs: list[dict], methods: list[str]) -> dict:

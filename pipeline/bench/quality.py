@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override epochs for every trained method")
     p.add_argument("--modality", default="flair")
     p.add_argument("--out", default="bench_quality", help="output folder (default bench_quality)")
+    p.add_argument("--only-folds", help="comma-separated 1-based folds to run (e.g. one process per fold)")
+    p.add_argument("--merge", nargs="+", metavar="QUALITY_JSON", help="instead of running: merge quality.json files "
+                   "of runs with the same folds and config into OUT/quality.md + quality.json")
     p.set_defaults(func=run)
 
 
@@ -42,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.quality import ALL_METHODS, markdown_table, merge, run_quality
     from pipeline.settings import TrainConfig
 
+    if args.merge:
+        return merge(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
@@ -58,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     base = merge(base, {"preprocess": {"channels": infer_channels(records)}})
     cfg = TrainConfig(**base)
     t0 = time.perf_counter()
-    res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out))
+    only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
+    res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only)
     wall = time.perf_counter() - t0
     cmd = "patchrank bench quality " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (("data", args.data), ("folds", args.folds), ("seed", args.seed)))
     header = (
@@ -72,4 +78,18 @@ def run(args: argparse.Namespace) -> int:
     Path(args.out, "quality.md").write_text(table)
     print(table)
     print(f"wrote {Path(args.out) / 'quality.md'} and {Path(args.out) / 'quality.json'}")
+    return 0
+
+
+def merge(args: argparse.Namespace) -> int:
+    from pipeline.quality import markdown_table, merge_results
+
+    res = merge_results([Path(p) for p in args.merge])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "quality.json").write_text(json.dumps(res, indent=2))
+    done = sorted({r["fold"] + 1 for r in res["runs"]})
+    table = f"merged from {', '.join(args.merge)}; folds with results: {done} of {len(res['folds'])}\n\n" + markdown_table(res["summary"])
+    (out / "quality.md").write_text(table)
+    print(table)
     return 0

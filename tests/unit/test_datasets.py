@@ -153,3 +153,26 @@ def test_splits_and_folds_are_by_subject():
     assert make_folds(recs, 3, seed=0) == folds and make_folds(recs, 3, seed=1) != folds
     with pytest.raises(DatasetError, match="folds"):
         make_folds(recs, 13, seed=0)
+
+
+def test_merge_fold_results_and_table(tmp_path):
+    import json
+
+    from pipeline.quality import markdown_table, merge_results
+
+    def part(fold, auc):
+        runs = [{"method": m, "fold": fold, "image_auroc": auc + d, "pixel_auroc": None, "fit_seconds": 1.0} for m, d in (("patchrank", 0.1), ("cae", 0.0))]
+        return {"config": {"seed": 0}, "folds": [["a"], ["b"]], "runs": runs}
+
+    for i, auc in enumerate((0.5, 0.7)):
+        (tmp_path / f"{i}.json").write_text(json.dumps(part(i, auc)))
+    res = merge_results([tmp_path / "0.json", tmp_path / "1.json"])
+    mean, std, n = res["summary"]["patchrank"]["image_auroc"]
+    assert (round(mean, 6), round(std, 6), n) == (0.7, 0.1, 2)
+    assert res["summary"]["cae"]["pixel_auroc"] is None
+    table = markdown_table(res["summary"])
+    assert "| patchrank | 0.700 ± 0.100 |" in table and "pixel_auroc" not in table
+    other = part(0, 0.5) | {"folds": [["x"], ["y"]]}
+    (tmp_path / "x.json").write_text(json.dumps(other))
+    with pytest.raises(DatasetError, match="different folds"):
+        merge_results([tmp_path / "0.json", tmp_path / "x.json"])
