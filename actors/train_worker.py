@@ -31,19 +31,21 @@ CURVE_FILE = "curve.csv"
 
 
 def _reduce(m: dict, *, device: torch.device, world: int) -> dict:
-    """Per-rank epoch metrics -> mean losses, total images, slowest rank's seconds, global images/s."""
+    """Per-rank epoch metrics -> mean losses, total images and CPU seconds, slowest rank's
+    seconds, the group's images/s and images per CPU-second."""
     if world == 1:
         return m
     import torch.distributed as dist
 
     keys = sorted(k for k in m if k.startswith("loss"))
-    sums = torch.tensor([m[k] for k in keys] + [m["images"]], dtype=torch.float64, device=device)
+    sums = torch.tensor([m[k] for k in keys] + [m["images"], m["cpu_seconds"]], dtype=torch.float64, device=device)
     secs = torch.tensor([m["seconds"]], dtype=torch.float64, device=device)
     dist.all_reduce(sums)
     dist.all_reduce(secs, op=dist.ReduceOp.MAX)
-    out = {k: float(v) / world for k, v in zip(keys, sums[:-1].tolist())}
-    images, seconds = float(sums[-1]), float(secs[0])
-    out.update(images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9))
+    out = {k: float(v) / world for k, v in zip(keys, sums[:-2].tolist())}
+    images, cpu, seconds = float(sums[-2]), float(sums[-1]), float(secs[0])
+    out.update(images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9), cpu_seconds=cpu,
+               images_per_cpu_s=images / max(cpu, 1e-9))
     return out
 
 

@@ -6,7 +6,10 @@ Runs the real paths on the same synthetic in-memory slices: `fit_local` (what
 (`run_epoch`, summed over workers / slowest worker's time), read from the learning curve,
 median over the epochs after the first: Ray's start-up (cluster, worker group, process
 group) and the per-epoch validation and checkpointing are outside the measured window.
-Every process / worker gets the same number of torch threads.
+Every process / worker gets the same number of torch threads. Also reported: images per
+CPU-second of the training processes, which stays meaningful on a machine shared with
+other jobs (wall-clock images/s then mostly measures the neighbours). The plain loop runs
+before and after the Ray runs, and ratios are against the mean of the two.
 """
 from __future__ import annotations
 
@@ -49,9 +52,12 @@ def synthetic_slices(n: int, size: int, channels: int, seed: int = 0):
     return SliceSet(img, fg, np.zeros(n, np.int64), np.array([f"s{i % 8}" for i in range(n)]), np.arange(n), np.full(n, -1))
 
 
-def _throughput(curve: Path) -> float:
-    rates = [float(r["images_per_s"]) for r in csv.DictReader(curve.open())]
-    return statistics.median(rates[1:] if len(rates) > 1 else rates)
+def _throughput(curve: Path) -> tuple[float, float]:
+    """-> median over epochs 2.. of (images/s wall, images per CPU-second)."""
+    rows = list(csv.DictReader(curve.open()))
+    rows = rows[1:] if len(rows) > 1 else rows
+    return (statistics.median(float(r["images_per_s"]) for r in rows),
+            statistics.median(float(r["images_per_cpu_s"]) for r in rows))
 
 
 def _cpu_name() -> str:
@@ -94,9 +100,10 @@ def run(args: argparse.Namespace) -> int:
         def plain_run(tag: str) -> None:
             t0 = time.perf_counter()
             fit_local(train, val, cfg, Path(tmp) / f"{tag}.pt", show=False, gpu=args.gpu)
-            rate = _throughput(Path(tmp) / f"{tag}.curve.csv")
-            rows.append({"mode": f"plain loop ({tag})", "workers": 0, "images_per_s": rate, "wall_s": time.perf_counter() - t0, "load": _load()})
-            print(f"  plain loop ({tag})   {rate:8.1f} img/s   load {_load()}")
+            rate, per_cpu = _throughput(Path(tmp) / f"{tag}.curve.csv")
+            rows.append({"mode": f"plain loop ({tag})", "workers": 0, "images_per_s": rate, "images_per_cpu_s": per_cpu,
+                         "wall_s": time.perf_counter() - t0, "load": _load()})
+            print(f"  plain loop ({tag})   {rate:8.1f} img/s  {per_cpu:8.1f} img/CPU-s   load {_load()}")
 
         plain_run("before")
         ray.init(num_cpus=max(counts) * args.threads, include_dashboard=False, log_to_driver=False,
@@ -106,19 +113,24 @@ def run(args: argparse.Namespace) -> int:
                 out = Path(tmp) / f"ray{w}.pt"
                 t0 = time.perf_counter()
                 launch(train, val, cfg, out, workers=w, gpu=args.gpu, cpus_per_worker=args.threads, progress_s=0)
-                rate = _throughput(out.with_suffix(".curve.csv"))
-                rows.append({"mode": "Ray Train", "workers": w, "images_per_s": rate, "wall_s": time.perf_counter() - t0, "load": _load()})
-                print(f"  Ray Train x{w}        {rate:8.1f} img/s   load {_load()}")
+                rate, per_cpu = _throughput(out.with_suffix(".curve.csv"))
+                rows.append({"mode": "Ray Train", "workers": w, "images_per_s": rate, "images_per_cpu_s": per_cpu,
+                             "wall_s": time.perf_counter() - t0, "load": _load()})
+                print(f"  Ray Train x{w}        {rate:8.1f} img/s  {per_cpu:8.1f} img/CPU-s   load {_load()}")
         finally:
             ray.shutdown()
         plain_run("after")  # bracket the Ray runs: the machine's load may drift
     plain = statistics.mean(r["images_per_s"] for r in rows if r["workers"] == 0)
+    plain_cpu = statistics.mean(r["images_per_cpu_s"] for r in rows if r["workers"] == 0)
     for r in rows:
         r["ratio_vs_plain"] = r["images_per_s"] / plain
-    print(f"\n(ratio vs plain = vs the mean of the two plain runs, {plain:.1f} img/s)")
-    print("| mode | workers | images/s | ratio vs plain | wall s (incl. start-up) | load avg (1/5/15 min) at end |\n|---|---|---|---|---|---|")
+        r["cpu_ratio_vs_plain"] = r["images_per_cpu_s"] / plain_cpu
+    print(f"\n(ratios vs the mean of the two plain runs: {plain:.1f} img/s, {plain_cpu:.1f} img/CPU-s)")
+    print("| mode | workers | images/s (wall) | ratio | images per CPU-s | ratio | wall s incl. start-up | load avg 1/5/15 min |\n"
+          "|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['ratio_vs_plain']:.2f} | {r['wall_s']:.0f} | {r['load']} |")
+        print(f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['ratio_vs_plain']:.2f} | {r['images_per_cpu_s']:.1f} | "
+              f"{r['cpu_ratio_vs_plain']:.2f} | {r['wall_s']:.0f} | {r['load']} |")
     info = {"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "machine": f"{os.cpu_count()} CPUs ({_cpu_name()})", "load_avg_end": _load(), "torch": torch.__version__, "ray": ray.__version__}
     print(f"{info['date_utc']} UTC, {info['machine']}, load avg at end {info['load_avg_end']}")
     if args.json_out:
