@@ -27,7 +27,7 @@ def test_screen_interrupted_stops_everything(tmp_path, phantom_dir, tiny_checkpo
     data = tmp_path / "data"
     data.mkdir()
     sources = sorted(phantom_dir.rglob("*_flair.nii.gz"))
-    for i in range(60):
+    for i in range(200):
         shutil.copy(sources[i % len(sources)], data / f"scan_{i:02d}_flair.nii.gz")
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -48,6 +48,7 @@ def test_screen_interrupted_stops_everything(tmp_path, phantom_dir, tiny_checkpo
         proc.kill()
         pytest.fail("screen did not exit within 60 s of the signal")
     text = proc.stdout.read()
+    assert "scored 200 scans" not in text, "the job finished before the signal; the test proved nothing"
     assert rc != 0 and "Traceback" not in text, text[-3000:]
     gone, alive = psutil.wait_procs(started, timeout=20)
     leftover = [f"{p.pid} {p.name()}" for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

@@ -73,7 +73,9 @@ def test_scorer_and_ingest_replicas_killed_mid_run(ray_session, redis_url, phant
         out = check_exactly_once(cfg, ids)
         assert {r["status"] for r in out.rows.values()} == {"ok"}, {r["error"] for r in out.rows.values()}
         assert max(r["deliveries"] for r in out.rows.values()) >= 2, "some entries were redelivered after a kill"
-        assert not list((tmp_path / "out").rglob(".*.tmp"))
+        # a replica killed with SIGKILL mid-write can leave a hidden `.part-*.tmp`; readers never see it
+        # (check_exactly_once read every visible part), and it never becomes a visible part
+        assert all(p.name.startswith(".") for p in (tmp_path / "out").rglob("*.tmp"))
     finally:
         client.close()
         screening.undeploy()
