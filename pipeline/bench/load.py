@@ -136,6 +136,7 @@ class Monitor(threading.Thread):
         b = self.client.backlog()
         t = time.monotonic() - self.t0
         total_rss = 0.0
+        roles = {"scorer": 0.0, "ingest": 0.0, "driver": 0.0, "producer": 0.0, "redis": 0.0}
         for p in self.processes():
             try:
                 rss = p.memory_info().rss / 2**20
@@ -145,9 +146,13 @@ class Monitor(threading.Thread):
             self.peak_rss[key] = max(self.peak_rss.get(key, 0.0), rss)
             self.rss_at.setdefault(key, []).append((t, rss))
             total_rss += rss
+            label = key.lower()
+            for role in roles:
+                if role in label or (role == "redis" and "redis-server" in label):
+                    roles[role] += rss
         used = int(self.client.r.info("memory").get("used_memory", 0)) / 2**20
         s = {"t": round(t, 2), "xlen": b.length, "lag": b.lag, "pending": b.pending, "done": b.length - b.total,
-             "rss_total_mib": round(total_rss, 1), "redis_used_mib": round(used, 2)}
+             "rss_total_mib": round(total_rss, 1), "redis_used_mib": round(used, 2), **{f"rss_{k}_mib": round(v, 1) for k, v in roles.items()}}
         self.samples.append(s)
         return s
 
