@@ -9,15 +9,21 @@ from pipeline.settings import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train on normal scans and write a checkpoint")
+    p = sub.add_parser(
+        "train",
+        help="train on normal scans and write a checkpoint",
+        description="Fit the Patch-GAN on normal slices. --workers 0 (default) trains in this process; "
+        "--workers N runs Ray Train (TorchTrainer, DDP) with N CPU or --gpu workers, on a local Ray or --address. "
+        "Both write the same checkpoint (every epoch) and <out>.curve.csv. See docs/training.md.",
+    )
     p.add_argument("--data", required=True, help="dataset folder (BraTS-style) ")
     p.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
     p.add_argument("--config", help="JSON file with a TrainConfig (flags below override it)")
     p.add_argument("--modality", default="flair", help="MRI modality for BraTS-style folders (default flair)")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=int, help="total epochs (default 10); with --resume, the epoch to train up to")
     p.add_argument("--image-size", type=int, help="model input side, multiple of 16 (default 128)")
     p.add_argument("--batch-size", type=int, help="per-worker batch size (default 16)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds weights, data order, flips and masks (default 0)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest saved state (--out, or a killed Ray run's last epoch under --storage): "
                         "weights, optimizer state, mask RNG and epoch; raise --epochs to train further")
