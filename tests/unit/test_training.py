@@ -145,3 +145,24 @@ def test_gan_step_under_ddp_matches_single_process_full_batch(tmp_path):
         for k, v in net.state_dict().items():
             torch.testing.assert_close(ddp[name][k], v, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")
     assert dist.is_available() and not dist.is_initialized()
+
+
+def test_resume_source_is_the_newest_checkpoint(tmp_path):
+    """--resume with Ray: a killed run's per-epoch checkpoint under STORAGE beats an older --out."""
+    from deploy.train_launcher import default_storage, newest_resumable
+
+    out = tmp_path / "model.pt"
+    storage = default_storage(out)
+    assert storage == tmp_path / "model.ray"
+    assert newest_resumable(out, str(storage)) is None
+    out.write_bytes(b"x")
+    os.utime(out, (100, 100))
+    assert newest_resumable(out, str(storage)) == out
+    killed = storage / "run-20260101-000000-1" / "checkpoint_epoch_0003" / "model.pt"
+    killed.parent.mkdir(parents=True)
+    killed.write_bytes(b"y")
+    os.utime(killed, (200, 200))
+    assert newest_resumable(out, str(storage)) == killed
+    os.utime(out, (300, 300))
+    assert newest_resumable(out, str(storage)) == out
+    assert newest_resumable(out, "s3://bucket/runs") == out  # remote storage: only --out is searched
