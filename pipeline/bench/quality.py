@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from datetime import datetime, timezone
@@ -66,11 +67,15 @@ def run(args: argparse.Namespace) -> int:
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
     res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only)
     wall = time.perf_counter() - t0
-    cmd = "patchrank bench quality " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (("data", args.data), ("folds", args.folds), ("seed", args.seed)))
+    flags = [("data", args.data), ("folds", args.folds), ("seed", args.seed), ("config", args.config), ("epochs", args.epochs),
+             ("only-folds", args.only_folds), ("out", args.out)]
+    if args.methods != ",".join(ALL_METHODS):
+        flags.append(("methods", args.methods))
+    cmd = "patchrank bench quality " + " ".join(f"--{k} {v}" for k, v in flags if v is not None)
     header = (
         f"command: `{cmd}{' --quick' if args.quick else ''}`  \n"
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
-        f"machine: {platform.machine()} CPU, torch threads {torch.get_num_threads()}  \n"
+        f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}  \n"
         f"folds: {folds} (subject-level), seed {args.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
         f"wall time: {wall / 60:.1f} min\n\n"
     )
