@@ -22,6 +22,7 @@ import csv
 import json
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -238,13 +239,14 @@ def run(args: argparse.Namespace) -> int:
             dead = client.dead_letters()
             client.close()
             undeploy()
+            prod = json.loads((work / "images" / "producer.json").read_text()) if (work / "images" / "producer.json").exists() else {"seconds": float("nan"), "peak_rss_mib": float("nan")}
+            shutil.rmtree(work, ignore_errors=True)  # the generated images and model
     store = ResultStore(results)
     logical, distinct = store.sql("SELECT count(*), count(DISTINCT scan_id) FROM scans")[1][0]
     physical = store.sql("SELECT count(*) FROM scans_all")[1][0][0]
     counts = store.counts()
     rate_med, rate_cv = steady_rate(mon.samples, len(files))
     peak_depth = max(s["lag"] + s["pending"] for s in mon.samples)
-    prod = json.loads((work / "images" / "producer.json").read_text())
     mon.peak_rss["producer (self-measured)"] = prod["peak_rss_mib"]
     growth = _rss_growth(mon, len(files))
     summary = {
