@@ -44,6 +44,7 @@ class ScoringConfig:
     min_foreground: float = 0.25  # patch counts when >= this fraction is foreground
     patch_pool: str = "mean"  # patch evidence: "mean" of the calibrated residual, or "max" of its 3x3 mean
     stat_smooth: int = 0  # odd box size to smooth the per-position statistics (0 = off)
+    stat_prior: float = 0.0  # > 0: per-position stats only where foreground, shrunk to global with this pseudo-count
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
     volume_rank: RankConfig = field(default_factory=lambda: RankConfig(k=3, decay=0.8, floor=0.0))
 
@@ -205,6 +206,24 @@ def _robust_std(t: torch.Tensor) -> float:
     return max(float(t.std()), _EPS) if t.numel() > 1 else 1.0
 
 
+def position_stats(residual: torch.Tensor, fg: torch.Tensor, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position residual mean/std counted only where the position is foreground.
+
+    residual, fg: (N, 1, H, W) -> mean, std: (1, 1, H, W). Positions seen as foreground in
+    few slices (brain outlines differ between people) are shrunk towards the global
+    foreground statistics with `prior` pseudo-slices, so an unusual outline cannot divide
+    by a near-zero sigma; sigma is floored at half the global sigma.
+    """
+    n = fg.sum(0, keepdim=True)  # (1, 1, H, W)
+    vals = residual[fg.bool()]
+    g_mean = float(vals.mean()) if vals.numel() else 0.0
+    g_var = float(vals.var()) if vals.numel() > 1 else 1.0
+    mean = ((residual * fg).sum(0, keepdim=True) + prior * g_mean) / (n + prior)
+    dev = ((residual - mean) ** 2 * fg).sum(0, keepdim=True)
+    std = ((dev + prior * g_var) / (n + prior)).sqrt()
+    return mean, std.clamp_min(0.5 * g_var**0.5 + _EPS)
+
+
 @torch.no_grad()
 def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConfig) -> ScoreStats:
     """Fit normalisation statistics on normal validation data.
@@ -220,10 +239,13 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     if not res:
         raise ValueError("fit_score_stats needs at least one batch of normal validation data")
     residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
-    pix_mean = residual.mean(0, keepdim=True)  # (1, 1, H, W)
-    pix_std = residual.std(0, keepdim=True) if len(residual) > 1 else torch.ones_like(pix_mean)
-    # Floor sigma so rarely-varying positions (background) cannot explode the z-score.
-    pix_std = pix_std.clamp_min(float(pix_std.median()) * 0.5 + _EPS)
+    if cfg.stat_prior > 0:
+        pix_mean, pix_std = position_stats(residual, fg.float(), cfg.stat_prior)
+    else:
+        pix_mean = residual.mean(0, keepdim=True)  # (1, 1, H, W)
+        pix_std = residual.std(0, keepdim=True) if len(residual) > 1 else torch.ones_like(pix_mean)
+        # Floor sigma at half its median over all positions (background included; see docs/quality.md).
+        pix_std = pix_std.clamp_min(float(pix_std.median()) * 0.5 + _EPS)
     if cfg.stat_smooth > 1:  # few normal slices per position: average neighbouring positions
         k = cfg.stat_smooth
         pix_mean = F.avg_pool2d(pix_mean, k, stride=1, padding=k // 2, count_include_pad=False)

@@ -87,6 +87,7 @@ class ScoringSettings(Strict):
     min_foreground: float = Field(0.25, ge=0, le=1)
     patch_pool: Literal["mean", "max"] = "mean"
     stat_smooth: int = Field(5, ge=0, le=15, description="box size smoothing the per-position statistics (0 = off)")
+    stat_prior: float = Field(0.0, ge=0, description="> 0: per-position stats counted inside the foreground only, shrunk to global with this pseudo-count")
     rank: RankSettings = RankSettings(k=8, decay=0.9)
     volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
 
@@ -102,6 +103,7 @@ class ScoringSettings(Strict):
             min_foreground=self.min_foreground,
             patch_pool=self.patch_pool,
             stat_smooth=self.stat_smooth,
+            stat_prior=self.stat_prior,
             rank=self.rank.to_model(),
             volume_rank=self.volume_rank.to_model(),
         )

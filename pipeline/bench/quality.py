@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "subject-level folds and seed; print and save one table (mean ± std over folds) as "
         "OUT/quality.md and OUT/quality.json.",
     )
-    p.add_argument("--data", required=True, help="BraTS-style folder, ISIC-style folder or manifest CSV")
+    p.add_argument("--data", help="BraTS-style folder, ISIC-style folder or manifest CSV (required unless --merge)")
     p.add_argument("--folds", type=int, default=3, help="leave-subjects-out folds (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help=f"development mode: {json.dumps(QUICK)}, 2 folds")
@@ -47,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.settings import TrainConfig
 
     if args.merge:
-        return merge(args)
+        return merge_command(args)
+    if not args.data:
+        raise DatasetError("--data is required (or --merge QUALITY_JSON ...)")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def merge(args: argparse.Namespace) -> int:
+def merge_command(args: argparse.Namespace) -> int:
     from pipeline.quality import markdown_table, merge_results
 
     res = merge_results([Path(p) for p in args.merge])
