@@ -41,12 +41,19 @@ def run(args: argparse.Namespace) -> int:
     truth = {str((c / f"{c.name}_flair.nii.gz").resolve()): _has_lesion(c) for c in cases}
     print(f"      archive: 4 normal + 4 abnormal phantoms (lesion radius {lo:g}-{hi:g} voxels), never seen in training")
     print(f"[2/4] training {args.epochs} epochs at {args.image_size}px on {args.train_subjects} normal phantoms "
-          f"(slices with >= {args.min_area:g} x the largest brain area)")
+          f"(slices with >= {args.min_area:g} x the largest brain area; 1 torch thread, reproducible)")
     cfg = TrainConfig(epochs=args.epochs, batch_size=16, seed=args.seed,
                       preprocess={"image_size": args.image_size, "min_area_fraction": args.min_area})
     train, val = prepare_data(train_dir, cfg)
     ckpt = work / "model.pt"
-    version = fit_local(train, val, cfg, ckpt)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: the same weights (and ranking) on every machine
+    try:
+        version = fit_local(train, val, cfg, ckpt)
+    finally:
+        torch.set_num_threads(threads)
     print(f"      checkpoint {ckpt} (model_version {version})")
     print("[3/4] screening the archive: private redis-server + local Ray + Ray Serve -> Parquet")
     results = work / "results"
