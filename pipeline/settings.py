@@ -86,8 +86,8 @@ class ScoringSettings(Strict):
     disc_weight: float = Field(0.5, ge=0)
     min_foreground: float = Field(0.25, ge=0, le=1)
     patch_pool: Literal["mean", "max"] = "mean"
-    stat_smooth: int = Field(5, ge=0, le=15, description="box size smoothing the per-position statistics (0 = off)")
-    stat_prior: float = Field(0.0, ge=0, description="> 0: per-position stats counted inside the foreground only, shrunk to global with this pseudo-count")
+    stat_smooth: int = Field(0, ge=0, le=15, description="box size smoothing the per-position statistics (0 = off)")
+    stat_prior: float = Field(8.0, ge=0, description="> 0: per-position stats counted inside the foreground only, shrunk to global with this pseudo-count")
     rank: RankSettings = RankSettings(k=8, decay=0.9)
     volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
 
