@@ -7,31 +7,12 @@ result, nothing is pending, every visible Parquet part is complete.
 from __future__ import annotations
 
 import asyncio
-import shutil
 
 import pytest
 from servicekit import LocalScorer, check_exactly_once, drive, enqueue, make_consumer, service_config
 
-from pipeline.slice_scorer import SliceScorer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def scorer(tiny_checkpoint):
-    return SliceScorer(str(tiny_checkpoint), torch_threads=1)
-
-
-@pytest.fixture()
-def scans(tmp_path, phantom_dir):
-    """8 phantom volumes copied under the allowed root tmp_path/scans."""
-    root = tmp_path / "scans"
-    root.mkdir()
-    out = []
-    for src in sorted(phantom_dir.rglob("*_flair.nii.gz")):
-        out.append(shutil.copy(src, root / src.name))
-    assert len(out) == 8
-    return out
 
 
 def _cfg(redis_url, tmp_path, ckpt, **over):

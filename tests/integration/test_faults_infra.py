@@ -9,35 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import RedisServer
+from redisproc import RedisServer
 from servicekit import LocalScorer, backlog, check_exactly_once, drive, enqueue, make_consumer, service_config
 
 from pipeline.sink import part_files
-from pipeline.slice_scorer import SliceScorer
 
 pytestmark = pytest.mark.integration
 KIT = Path(__file__).resolve().parents[1] / "servicekit.py"
-
-
-@pytest.fixture(scope="module")
-def scorer(tiny_checkpoint):
-    return SliceScorer(str(tiny_checkpoint), torch_threads=1)
-
-
-@pytest.fixture()
-def scans(tmp_path, phantom_dir):
-    root = tmp_path / "scans"
-    root.mkdir()
-    return [shutil.copy(src, root / src.name) for src in sorted(phantom_dir.rglob("*_flair.nii.gz"))]
 
 
 def _child(cfg, tmp_path: Path, *extra: str, slow_s: float = 0.0) -> subprocess.Popen:
@@ -87,26 +72,9 @@ def test_signal_drains_gracefully(redis_url, tmp_path, tiny_checkpoint, scorer, 
     assert out.physical == len(ids)
 
 
-class DurableRedis(RedisServer):
-    """redis-server with an fsync-always append-only file, so a restart keeps the stream."""
-
-    def start(self) -> None:
-        args = [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-
 @pytest.mark.timeout(120)
 def test_redis_restarted_mid_run(tmp_path, tiny_checkpoint, scorer, scans):
-    server = DurableRedis(tmp_path)
+    server = RedisServer(tmp_path, durable=True)  # AOF: the restart keeps the stream
     server.start()
     try:
         cfg = service_config(server.url, tmp_path, tiny_checkpoint, max_deliveries=10, read_count=1, max_inflight_scans=1)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import RedisServer, free_port
+from redisproc import RedisServer, free_port
 from servicekit import LocalScorer, check_exactly_once, drive, make_consumer, service_config
 
 from pipeline.cli import main as cli
