@@ -14,8 +14,13 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     discriminator evidence = -logit of D(x) for that patch ("does not look normal").
     Both are z-scored with normal-patch statistics and summed with weights.
  5. Image score = rank-weighted top patches (model.ranking) over foreground patches,
-    then z-scored against normal validation images. Volume score = the same ranking
-    over slice scores.
+    then z-scored against normal validation images. When a slice's relative axial
+    position in its volume is known (0 = lowest kept slice, 1 = highest) and
+    `position_bandwidth` > 0, the z-score uses the mean/std of normal slices at that
+    level (local-linear kernel regression over position, shrunk to the global pair):
+    normal anatomy near the skull base reconstructs worse than at the ventricles, so
+    one global pair flags normal low slices and hides small lesions high up.
+    Volume score = the same ranking over slice scores.
 """
 from __future__ import annotations
 
@@ -45,6 +50,8 @@ class ScoringConfig:
     patch_pool: str = "mean"  # patch evidence: "mean" of the calibrated residual, or "max" of its 3x3 mean
     stat_smooth: int = 0  # odd box size to smooth the per-position statistics (0 = off)
     stat_prior: float = 0.0  # > 0: per-position stats only where foreground, shrunk to global with this pseudo-count
+    position_bandwidth: float = 0.0  # > 0: image score calibrated by axial position (kernel width, 0-1 units)
+    position_prior: float = 5.0  # pseudo-slices shrinking the per-level image stats to the global pair
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
     volume_rank: RankConfig = field(default_factory=lambda: RankConfig(k=3, decay=0.8, floor=0.0))
 
@@ -72,6 +79,8 @@ class ScoreStats:
     disc_std: float = 1.0
     image_mean: float = 0.0
     image_std: float = 1.0
+    level_mean: torch.Tensor | None = None  # (LEVELS,) image-score mean at positions linspace(0, 1, LEVELS)
+    level_std: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -83,6 +92,54 @@ class ScoreStats:
     @classmethod
     def identity(cls, height: int, width: int) -> "ScoreStats":
         return cls(torch.zeros(1, 1, height, width), torch.ones(1, 1, height, width))
+
+
+LEVELS = 21  # axial positions 0, 0.05, ..., 1 at which per-level image statistics are stored
+
+
+def level_table(raw: torch.Tensor, pos: torch.Tensor, bandwidth: float, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normal image scores raw (N,) at positions pos (N,) -> mean, std (LEVELS,).
+
+    Local-linear Gaussian-kernel regression (unbiased at the lowest and highest slices,
+    where a plain kernel average is pulled towards the middle), then shrunk to the
+    global mean/variance with `prior` pseudo-slices where few normal slices are near.
+    """
+    raw, pos = raw.double(), pos.double()
+    grid = torch.linspace(0, 1, LEVELS, dtype=torch.float64)
+    d = pos[None] - grid[:, None]  # (LEVELS, N)
+    w = torch.exp(-0.5 * (d / bandwidth) ** 2)
+    s0, s1, s2 = w.sum(1), (w * d).sum(1), (w * d * d).sum(1)
+    t0, t1 = (w * raw).sum(1), (w * d * raw).sum(1)
+    det = s0 * s2 - s1 * s1
+    ok = det > 1e-9 * s0.clamp_min(1e-12) ** 2
+    level = torch.where(ok, (s2 * t0 - s1 * t1) / det.where(ok, torch.ones_like(det)), t0 / s0.clamp_min(1e-12))
+    slope = torch.where(ok, (s0 * t1 - s1 * t0) / det.where(ok, torch.ones_like(det)), torch.zeros_like(det))
+    g_mean = raw.mean()
+    g_var = raw.var() if raw.numel() > 1 else torch.tensor(1.0, dtype=torch.float64)
+    mean = (s0 * level + prior * g_mean) / (s0 + prior)
+    fit = level[:, None] + slope[:, None] * d  # the local line at every normal slice
+    var = ((w * (raw[None] - fit) ** 2).sum(1) + prior * g_var) / (s0 + prior)
+    return mean.float(), var.sqrt().clamp_min(_EPS).float()
+
+
+def normalise_image(raw: torch.Tensor, stats: ScoreStats | None, position: torch.Tensor | None) -> torch.Tensor:
+    """Raw ranked image scores (B,) -> z-scores against normal images (at the same axial level
+    where `position` is finite and the stats have a level table)."""
+    if stats is None:
+        return raw
+    mean = torch.full_like(raw, stats.image_mean)
+    std = torch.full_like(raw, stats.image_std)
+    if position is not None and stats.level_mean is not None:
+        pos = position.to(raw).reshape(-1)
+        known = torch.isfinite(pos)
+        if known.any():
+            t = pos[known].clamp(0, 1) * (LEVELS - 1)
+            lo = t.floor().long().clamp(max=LEVELS - 2)
+            frac = t - lo
+            lm, ls = stats.level_mean.to(raw), stats.level_std.to(raw)
+            mean[known] = lm[lo] * (1 - frac) + lm[lo + 1] * frac
+            std[known] = ls[lo] * (1 - frac) + ls[lo + 1] * frac
+    return (raw - mean) / std
 
 
 @dataclass
@@ -188,11 +245,13 @@ def score_images(
     cfg: ScoringConfig,
     stats: ScoreStats | None,
     foreground: torch.Tensor | None = None,
+    position: torch.Tensor | None = None,
 ) -> ScoreOutput:
-    """x: (B, C, H, W) preprocessed slices; foreground: (B, 1, H, W) -> ScoreOutput."""
+    """x: (B, C, H, W) preprocessed slices; foreground: (B, 1, H, W); position: (B,) relative
+    axial position in the volume (NaN = unknown, e.g. a 2D image) -> ScoreOutput."""
     residual, evidence, composite = raw_maps(recon, disc, x, cfg)
     scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg)
-    image = (image_raw - (stats.image_mean if stats else 0.0)) / (stats.image_std if stats else 1.0)
+    image = normalise_image(image_raw, stats, position)
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
 
 
@@ -228,14 +287,16 @@ def position_stats(residual: torch.Tensor, fg: torch.Tensor, prior: float) -> tu
 def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConfig) -> ScoreStats:
     """Fit normalisation statistics on normal validation data.
 
-    batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None).
+    batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None[, position: (B,)]).
     """
-    res, ev, fgs = [], [], []
-    for x, fg in batches:
+    res, ev, fgs, poss = [], [], [], []
+    for x, fg, *rest in batches:
         r, e, _ = raw_maps(recon, disc, x, cfg)
         res.append(r.cpu())
         ev.append(e.cpu())
         fgs.append(fg.cpu() if fg is not None else torch.ones_like(r, dtype=torch.bool).cpu())
+        pos = rest[0] if rest and rest[0] is not None else None
+        poss.append(torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu())
     if not res:
         raise ValueError("fit_score_stats needs at least one batch of normal validation data")
     residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
@@ -256,4 +317,8 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     stats.disc_mean, stats.disc_std = float(disc_z[valid].mean()), _robust_std(disc_z[valid])
     *_, image_raw, _ = combine(residual, evidence, fg, stats, cfg)
     stats.image_mean, stats.image_std = float(image_raw.mean()), _robust_std(image_raw)
+    position = torch.cat(poss)
+    known = torch.isfinite(position)
+    if cfg.position_bandwidth > 0 and int(known.sum()) > 1:
+        stats.level_mean, stats.level_std = level_table(image_raw[known], position[known], cfg.position_bandwidth, cfg.position_prior)
     return stats

@@ -194,7 +194,7 @@ class StreamConsumer:
             log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
             return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
         n, step = len(prep.images), self.cfg.chunk_slices
-        chunks = [SliceChunk(prep.images[i : i + step], prep.foreground[i : i + step]) for i in range(0, n, step)]
+        chunks = [SliceChunk(prep.images[i : i + step], prep.foreground[i : i + step], prep.position[i : i + step]) for i in range(0, n, step)]
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
         out = merge_results(list(parts))
         score = volume_score(out.image_scores, self.scoring)

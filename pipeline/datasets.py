@@ -125,6 +125,7 @@ class SliceSet:
     subjects: np.ndarray  # (N,) str
     slice_index: np.ndarray  # (N,)
     lesion_voxels: np.ndarray  # (N,) native-resolution abnormal voxels (-1 unknown)
+    position: np.ndarray  # (N,) relative axial level in the volume (NaN for 2D images)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -143,7 +144,7 @@ def build_slices(records: list[Record], cfg: PreprocessConfig, *, normal_only: b
             raise DatasetError(f"{rec.subject}: {exc}") from None
         lab = slice_labels(prep, rec.label)
         vox = prep.lesion_voxels if prep.lesion_voxels is not None else np.full(len(lab), -1)
-        s = SliceSet(prep.images, prep.foreground, lab, np.array([rec.subject] * len(lab)), prep.slice_index, vox)
+        s = SliceSet(prep.images, prep.foreground, lab, np.array([rec.subject] * len(lab)), prep.slice_index, vox, prep.position)
         parts.append(s.select(lab == 0) if normal_only else s)
     if not parts:
         raise DatasetError("no scans to build slices from")

@@ -42,8 +42,9 @@ class SliceResult:
 class SliceScorer(Protocol):
     name: str
 
-    def score(self, images: np.ndarray, foreground: np.ndarray) -> SliceResult:
-        """images: (N, C, H, W) preprocessed; foreground: (N, 1, H, W) bool."""
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
+        """images: (N, C, H, W) preprocessed; foreground: (N, 1, H, W) bool; position: (N,)
+        relative axial level of each slice in its volume (NaN / None = unknown)."""
         ...
 
 
@@ -53,10 +54,10 @@ class PatchRankScorer:
     def __init__(self, model, name: str = "PatchRank") -> None:
         self.model, self.name = model, name
 
-    def score(self, images: np.ndarray, foreground: np.ndarray) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
         from pipeline.scan_scoring import score_slices
 
-        out = score_slices(self.model, images, foreground)
+        out = score_slices(self.model, images, foreground, position)
         patches = out.patch_scores.masked_fill(~out.valid, float("-inf")).numpy()
         return SliceResult(out.image_scores.numpy(), out.pixel_map.numpy(), patches)
 
@@ -118,7 +119,7 @@ def evaluate_scorer(scorer: SliceScorer, scans: list[EvalScan], *, max_pixels: i
         if keep.size == 0:
             continue
         p = t.prep
-        res = scorer.score(p.images[keep], p.foreground[keep])
+        res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
         lab = t.labels[keep]
         vox = p.lesion_voxels[keep] if p.lesion_voxels is not None else np.zeros(keep.size)
         parts["scores"].append(np.asarray(res.scores, dtype=np.float64))

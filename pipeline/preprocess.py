@@ -8,7 +8,9 @@ Volumes (C, H, W, S):
   2. per channel, z-score inside the foreground (works on raw intensities and on data
      already z-scored by the provider alike), clip to [-clip, clip], divide by clip;
      background is set to -1;
-  3. keep axial slices whose foreground area >= min_area_fraction x the largest one;
+  3. keep axial slices whose foreground area >= min_area_fraction x the largest one; each
+     kept slice's relative axial position (0 = lowest such slice, 1 = highest) lets the
+     scorer compare it with normal slices at the same level;
   4. pad each slice to a square (background value) and resize to image_size
      (bilinear, antialiased); the foreground is resized the same way and thresholded at 0.5.
 2D images (C, H, W, 1) in [0, 1]: scaled to [-1, 1], everything is foreground, then
@@ -37,6 +39,7 @@ class Prepared:
     labels: np.ndarray | None = None  # (S, H0, W0) bool abnormal mask at native resolution
     lesion_voxels: np.ndarray | None = None  # (S,) abnormal voxels per slice (native)
     area_fraction: np.ndarray | None = None  # (S,) foreground area / largest slice's
+    position: np.ndarray | None = None  # (S,) relative axial level in [0, 1] (NaN for 2D images)
 
 
 def as_config(cfg: PreprocessConfig | dict) -> PreprocessConfig:
@@ -85,9 +88,14 @@ def preprocess_scan(scan: Scan, cfg: PreprocessConfig | dict, *, all_slices: boo
         norm = (arr * 2.0 - 1.0).astype(np.float32)
     area = fg.reshape(-1, fg.shape[-1]).sum(0).astype(np.float64)  # (S,)
     frac = area / max(area.max(), 1.0)
-    keep = np.arange(arr.shape[-1]) if all_slices else np.flatnonzero((frac >= cfg.min_area_fraction) & (area > 0))
+    rule = np.flatnonzero((frac >= cfg.min_area_fraction) & (area > 0))
+    keep = np.arange(arr.shape[-1]) if all_slices else rule
     if keep.size == 0:
         raise ScanError("no slice passes the foreground-area rule")
+    if scan.kind == "volume" and rule.size:
+        position = ((keep - rule.min()) / max(1, rule.max() - rule.min())).astype(np.float32)
+    else:
+        position = np.full(keep.size, np.nan, dtype=np.float32)
     x = torch.from_numpy(np.ascontiguousarray(norm[..., keep].transpose(3, 0, 1, 2)))  # (S, C, H, W)
     m = torch.from_numpy(np.ascontiguousarray(fg[..., keep].transpose(2, 0, 1)[:, None])).float()
     images = _square_resize(x, cfg.image_size, BACKGROUND).clamp_(-1, 1).numpy()
@@ -96,7 +104,7 @@ def preprocess_scan(scan: Scan, cfg: PreprocessConfig | dict, *, all_slices: boo
     if scan.labels is not None:
         lab = scan.labels[..., keep].transpose(2, 0, 1) > 0  # (S, H0, W0)
         labels, lesions = lab, lab.reshape(len(keep), -1).sum(1)
-    return Prepared(images.astype(np.float32), foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep])
+    return Prepared(images.astype(np.float32), foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position)
 
 
 def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:

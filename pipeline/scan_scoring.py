@@ -41,13 +41,16 @@ class ScanScore:
     extras: dict = field(default_factory=dict)
 
 
-def score_slices(model: LoadedModel, images: np.ndarray, foreground: np.ndarray, batch_size: int = 32, device: str = "cpu") -> ScoreOutput:
-    """images: (S, C, H, W), foreground: (S, 1, H, W) -> ScoreOutput over all S slices."""
+def score_slices(model: LoadedModel, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None,
+                 batch_size: int = 32, device: str = "cpu") -> ScoreOutput:
+    """images: (S, C, H, W), foreground: (S, 1, H, W), position: (S,) relative axial level
+    (None / NaN = unknown) -> ScoreOutput over all S slices."""
     outs = []
     for s in range(0, len(images), batch_size):
         x = torch.from_numpy(images[s : s + batch_size]).to(device)
         fg = torch.from_numpy(foreground[s : s + batch_size]).to(device)
-        outs.append(score_images(model.recon, model.disc, x, cfg=model.scoring, stats=model.stats, foreground=fg))
+        pos = None if position is None else torch.from_numpy(np.asarray(position[s : s + batch_size], dtype=np.float32))
+        outs.append(score_images(model.recon, model.disc, x, cfg=model.scoring, stats=model.stats, foreground=fg, position=pos))
     return ScoreOutput(*(torch.cat([getattr(o, f).cpu() for o in outs]) for f in ScoreOutput.__dataclass_fields__))
 
 
@@ -84,7 +87,7 @@ def rank_patches(out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[
 
 
 def score_prepared(model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False) -> ScanScore:
-    out = score_slices(model, prep.images, prep.foreground, batch_size)
+    out = score_slices(model, prep.images, prep.foreground, prep.position, batch_size)
     scan = volume_score(out.image_scores, model.scoring)
     hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n)
     maps = out.pixel_map.numpy() if keep_maps else None

@@ -88,6 +88,8 @@ class ScoringSettings(Strict):
     patch_pool: Literal["mean", "max"] = "mean"
     stat_smooth: int = Field(0, ge=0, le=15, description="box size smoothing the per-position statistics (0 = off)")
     stat_prior: float = Field(8.0, ge=0, description="> 0: per-position stats counted inside the foreground only, shrunk to global with this pseudo-count")
+    position_bandwidth: float = Field(0.0, ge=0, le=1, description="> 0: image scores calibrated against normal slices at the same relative axial level (kernel width); 0 = one global pair (default: measured worse on BraTS folds, docs/quality.md)")
+    position_prior: float = Field(5.0, ge=0, description="pseudo-slices shrinking the per-level image statistics to the global ones")
     rank: RankSettings = RankSettings(k=8, decay=0.9)
     volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
 
@@ -104,6 +106,8 @@ class ScoringSettings(Strict):
             patch_pool=self.patch_pool,
             stat_smooth=self.stat_smooth,
             stat_prior=self.stat_prior,
+            position_bandwidth=self.position_bandwidth,
+            position_prior=self.position_prior,
             rank=self.rank.to_model(),
             volume_rank=self.volume_rank.to_model(),
         )
@@ -118,7 +122,10 @@ class TrainConfig(Strict):
     lr_d: float = Field(1e-3, gt=0)
     seed: int = 0
     val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of training subjects held out for score statistics")
-    max_val_slices: int = Field(512, ge=8)
+    augment_intensity: float = Field(0.0, ge=0, le=0.5, description="per-image random gain/offset of the foreground while training (0 = off)")
+    max_val_slices: int = Field(512, ge=8, description="cap per set (seeded sample) for the score statistics")
+    stats_every: int = Field(4, ge=1, description="refit the score statistics every N epochs (and on the first and last)")
+    stats_from: Literal["val", "train+val"] = Field("train+val", description="normal slices the score statistics are fitted on")
     preprocess: PreprocessConfig = PreprocessConfig()
     arch: ArchConfig = ArchConfig()
     masks: MaskConfig = MaskConfig()

@@ -19,6 +19,7 @@ from model.scoring import ScoreOutput, score_images
 class SliceChunk:
     images: np.ndarray  # (n, C, H, W) float32 preprocessed slices
     foreground: np.ndarray  # (n, 1, H, W) bool
+    position: np.ndarray | None = None  # (n,) relative axial level in the volume (None / NaN = unknown)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -61,8 +62,10 @@ class SliceScorer:
             return []
         x = torch.from_numpy(np.concatenate([c.images for c in chunks])).to(self.device)
         fg = torch.from_numpy(np.concatenate([c.foreground for c in chunks])).to(self.device)
+        pos = torch.from_numpy(np.concatenate([
+            np.full(len(c), np.nan, np.float32) if c.position is None else np.asarray(c.position, np.float32) for c in chunks]))
         m = self.model
-        out = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg)
+        out = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg, position=pos)
         arrays = {
             "patch_scores": out.patch_scores.float().cpu().numpy(),
             "rec": out.rec.float().cpu().numpy(),

@@ -26,6 +26,7 @@ from model.reconstructor import MaskedReconstructor
 from model.scoring import ScoreStats, fit_score_stats
 from model.train_step import gan_step
 from pipeline.datasets import SliceSet
+from pipeline.preprocess import BACKGROUND
 from pipeline.settings import TrainConfig
 
 
@@ -65,9 +66,15 @@ def n_batches(n_images: int, batch_size: int, world: int = 1) -> int:
 
 
 def batches(
-    images: np.ndarray, batch_size: int, seed: int, epoch: int, flip: bool = True, *, rank: int = 0, world: int = 1
+    images: np.ndarray, batch_size: int, seed: int, epoch: int, flip: bool = True, *, rank: int = 0, world: int = 1,
+    intensity: float = 0.0,
 ) -> Iterable[torch.Tensor]:
     """Seeded shuffle + random left-right flip, sharded like torch's DistributedSampler.
+
+    intensity > 0: each image's foreground (values above the -1 background) becomes
+    a * x + b with a in 1 +- intensity, b in +- intensity, so the reconstructor learns to
+    fill a hidden cell at the brightness of its surroundings instead of at the training
+    subjects' typical brightness (patients differ after per-volume normalisation).
 
     images: (N, C, H, W) -> batches (B, C, H, W). Every rank draws the same epoch
     permutation and flip decisions from (seed, epoch), wraps the order around to a
@@ -80,12 +87,20 @@ def batches(
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(images))
     flips = rng.random(len(order)) < 0.5 if flip else np.zeros(len(order), dtype=bool)
+    gain = 1.0 + intensity * rng.uniform(-1, 1, len(order))
+    shift = intensity * rng.uniform(-1, 1, len(order))
     total = -(-len(order) // world) * world
     order, flips = np.resize(order, total)[rank::world], np.resize(flips, total)[rank::world]
+    gain, shift = np.resize(gain, total)[rank::world], np.resize(shift, total)[rank::world]
     for start in range(0, len(order), batch_size):
-        idx, f = order[start : start + batch_size], flips[start : start + batch_size]
+        sl = slice(start, start + batch_size)
+        idx, f = order[sl], flips[sl]
         x = images[idx].copy()
         x[f] = x[f][..., ::-1]
+        if intensity > 0:
+            a = gain[sl].astype(np.float32)[:, None, None, None]
+            b = shift[sl].astype(np.float32)[:, None, None, None]
+            x = np.where(x > BACKGROUND + 1e-3, np.clip(a * x + b, BACKGROUND + 1e-3, 1.0), x).astype(np.float32)
         yield torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -126,19 +141,34 @@ def run_epoch(
     return out
 
 
-def score_stats(recon, disc, val: SliceSet, cfg: TrainConfig, device=torch.device("cpu"), batch_size: int = 32) -> ScoreStats:
-    """Fit the checkpoint's normalisation statistics on normal validation slices."""
+def stats_indices(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Normal slices (label 0), a seeded sample of at most `cap` of them, in order."""
+    keep = np.flatnonzero(labels == 0)
+    if keep.size > cap:
+        keep = np.sort(np.random.default_rng(seed).choice(keep, cap, replace=False))
+    return keep
+
+
+def score_stats(recon, disc, val: SliceSet, cfg: TrainConfig, device=torch.device("cpu"), batch_size: int = 32,
+                train: SliceSet | None = None) -> ScoreStats:
+    """Fit the checkpoint's normalisation statistics on normal slices: the held-out validation
+    subjects, plus the training subjects when `cfg.stats_from == "train+val"` (each capped at
+    `max_val_slices`). With few subjects (BraTS folds hold out one patient) the held-out
+    statistics alone describe one person's anatomy; measured in docs/quality.md."""
     recon.eval()
     disc.eval()
-    keep = np.flatnonzero(val.labels == 0)[: cfg.max_val_slices]
-    if keep.size == 0:
+    sets = [val] + ([train] if cfg.stats_from == "train+val" and train is not None and train is not val else [])
+    parts = [(ss, stats_indices(ss.labels, cfg.max_val_slices, cfg.seed)) for ss in sets]
+    if not parts[0][1].size:
         raise ValueError("no normal validation slices to fit score statistics on")
     scoring = cfg.scoring.to_model(cfg.preprocess.image_size)
 
     def gen():
-        for s in range(0, len(keep), batch_size):
-            idx = keep[s : s + batch_size]
-            yield torch.from_numpy(val.images[idx]).to(device), torch.from_numpy(val.foreground[idx]).to(device)
+        for ss, keep in parts:
+            for s in range(0, len(keep), batch_size):
+                idx = keep[s : s + batch_size]
+                yield (torch.from_numpy(ss.images[idx]).to(device), torch.from_numpy(ss.foreground[idx]).to(device),
+                       torch.from_numpy(np.asarray(ss.position[idx], dtype=np.float32)))
 
     return fit_score_stats(recon, disc, gen(), scoring)
 
@@ -241,7 +271,8 @@ def val_auroc(recon, disc, stats: ScoreStats, labelled: SliceSet | None, cfg: Tr
     for s in range(0, len(keep), batch_size):
         idx = keep[s : s + batch_size]
         x, fg = torch.from_numpy(labelled.images[idx]).to(device), torch.from_numpy(labelled.foreground[idx]).to(device)
-        out.append(score_images(recon, disc, x, cfg=scoring, stats=stats, foreground=fg).image_scores.float().cpu())
+        pos = torch.from_numpy(np.asarray(labelled.position[idx], dtype=np.float32))
+        out.append(score_images(recon, disc, x, cfg=scoring, stats=stats, foreground=fg, position=pos).image_scores.float().cpu())
     return auroc(y, torch.cat(out).numpy())
 
 
@@ -262,20 +293,24 @@ def fit_loop(train: SliceSet, val: SliceSet, cfg: TrainConfig, reporter: Reporte
     masks = build_mask_generator(cfg, seed_offset=place.rank)
     start = restore_train_state(state.train_state, opt_g, opt_d, masks, place) if state is not None else 0
     steps = n_batches(len(train), cfg.batch_size, place.world)
+    stats = state.stats if state is not None else None
     for epoch in range(start, cfg.epochs):
         reporter.start_epoch(epoch, steps)
         t0 = time.perf_counter()
-        data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world)
+        data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world, intensity=cfg.augment_intensity)
         m = place.reduce(run_epoch(recon, disc, opt_g, opt_d, data, masks, cfg, device=place.device, amp=place.amp, on_step=reporter.step))
         mask_states = place.gather(masks.state_dict())
         row = {"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in m.items()}}
         save = None
         if place.rank == 0:
-            stats = score_stats(plain_r, plain_d, val, cfg, place.device)
+            # Statistics cost a masked forward over up to 2 x max_val_slices slices: fitted on the
+            # first and last epoch and every `stats_every`; other checkpoints carry the latest ones.
+            if stats is None or epoch == cfg.epochs - 1 or (epoch + 1) % cfg.stats_every == 0:
+                stats = score_stats(plain_r, plain_d, val, cfg, place.device, train=train)
+                auc = val_auroc(plain_r, plain_d, stats, labelled, cfg, place.device)
+                if auc is not None:
+                    row["val_auroc"] = round(auc, 6)
             row.update(val_image_mean=stats.image_mean, val_image_std=stats.image_std)
-            auc = val_auroc(plain_r, plain_d, stats, labelled, cfg, place.device)
-            if auc is not None:
-                row["val_auroc"] = round(auc, 6)
             row["epoch_seconds"] = round(time.perf_counter() - t0, 2)
             ts = train_state(opt_g, opt_d, masks, epoch)
             if place.world > 1:

@@ -20,7 +20,7 @@ class ALOCCScorer:
     def __init__(self, recon: ConvAE, disc: ImageDiscriminator) -> None:
         self.recon, self.disc = recon, disc
 
-    def score(self, images: np.ndarray, foreground: np.ndarray) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
         rec = apply(self.recon, images)
         scores = -apply(self.disc, rec.astype(np.float32))
         err = np.abs(rec - images).mean(1)

@@ -15,7 +15,7 @@ class CAEScorer:
     def __init__(self, net: ConvAE) -> None:
         self.net = net
 
-    def score(self, images: np.ndarray, foreground: np.ndarray) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
         err = ((apply(self.net, images) - images) ** 2).mean(1)  # (N, H, W)
         fg = foreground[:, 0]
         scores = (err * fg).sum((1, 2)) / np.maximum(fg.sum((1, 2)), 1)

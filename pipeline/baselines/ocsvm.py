@@ -28,7 +28,7 @@ class OCSVMScorer:
     def __init__(self, svm) -> None:
         self.svm = svm
 
-    def score(self, images: np.ndarray, foreground: np.ndarray) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
         return SliceResult(-self.svm.decision_function(_features(images)), None)
 
 

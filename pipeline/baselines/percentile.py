@@ -16,7 +16,7 @@ class PercentileScorer:
     def __init__(self, q: float = 99.0) -> None:
         self.q = q
 
-    def score(self, images: np.ndarray, foreground: np.ndarray) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
         """images: (N, C, H, W), foreground: (N, 1, H, W) -> scores (N,), maps (N, H, W)."""
         x = images.mean(1)  # (N, H, W)
         fg = foreground[:, 0]

@@ -49,7 +49,7 @@ def synthetic_slices(n: int, size: int, channels: int, seed: int = 0):
     coarse = torch.rand(n, channels, size // 8, size // 8, generator=g) * 2 - 1
     img = F.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False).numpy().astype(np.float32)
     fg = np.ones((n, 1, size, size), dtype=bool)
-    return SliceSet(img, fg, np.zeros(n, np.int64), np.array([f"s{i % 8}" for i in range(n)]), np.arange(n), np.full(n, -1))
+    return SliceSet(img, fg, np.zeros(n, np.int64), np.array([f"s{i % 8}" for i in range(n)]), np.arange(n), np.full(n, -1), np.linspace(0, 1, n, dtype=np.float32))
 
 
 def _throughput(curve: Path) -> tuple[float, float]:

@@ -51,7 +51,7 @@ def test_inclusion_and_labels_follow_the_protocol(side):
     class Dummy:
         name = "dummy"
 
-        def score(self, images, foreground):
+        def score(self, images, foreground, position=None):
             return SliceResult(np.arange(len(images), dtype=float), None)
 
     data = evaluate_scorer(Dummy(), [scan])

@@ -50,6 +50,20 @@ def test_raw_int16_and_prenormalised_give_comparable_inputs(tmp_path):
     np.testing.assert_array_equal(a.slice_index, b.slice_index)
 
 
+def test_relative_axial_position(tmp_path):
+    vol, _ = _brain()
+    vol[..., :2] = 0
+    vol[18:21, 22:25, :2] = 1.0  # the two lowest slices: tiny foreground, fail the 15 % area rule
+    prep = preprocess_scan(load_scan(_save(tmp_path / "v.nii.gz", vol)), PreprocessConfig(image_size=32))
+    k = prep.slice_index
+    assert prep.position[0] == 0.0 and prep.position[-1] == 1.0 and np.all(np.diff(prep.position) > 0)
+    np.testing.assert_allclose(prep.position, (k - k[0]) / (k[-1] - k[0]))
+    every = preprocess_scan(load_scan(_save(tmp_path / "v.nii.gz", vol)), PreprocessConfig(image_size=32), all_slices=True)
+    kept = np.isin(every.slice_index, k)
+    np.testing.assert_allclose(every.position[kept], prep.position)  # same levels whichever slices are returned
+    assert (every.position[~kept] < 0).any() or (every.position[~kept] > 1).any()
+
+
 def test_images_gray_and_rgb(tmp_path):
     rgb = np.zeros((20, 30, 3), np.uint8)
     rgb[..., 0] = 255
@@ -64,6 +78,7 @@ def test_images_gray_and_rgb(tmp_path):
     assert scan.kind == "image" and scan.array.shape == (3, 20, 30, 1)
     prep = preprocess_scan(scan, PreprocessConfig(image_size=16, channels=3))
     assert prep.images.shape == (1, 3, 16, 16)
+    assert np.isnan(prep.position).all()  # a 2D image has no axial level
     assert prep.foreground[0, 0, 8].all() and not prep.foreground[0, 0, 0].any()  # 20x30 padded to square
 
 

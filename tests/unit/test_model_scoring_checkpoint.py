@@ -1,6 +1,7 @@
 """The one scoring function and the checkpoint format."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import subprocess
 import sys
@@ -90,6 +91,41 @@ def test_stats_normalise_normal_data():
     assert abs(float(out.rec[out.valid].mean())) < 1e-3
 
 
+def test_image_score_calibrated_by_axial_level():
+    from model.scoring import LEVELS, ScoreStats, level_table, normalise_image
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.rand(400, generator=g)
+    raw = 1.5 * pos + 0.3 * torch.randn(400, generator=g)  # normal slices score higher higher up
+    mean, std = level_table(raw, pos, bandwidth=0.1, prior=2.0)
+    assert mean.shape == std.shape == (LEVELS,)
+    # local-linear: no pull towards the middle at the lowest / highest level
+    assert float(mean[0]) == pytest.approx(0.0, abs=0.1) and float(mean[-1]) == pytest.approx(1.5, abs=0.1)
+    assert float(std[LEVELS // 2]) == pytest.approx(0.3, abs=0.06)
+    stats = ScoreStats(torch.zeros(1), torch.ones(1), image_mean=float(raw.mean()), image_std=float(raw.std()),
+                       level_mean=mean, level_std=std)
+    z = normalise_image(raw, stats, pos)
+    assert abs(float(z.mean())) < 0.2 and float(z.std()) < 1.5
+    assert abs(float(torch.corrcoef(torch.stack([z, pos]))[0, 1])) < 0.1  # the level trend is gone
+    # a low slice 1.0 above its level's normals outranks every normal high slice; the global pair misses it
+    lesion, high = torch.tensor([1.2]), torch.tensor([0.05])
+    assert float(normalise_image(lesion, stats, high)) > float(z.max())
+    glob = ScoreStats(torch.zeros(1), torch.ones(1), image_mean=stats.image_mean, image_std=stats.image_std)
+    assert float(normalise_image(lesion, glob, high)) < float(normalise_image(raw, glob, pos).max())
+    # unknown level (2D image, NaN) or stats without a level table -> the global pair
+    assert float(normalise_image(lesion, stats, torch.tensor([float("nan")]))) == pytest.approx(float(normalise_image(lesion, glob, None)))
+
+
+def test_fit_score_stats_learns_level_table_from_positions():
+    recon, disc = _trained_pair()
+    cfg = ScoringConfig(grid_cell=4, position_bandwidth=0.2)
+    x = torch.randn(16, 1, 32, 32) * 0.1
+    stats = fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 16))], cfg)
+    assert stats.level_mean is not None and torch.isfinite(stats.level_mean).all() and (stats.level_std > 0).all()
+    assert fit_score_stats(recon, disc, [(x, None)], cfg).level_mean is None  # no positions: global pair only
+    assert fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 16))], ScoringConfig(grid_cell=4)).level_mean is None
+
+
 def test_volume_score_is_ranked_over_slices():
     cfg = ScoringConfig()  # volume_rank k=3 decay=0.8
     s = torch.tensor([0.0, 0.1, 5.0, 0.2, 0.0])
@@ -101,7 +137,8 @@ def test_checkpoint_round_trip_scores_identically(tmp_path):
     recon, disc = _trained_pair(1)
     cfg = ScoringConfig(grid_cell=4, residual="positive", rec_weight=0.7)
     x = torch.randn(6, 1, 32, 32)
-    stats = fit_score_stats(recon, disc, [(x, None)], cfg)
+    stats = fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 6))], dataclasses.replace(cfg, position_bandwidth=0.2))
+    assert stats.level_mean is not None  # the level table travels in the checkpoint too
     v = save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats, meta={"note": "t"})
     m = load_checkpoint(tmp_path / "m.pt")
     assert m.model_version == v and m.scoring == cfg and m.preprocess == {"image_size": 32}

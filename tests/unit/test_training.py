@@ -44,6 +44,25 @@ def test_sharded_batches_cover_every_image_with_equal_steps(n, world, bs):
     assert 0 < sum(flip_of.values()) < n or n < 4
 
 
+def test_intensity_augmentation_changes_only_the_foreground():
+    rng = np.random.default_rng(0)
+    imgs = np.full((6, 1, 8, 8), -1.0, np.float32)
+    imgs[:, :, 2:6, 2:6] = rng.uniform(-0.5, 0.5, (6, 1, 4, 4))
+    plain = torch.cat(list(batches(imgs, 6, 3, 1)))
+    aug = torch.cat(list(batches(imgs, 6, 3, 1, intensity=0.2)))
+    again = torch.cat(list(batches(imgs, 6, 3, 1, intensity=0.2)))
+    assert torch.equal(aug, again)  # seeded by (seed, epoch)
+    bg = plain == -1.0
+    assert torch.equal(aug[bg], plain[bg])  # the background (brain outline) is untouched
+    assert not torch.allclose(aug[~bg], plain[~bg]) and aug.max() <= 1.0 and aug[~bg].min() > -1.0
+    # per image an affine map a * x + b with |a - 1| <= 0.2 and |b| <= 0.2
+    for p_, a_ in zip(plain, aug):
+        fg = p_ != -1.0
+        a, b = np.polyfit(p_[fg].numpy(), a_[fg].numpy(), 1)
+        assert abs(a - 1) <= 0.2 + 1e-4 and abs(b) <= 0.2 + 1e-4
+    assert torch.equal(torch.cat(list(batches(imgs, 6, 3, 1, intensity=0.0))), plain)
+
+
 def test_batches_reject_bad_rank():
     with pytest.raises(ValueError, match="rank"):
         next(batches(_coded_images(4), 2, 0, 0, rank=2, world=2))
