@@ -44,6 +44,8 @@ class ScoringConfig:
     residual: str = "abs"  # "abs" | "positive"
     calibration: str = "position"  # "none" | "global" | "position" (patch / image scores)
     pixel_calibration: str = "global"  # same choices, for the per-pixel map only
+    pixel_smooth: int = 3  # odd box size smoothing the calibrated per-pixel map (1 = none)
+    pixel_disc_weight: float | None = None  # weight of the (coarse, upsampled) discriminator evidence in the pixel map; None = disc_weight
     rec_weight: float = 1.0
     disc_weight: float = 0.5
     min_foreground: float = 0.25  # patch counts when >= this fraction is foreground
@@ -227,10 +229,12 @@ def combine(
     valid = _patch_valid(foreground, tuple(scores.shape), patch, cfg).to(scores.device)
     image_raw = ranked_sum(scores.flatten(1), cfg.rank.k, cfg.rank.decay, cfg.rank.floor, valid.flatten(1))
     pcal = cal if cfg.pixel_calibration == cfg.calibration else _calibrate(residual, stats, cfg.pixel_calibration)
-    smooth = F.avg_pool2d(pcal, 3, stride=1, padding=1, count_include_pad=False)[:, 0]
+    k = cfg.pixel_smooth
+    smooth = (F.avg_pool2d(pcal, k, stride=1, padding=k // 2, count_include_pad=False) if k > 1 else pcal)[:, 0]
     pixel = cfg.rec_weight * (smooth - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)
-    up = F.interpolate(disc_z[:, None], size=residual.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    pixel = pixel + cfg.disc_weight * up
+    pdw = cfg.disc_weight if cfg.pixel_disc_weight is None else cfg.pixel_disc_weight
+    if pdw:
+        pixel = pixel + pdw * F.interpolate(disc_z[:, None], size=residual.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     if foreground is not None:
         pixel = torch.where(foreground[:, 0].bool(), pixel, torch.full_like(pixel, pixel.min().item()))
     return scores, rec_z, disc_z, valid, image_raw, pixel

@@ -13,8 +13,9 @@ Volumes (C, H, W, S):
      scorer compare it with normal slices at the same level;
   4. pad each slice to a square (background value) and resize to image_size
      (bilinear, antialiased); the foreground is resized the same way and thresholded at 0.5.
-2D images (C, H, W, 1) in [0, 1]: scaled to [-1, 1], everything is foreground, then
-padded and resized the same way.
+2D images (C, H, W, 1) in [0, 1]: scaled to [-1, 1]; the foreground is every pixel, or with
+`image_foreground="dark"` the lesion (`dark_foreground`: dermoscopy lesions are darker than
+the surrounding skin); then padded and resized the same way.
 """
 from __future__ import annotations
 
@@ -44,6 +45,34 @@ class Prepared:
 
 def as_config(cfg: PreprocessConfig | dict) -> PreprocessConfig:
     return cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig(**cfg)
+
+
+def _otsu(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample (maximises the between-class variance)."""
+    hist, edges = np.histogram(values, bins=bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def dark_foreground(img: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+    """img: (C, H, W) in [0, 1] -> (H, W) bool lesion mask: pixels darker than Otsu's threshold
+    of the luminance inside the central disc (dermoscopy vignetting makes the corners dark too),
+    dilated by ~2 % of the side so the lesion border is included. Falls back to every pixel when
+    less than `min_fraction` of the image qualifies (no distinct lesion)."""
+    lum = img.mean(0)
+    h, w = lum.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    disc = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 0.8
+    if lum[disc].max() - lum[disc].min() < 1e-3:
+        return np.ones((h, w), dtype=bool)
+    dark = (lum < _otsu(lum[disc])) & disc
+    r = max(1, round(0.02 * max(h, w)))
+    grown = F.max_pool2d(torch.from_numpy(dark.astype(np.float32))[None, None], 2 * r + 1, stride=1, padding=r)[0, 0].numpy() > 0
+    return grown if grown.mean() >= min_fraction else np.ones((h, w), dtype=bool)
 
 
 def _normalise_volume(arr: np.ndarray, fg: np.ndarray, clip: float) -> np.ndarray:
@@ -85,6 +114,8 @@ def preprocess_scan(scan: Scan, cfg: PreprocessConfig | dict, *, all_slices: boo
         norm = _normalise_volume(arr, fg, cfg.clip)
     else:
         fg = np.ones(arr.shape[1:], dtype=bool)
+        if cfg.image_foreground == "dark":
+            fg = np.stack([dark_foreground(arr[..., s]) for s in range(arr.shape[-1])], axis=-1)
         norm = (arr * 2.0 - 1.0).astype(np.float32)
     area = fg.reshape(-1, fg.shape[-1]).sum(0).astype(np.float64)  # (S,)
     frac = area / max(area.max(), 1.0)

@@ -26,6 +26,7 @@ class PreprocessConfig(Strict):
     clip: float = Field(5.0, gt=0, description="z-score clip for volumes, then divided by clip -> [-1, 1]")
     min_area_fraction: float = Field(0.15, ge=0, le=1, description="keep slices whose foreground area >= this x the largest slice's")
     max_voxels: int = Field(512 * 512 * 512, ge=1, description="refuse volumes larger than this")
+    image_foreground: Literal["all", "dark"] = Field("all", description="2D images: 'all' pixels, or the 'dark' lesion (Otsu on luminance inside the central disc, dilated) so only lesion patches are ranked")
 
     @model_validator(mode="after")
     def _multiple_of_16(self) -> "PreprocessConfig":
@@ -81,7 +82,9 @@ class ScoringSettings(Strict):
     grid_cell: int | None = Field(None, ge=1, description="default: image_size // 8")
     residual: Literal["abs", "positive"] = Field("positive", description="positive: only brighter-than-normal counts (FLAIR lesions); abs for RGB skin")
     calibration: Literal["none", "global", "position"] = "position"
-    pixel_calibration: Literal["none", "global", "position"] = Field("global", description="calibration of the per-pixel map (heatmaps, pixel AUROC)")
+    pixel_calibration: Literal["none", "global", "position"] = Field("position", description="calibration of the per-pixel map (heatmaps, pixel AUROC)")
+    pixel_smooth: int = Field(9, ge=1, le=31, description="odd box size smoothing the per-pixel map (1 = none)")
+    pixel_disc_weight: float | None = Field(0.0, ge=0, description="discriminator evidence in the per-pixel map (coarse, 8-px cells); None = disc_weight")
     rec_weight: float = Field(1.0, ge=0)
     disc_weight: float = Field(0.5, ge=0)
     min_foreground: float = Field(0.25, ge=0, le=1)
@@ -93,6 +96,12 @@ class ScoringSettings(Strict):
     rank: RankSettings = RankSettings(k=8, decay=0.9)
     volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
 
+    @model_validator(mode="after")
+    def _odd_smoothing(self) -> "ScoringSettings":
+        if self.pixel_smooth % 2 == 0:
+            raise ValueError(f"pixel_smooth must be odd, got {self.pixel_smooth}")
+        return self
+
     def to_model(self, image_size: int) -> ScoringConfig:
         return ScoringConfig(
             grid_cell=self.grid_cell or max(1, image_size // 8),
@@ -100,6 +109,8 @@ class ScoringSettings(Strict):
             residual=self.residual,
             calibration=self.calibration,
             pixel_calibration=self.pixel_calibration,
+            pixel_smooth=self.pixel_smooth,
+            pixel_disc_weight=self.pixel_disc_weight,
             rec_weight=self.rec_weight,
             disc_weight=self.disc_weight,
             min_foreground=self.min_foreground,

@@ -82,6 +82,28 @@ def test_images_gray_and_rgb(tmp_path):
     assert prep.foreground[0, 0, 8].all() and not prep.foreground[0, 0, 0].any()  # 20x30 padded to square
 
 
+def test_dark_lesion_foreground_for_dermoscopy(tmp_path):
+    from pipeline.preprocess import dark_foreground
+
+    h = w = 60
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = np.full((3, h, w), 0.8, np.float32) + np.random.default_rng(0).normal(0, 0.02, (3, h, w)).astype(np.float32)
+    lesion = (yy - 30) ** 2 + (xx - 28) ** 2 < 100  # dark blob in the middle
+    img[:, lesion] = 0.3
+    corners = ((yy - 29.5) / 30) ** 2 + ((xx - 29.5) / 30) ** 2 > 1.0  # black vignetting
+    img[:, corners] = 0.05
+    fg = dark_foreground(img)
+    assert fg[lesion].all() and not fg[corners].any()
+    assert fg.sum() < 2 * lesion.sum()  # the lesion plus a thin border, not the skin
+    assert dark_foreground(np.full((3, 20, 20), 0.5, np.float32)).all()  # nothing distinct -> every pixel
+    Image.fromarray((img.transpose(1, 2, 0) * 255).astype(np.uint8)).save(tmp_path / "d.png")
+    scan = load_scan(tmp_path / "d.png", channels=3)
+    dark = preprocess_scan(scan, PreprocessConfig(image_size=32, channels=3, image_foreground="dark"))
+    every = preprocess_scan(scan, PreprocessConfig(image_size=32, channels=3))
+    assert every.foreground.all() and 0.05 < dark.foreground.mean() < 0.4
+    np.testing.assert_array_equal(dark.images, every.images)  # only the foreground differs
+
+
 def test_clear_errors(tmp_path):
     vol, mask = _brain()
     good = _save(tmp_path / "v.nii.gz", vol)
