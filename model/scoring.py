@@ -17,10 +17,13 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     then z-scored against normal validation images. When a slice's relative axial
     position in its volume is known (0 = lowest kept slice, 1 = highest) and
     `position_bandwidth` > 0, the z-score uses the mean/std of normal slices at that
-    level (local-linear kernel regression over position, shrunk to the global pair):
-    normal anatomy near the skull base reconstructs worse than at the ventricles, so
-    one global pair flags normal low slices and hides small lesions high up.
+    level (local-linear kernel regression over position, shrunk to the global pair).
+    Off by default: with 4 normal subjects it lost on the BraTS folds (docs/quality.md).
     Volume score = the same ranking over slice scores.
+ 6. Pixel map (heatmaps, pixel AUROC) = the calibrated residual (`pixel_calibration`)
+    box-smoothed `pixel_smooth` x `pixel_smooth`, plus `pixel_disc_weight` x the
+    upsampled discriminator evidence (None = disc_weight; 8-px cells are too coarse for
+    a pixel map, so the default settings leave it out).
 """
 from __future__ import annotations
 

@@ -54,6 +54,27 @@ def test_score_shapes_and_hot_region():
     assert out.image_scores[1] > out.image_scores[0] + 0.5
 
 
+def test_pixel_map_smoothing_and_discriminator_weight():
+    class NoisyDisc(ZeroDisc):
+        def forward(self, x):
+            return torch.randn(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4, generator=torch.Generator().manual_seed(1))
+
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 14:16, 14:16] = 2.0  # a 2x2 hot spot
+    base = dict(grid_cell=4, calibration="none", pixel_calibration="none")
+    sharp = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_smooth=1), stats=None).pixel_map[0]
+    wide = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_smooth=9), stats=None).pixel_map[0]
+    assert float(sharp[14, 14]) == pytest.approx(2.0) and float(sharp[20, 20]) == 0.0
+    assert float(wide[14, 14]) == pytest.approx(8.0 / 81) and float(wide[18, 18]) > 0  # spread over a 9x9 box
+    # the coarse discriminator evidence enters the patch scores but, with pixel_disc_weight=0, not the pixel map
+    cfg = ScoringConfig(**base, disc_weight=0.5, pixel_disc_weight=0.0)
+    noisy = score_images(CopyRecon(), NoisyDisc(), x, cfg=cfg, stats=None)
+    quiet = score_images(CopyRecon(), ZeroDisc(), x, cfg=cfg, stats=None)
+    assert torch.equal(noisy.pixel_map, quiet.pixel_map) and not torch.equal(noisy.patch_scores, quiet.patch_scores)
+    both = score_images(CopyRecon(), NoisyDisc(), x, cfg=ScoringConfig(**base, disc_weight=0.5), stats=None)
+    assert not torch.equal(both.pixel_map, quiet.pixel_map)  # None = disc_weight (the previous behaviour)
+
+
 def test_foreground_excludes_background_patches():
     cfg = ScoringConfig(grid_cell=4, calibration="none", disc_weight=0.0)
     x = torch.zeros(1, 1, 32, 32)
