@@ -60,7 +60,7 @@ def test_two_workers_survive_a_crash_and_checkpoint_scores_like_memory(two_worke
     # networks must reproduce them exactly on the same validation slices.
     assert res.metrics["epoch"] == 2
     assert res.metrics["restarted"] == 1 and res.metrics["epochs_before"] == 1  # epoch 2 ran after the restart
-    refit = score_stats(ck.recon, ck.disc, val, TrainConfig(**TINY))
+    refit = score_stats(ck.recon, ck.disc, val, TrainConfig(**TINY), train=train)  # stats_from="train+val"
     assert refit.image_mean == pytest.approx(res.metrics["val_image_mean"], rel=1e-5, abs=1e-6)
     assert refit.image_std == pytest.approx(res.metrics["val_image_std"], rel=1e-5, abs=1e-6)
     torch.testing.assert_close(refit.pix_mean, ck.stats.pix_mean)
