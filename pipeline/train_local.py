@@ -44,7 +44,8 @@ class LocalReporter(Reporter):
         self.bar = None
 
     def start_epoch(self, epoch: int, n_steps: int) -> None:
-        self.bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", disable=not self.show, leave=False)
+        self.bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
+                        disable=None if self.show else True)  # None: no per-batch bar when stderr is not a terminal (logs); epoch lines still print
 
     def step(self, m: dict) -> None:
         self.bar.update(1)

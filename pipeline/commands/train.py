@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     train, val = prepare_data(args.data, cfg, args.modality, show=show)
     labelled = prepare_labelled(args.val_data, cfg, args.modality, show=show) if args.val_data else None
     print(f"training on {len(train)} normal slices ({len(set(train.subjects))} subjects); "
-          f"score statistics from {len(val)} normal slices ({len(set(val.subjects))} subjects)"
+          f"score statistics from {len(val)} held-out normal slices ({len(set(val.subjects))} subjects)"
+          + (" + the training slices" if cfg.stats_from == "train+val" and val is not train else "")
           + (f"; val AUROC on {len(labelled)} labelled slices" if labelled is not None else ""))
     out = Path(args.out)
     if args.workers == 0:
