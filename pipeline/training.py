@@ -141,9 +141,9 @@ def run_epoch(
     return out
 
 
-def stats_indices(labels: np.ndarray, cap: int, seed: int) -> np.ndarray:
-    """Normal slices (label 0), a seeded sample of at most `cap` of them, in order."""
-    keep = np.flatnonzero(labels == 0)
+def sample_indices(selected: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """Indices where `selected` is True; a seeded sample of at most `cap` of them, in order."""
+    keep = np.flatnonzero(selected)
     if keep.size > cap:
         keep = np.sort(np.random.default_rng(seed).choice(keep, cap, replace=False))
     return keep
@@ -158,7 +158,7 @@ def score_stats(recon, disc, val: SliceSet, cfg: TrainConfig, device=torch.devic
     recon.eval()
     disc.eval()
     sets = [val] + ([train] if cfg.stats_from == "train+val" and train is not None and train is not val else [])
-    parts = [(ss, stats_indices(ss.labels, cfg.max_val_slices, cfg.seed)) for ss in sets]
+    parts = [(ss, sample_indices(ss.labels == 0, cfg.max_val_slices, cfg.seed)) for ss in sets]
     if not parts[0][1].size:
         raise ValueError("no normal validation slices to fit score statistics on")
     scoring = cfg.scoring.to_model(cfg.preprocess.image_size)
@@ -258,9 +258,7 @@ def val_auroc(recon, disc, stats: ScoreStats, labelled: SliceSet | None, cfg: Tr
 
     if labelled is None:
         return None
-    keep = np.flatnonzero(labelled.labels >= 0)
-    if len(keep) > cfg.max_val_slices:
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(keep, cfg.max_val_slices, replace=False))
+    keep = sample_indices(labelled.labels >= 0, cfg.max_val_slices, cfg.seed)
     y = labelled.labels[keep]
     if not (0 < y.sum() < len(y)):
         return None
