@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import time
@@ -36,6 +37,16 @@ from pipeline.slice_scorer import SliceChunk, SliceResult, SliceScorer, model_in
 from pipeline.streams import AsyncStreamClient, StreamClient  # noqa: E402
 
 FAST = dict(claim_idle_ms=300, claim_every_s=0.2, block_ms=50, flush_interval_s=0.1, flush_scans=8, max_inflight_scans=4, read_count=8)
+
+
+def phantom_archive(phantom_dir: Path, root: Path, n: int) -> Path:
+    """root/scan_00_flair.nii.gz ... : n copies cycling over the phantom FLAIR volumes
+    (distinct files, hence distinct scan ids); returns root."""
+    root.mkdir(parents=True)
+    sources = sorted(Path(phantom_dir).rglob("*_flair.nii.gz"))
+    for i in range(n):
+        shutil.copy(sources[i % len(sources)], root / f"scan_{i:02d}_flair.nii.gz")
+    return root
 
 
 def service_config(redis_url: str, tmp: Path, checkpoint: str | Path, **over) -> ServiceConfig:

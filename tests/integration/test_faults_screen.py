@@ -4,7 +4,6 @@ no half-written files; every visible part is a complete Parquet file."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import pytest
+from servicekit import phantom_archive
 
 from pipeline.sink import part_files
 
@@ -24,11 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_screen_interrupted_stops_everything(tmp_path, phantom_dir, tiny_checkpoint, sig):
-    data = tmp_path / "data"
-    data.mkdir()
-    sources = sorted(phantom_dir.rglob("*_flair.nii.gz"))
-    for i in range(200):
-        shutil.copy(sources[i % len(sources)], data / f"scan_{i:02d}_flair.nii.gz")
+    data = phantom_archive(phantom_dir, tmp_path / "data", 200)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "screen", str(data), "--checkpoint", str(tiny_checkpoint), "--out", str(out),

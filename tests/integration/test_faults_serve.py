@@ -4,11 +4,10 @@ XAUTOCLAIM; every scan still ends as exactly one result and nothing stays pendin
 """
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
-from servicekit import backlog, check_exactly_once
+from servicekit import backlog, check_exactly_once, phantom_archive
 
 from pipeline.messages import scan_id_for
 from pipeline.service_settings import AppArgs, Placement, ServiceConfig
@@ -44,11 +43,7 @@ def test_scorer_and_ingest_replicas_killed_mid_run(ray_session, redis_url, phant
     from pipeline import screening
     from pipeline.commands.enqueue import enqueue_paths
 
-    root = tmp_path / "archive"
-    root.mkdir()
-    sources = sorted(phantom_dir.rglob("*_flair.nii.gz"))
-    for i in range(24):
-        shutil.copy(sources[i % len(sources)], root / f"scan_{i:02d}_flair.nii.gz")
+    root = phantom_archive(phantom_dir, tmp_path / "archive", 24)
     cfg = ServiceConfig(redis_url=redis_url, namespace="t-serve-faults", checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path / "out"),
                         allowed_roots=[str(root)], max_inflight_scans=2, flush_scans=2, flush_interval_s=0.1, chunk_slices=4,
                         max_batch_size=8, claim_idle_ms=1500, claim_every_s=0.3, max_deliveries=10, torch_threads=1)
@@ -89,11 +84,7 @@ def test_serve_shutdown_drains_in_flight_scans(ray_session, redis_url, phantom_d
     from pipeline import screening
     from pipeline.commands.enqueue import enqueue_paths
 
-    root = tmp_path / "archive"
-    root.mkdir()
-    sources = sorted(phantom_dir.rglob("*_flair.nii.gz"))
-    for i in range(24):
-        shutil.copy(sources[i % len(sources)], root / f"scan_{i:02d}_flair.nii.gz")
+    root = phantom_archive(phantom_dir, tmp_path / "archive", 24)
     # results are buffered (long flush interval) and never reclaimed during the test (long idle):
     # only a graceful drain writes rows before the shutdown
     cfg = ServiceConfig(redis_url=redis_url, namespace="t-serve-drain", checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path / "out"),

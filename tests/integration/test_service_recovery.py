@@ -1,10 +1,10 @@
 """Kill the consumer mid-batch, start another: nothing lost, nothing duplicated."""
 from __future__ import annotations
 
-import shutil
 import time
 
 import pytest
+from servicekit import phantom_archive
 
 from pipeline.query import ResultStore
 from pipeline.service_settings import ServiceConfig
@@ -21,11 +21,7 @@ def test_kill_consumer_mid_batch_then_restart(ray_session, redis_url, phantom_di
     from actors.ingest import IngestWorker
     from pipeline.commands.enqueue import enqueue_paths
 
-    root = tmp_path / "archive"
-    root.mkdir()
-    sources = sorted(phantom_dir.rglob("*_flair.nii.gz"))
-    for i in range(16):  # 16 distinct files (distinct scan ids)
-        shutil.copy(sources[i % len(sources)], root / f"scan_{i:02d}_flair.nii.gz")
+    root = phantom_archive(phantom_dir, tmp_path / "archive", 16)  # 16 distinct files (distinct scan ids)
     cfg = ServiceConfig(redis_url=redis_url, namespace="t-recovery", checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path / "out"),
                         allowed_roots=[str(root)], max_inflight_scans=3, flush_scans=1, flush_interval_s=0.05, chunk_slices=4,
                         max_batch_size=8, claim_idle_ms=1500, claim_every_s=0.3, torch_threads=1)
