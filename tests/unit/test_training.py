@@ -152,7 +152,7 @@ def test_gan_step_under_ddp_matches_single_process_full_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.start_processes(_ddp_step, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
+    mp.start_processes(_ddp_step, args=(2, port, str(tmp_path)), nprocs=2, start_method="spawn")  # not fork: Ray/Serve threads of earlier tests can deadlock a forked child
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     cfg = TrainConfig(**TINY)
     recon, disc = build_models(cfg)
