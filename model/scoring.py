@@ -10,6 +10,10 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     for lesions brighter than normal tissue), averaged over channels.
  3. Calibrate r against normal validation data: (r - mu) / sigma with mu, sigma per
     pixel position ("position"), one global pair ("global"), or none.
+ 3b. Optionally add anatomical evidence from the input itself, calibrated the same way
+    (model.priors): intensity unusual for this position, and left-right asymmetry on
+    slices of volumes (`intensity_weight`, `symmetry_weight`; 0 = off, the model default,
+    so older checkpoints score as before).
  4. Patch reconstruction evidence = mean calibrated residual in each P x P patch;
     discriminator evidence = -logit of D(x) for that patch ("does not look normal").
     Both are z-scored with normal-patch statistics and summed with weights.
@@ -20,7 +24,7 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     level (local-linear kernel regression over position, shrunk to the global pair).
     Off by default: with 4 normal subjects it lost on the BraTS folds (docs/quality.md).
     Volume score = the same ranking over slice scores.
- 6. Pixel map (heatmaps, pixel AUROC) = the calibrated residual (`pixel_calibration`)
+ 6. Pixel map (heatmaps, pixel AUROC) = the calibrated residual (`pixel_calibration`, plus 3b)
     box-smoothed `pixel_smooth` x `pixel_smooth`, plus `pixel_disc_weight` x the
     upsampled discriminator evidence (None = disc_weight; 8-px cells are too coarse for
     a pixel map, so the default settings leave it out).
@@ -35,6 +39,7 @@ from torch import nn
 
 from model.losses import RankConfig
 from model.masks import complementary_masks, hideable
+from model.priors import fit_prior_stats, position_stats, prior_evidence, raw_priors
 from model.ranking import ranked_sum
 
 _EPS = 1e-6
@@ -57,6 +62,9 @@ class ScoringConfig:
     stat_prior: float = 0.0  # > 0: per-position stats only where foreground, shrunk to global with this pseudo-count
     position_bandwidth: float = 0.0  # > 0: image score calibrated by axial position (kernel width, 0-1 units)
     position_prior: float = 5.0  # pseudo-slices shrinking the per-level image stats to the global pair
+    intensity_weight: float = 0.0  # calibrated intensity-for-this-position evidence (model.priors)
+    symmetry_weight: float = 0.0  # calibrated left-right asymmetry evidence, volumes only (model.priors)
+    prior_smooth: int = 5  # odd box size smoothing the input before those two maps
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
     volume_rank: RankConfig = field(default_factory=lambda: RankConfig(k=3, decay=0.8, floor=0.0))
 
@@ -86,6 +94,10 @@ class ScoreStats:
     image_std: float = 1.0
     level_mean: torch.Tensor | None = None  # (LEVELS,) image-score mean at positions linspace(0, 1, LEVELS)
     level_std: torch.Tensor | None = None
+    int_mean: torch.Tensor | None = None  # (1, 1, H, W) normal smoothed intensity per position (model.priors)
+    int_std: torch.Tensor | None = None
+    sym_mean: torch.Tensor | None = None  # (1, 1, H, W) normal left-right difference per position
+    sym_std: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -209,13 +221,18 @@ def combine(
     foreground: torch.Tensor | None,
     stats: ScoreStats | None,
     cfg: ScoringConfig,
+    prior: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw maps -> (patch, rec_z, disc_z, valid, raw image score, pixel map).
 
-    residual: (B, 1, H, W); evidence: (B, h, w); foreground: (B, 1, H, W) or None.
+    residual: (B, 1, H, W); evidence: (B, h, w); foreground: (B, 1, H, W) or None;
+    prior: (B, 1, H, W) calibrated anatomical evidence (model.priors) added to the
+    calibrated residual, or None.
     """
     patch = residual.shape[-1] // evidence.shape[-1]
     cal = _calibrate(residual, stats, cfg.calibration)
+    if prior is not None:
+        cal = cal + prior
     if cfg.patch_pool == "mean":
         rec = F.avg_pool2d(cal, patch)[:, 0]  # (B, h, w)
     elif cfg.patch_pool == "max":
@@ -231,7 +248,11 @@ def combine(
     scores = cfg.rec_weight * rec_z + cfg.disc_weight * disc_z
     valid = _patch_valid(foreground, tuple(scores.shape), patch, cfg).to(scores.device)
     image_raw = ranked_sum(scores.flatten(1), cfg.rank.k, cfg.rank.decay, cfg.rank.floor, valid.flatten(1))
-    pcal = cal if cfg.pixel_calibration == cfg.calibration else _calibrate(residual, stats, cfg.pixel_calibration)
+    if cfg.pixel_calibration == cfg.calibration:
+        pcal = cal
+    else:
+        pcal = _calibrate(residual, stats, cfg.pixel_calibration)
+        pcal = pcal if prior is None else pcal + prior
     k = cfg.pixel_smooth
     smooth = (F.avg_pool2d(pcal, k, stride=1, padding=k // 2, count_include_pad=False) if k > 1 else pcal)[:, 0]
     pixel = cfg.rec_weight * (smooth - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)
@@ -241,6 +262,13 @@ def combine(
     if foreground is not None:
         pixel = torch.where(foreground[:, 0].bool(), pixel, torch.full_like(pixel, pixel.min().item()))
     return scores, rec_z, disc_z, valid, image_raw, pixel
+
+
+def _prior(x, foreground, position, stats: ScoreStats | None, cfg: ScoringConfig) -> torch.Tensor | None:
+    if cfg.intensity_weight <= 0 and cfg.symmetry_weight <= 0:
+        return None
+    raw = raw_priors(x, foreground, position, cfg.prior_smooth)
+    return prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual)
 
 
 @torch.no_grad()
@@ -257,7 +285,8 @@ def score_images(
     """x: (B, C, H, W) preprocessed slices; foreground: (B, 1, H, W); position: (B,) relative
     axial position in the volume (NaN = unknown, e.g. a 2D image) -> ScoreOutput."""
     residual, evidence, composite = raw_maps(recon, disc, x, cfg)
-    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg)
+    prior = _prior(x, foreground, position, stats, cfg)
+    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior)
     image = normalise_image(image_raw, stats, position)
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
 
@@ -272,31 +301,14 @@ def _robust_std(t: torch.Tensor) -> float:
     return max(float(t.std()), _EPS) if t.numel() > 1 else 1.0
 
 
-def position_stats(residual: torch.Tensor, fg: torch.Tensor, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position residual mean/std counted only where the position is foreground.
-
-    residual, fg: (N, 1, H, W) -> mean, std: (1, 1, H, W). Positions seen as foreground in
-    few slices (brain outlines differ between people) are shrunk towards the global
-    foreground statistics with `prior` pseudo-slices, so an unusual outline cannot divide
-    by a near-zero sigma; sigma is floored at half the global sigma.
-    """
-    n = fg.sum(0, keepdim=True)  # (1, 1, H, W)
-    vals = residual[fg.bool()]
-    g_mean = float(vals.mean()) if vals.numel() else 0.0
-    g_var = float(vals.var()) if vals.numel() > 1 else 1.0
-    mean = ((residual * fg).sum(0, keepdim=True) + prior * g_mean) / (n + prior)
-    dev = ((residual - mean) ** 2 * fg).sum(0, keepdim=True)
-    std = ((dev + prior * g_var) / (n + prior)).sqrt()
-    return mean, std.clamp_min(0.5 * g_var**0.5 + _EPS)
-
-
 @torch.no_grad()
 def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConfig) -> ScoreStats:
     """Fit normalisation statistics on normal validation data.
 
     batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None[, position: (B,)]).
     """
-    res, ev, fgs, poss = [], [], [], []
+    res, ev, fgs, poss, priors = [], [], [], [], []
+    use_priors = cfg.intensity_weight > 0 or cfg.symmetry_weight > 0
     for x, fg, *rest in batches:
         r, e, _ = raw_maps(recon, disc, x, cfg)
         res.append(r.cpu())
@@ -304,9 +316,12 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         fgs.append(fg.cpu() if fg is not None else torch.ones_like(r, dtype=torch.bool).cpu())
         pos = rest[0] if rest and rest[0] is not None else None
         poss.append(torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu())
+        if use_priors:
+            priors.append([t.cpu() for t in raw_priors(x, fg, poss[-1].to(x.device), cfg.prior_smooth)])
     if not res:
         raise ValueError("fit_score_stats needs at least one batch of normal validation data")
     residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
+    raw = tuple(torch.cat(parts) for parts in zip(*priors)) if use_priors else None
     if cfg.stat_prior > 0:
         pix_mean, pix_std = position_stats(residual, fg.float(), cfg.stat_prior)
     else:
@@ -318,11 +333,12 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         k = cfg.stat_smooth
         pix_mean = F.avg_pool2d(pix_mean, k, stride=1, padding=k // 2, count_include_pad=False)
         pix_std = F.avg_pool2d(pix_std, k, stride=1, padding=k // 2, count_include_pad=False)
-    stats = ScoreStats(pix_mean, pix_std)
-    _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg)
+    stats = ScoreStats(pix_mean, pix_std, **(fit_prior_stats(*raw) if raw is not None else {}))
+    prior = prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual) if raw is not None else None
+    _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg, prior)
     stats.rec_mean, stats.rec_std = float(rec_z[valid].mean()), _robust_std(rec_z[valid])
     stats.disc_mean, stats.disc_std = float(disc_z[valid].mean()), _robust_std(disc_z[valid])
-    *_, image_raw, _ = combine(residual, evidence, fg, stats, cfg)
+    *_, image_raw, _ = combine(residual, evidence, fg, stats, cfg, prior)
     stats.image_mean, stats.image_std = float(image_raw.mean()), _robust_std(image_raw)
     position = torch.cat(poss)
     known = torch.isfinite(position)

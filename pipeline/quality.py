@@ -30,6 +30,7 @@ ABLATIONS: dict[str, dict] = {
     "no_ranking": {"loss": {"rank": NO_RANK}, "scoring": {"rank": NO_RANK}},
     "no_masking": {"loss": {"use_masking": False}, "scoring": {"grid_period": 0}},
     "no_discriminator": {"loss": {"use_discriminator": False}, "scoring": {"disc_weight": 0.0}},
+    "no_anatomy": {"scoring": {"intensity_weight": 0.0, "symmetry_weight": 0.0}},
 }
 BASELINE_NAMES = ["cae", "ocsvm", "alocc", "percentile"]
 ALL_METHODS = ["patchrank", *ABLATIONS, *BASELINE_NAMES]

@@ -93,13 +93,17 @@ class ScoringSettings(Strict):
     stat_prior: float = Field(8.0, ge=0, description="> 0: per-position stats counted inside the foreground only, shrunk to global with this pseudo-count")
     position_bandwidth: float = Field(0.0, ge=0, le=1, description="> 0: image scores calibrated against normal slices at the same relative axial level (kernel width); 0 = one global pair (default: measured worse on BraTS folds, docs/quality.md)")
     position_prior: float = Field(5.0, ge=0, description="pseudo-slices shrinking the per-level image statistics to the global ones")
+    intensity_weight: float = Field(1.0, ge=0, description="weight of 'intensity unusual for this position in normal slices' evidence (model.priors; 0 = off)")
+    symmetry_weight: float = Field(2.0, ge=0, description="weight of left-right asymmetry evidence; slices of volumes only, assumes the mid-sagittal plane at the image centre as in atlas-registered data such as BraTS (0 = off)")
+    prior_smooth: int = Field(9, ge=1, le=31, description="odd box size smoothing the input before the intensity and symmetry maps")
     rank: RankSettings = RankSettings(k=8, decay=0.9)
     volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
 
     @model_validator(mode="after")
     def _odd_smoothing(self) -> "ScoringSettings":
-        if self.pixel_smooth % 2 == 0:
-            raise ValueError(f"pixel_smooth must be odd, got {self.pixel_smooth}")
+        for name in ("pixel_smooth", "prior_smooth"):
+            if getattr(self, name) % 2 == 0:
+                raise ValueError(f"{name} must be odd, got {getattr(self, name)}")
         return self
 
     def to_model(self, image_size: int) -> ScoringConfig:
@@ -119,6 +123,9 @@ class ScoringSettings(Strict):
             stat_prior=self.stat_prior,
             position_bandwidth=self.position_bandwidth,
             position_prior=self.position_prior,
+            intensity_weight=self.intensity_weight,
+            symmetry_weight=self.symmetry_weight,
+            prior_smooth=self.prior_smooth,
             rank=self.rank.to_model(),
             volume_rank=self.volume_rank.to_model(),
         )

@@ -120,3 +120,15 @@ def test_scan_id_is_stable_and_changes_with_content(tmp_path):
     assert a.scan_id == b.scan_id
     good_volume(tmp_path / "v.nii.gz", seed=9, shape=(32, 32, 14))  # rewritten in place
     assert message_for(path).scan_id != a.scan_id
+
+
+def test_scoring_settings_reject_even_smoothing_and_negative_weights():
+    from pydantic import ValidationError
+
+    from pipeline.settings import ScoringSettings
+
+    for bad in ({"prior_smooth": 4}, {"pixel_smooth": 8}, {"symmetry_weight": -1.0}, {"intensity_weight": -0.5}):
+        with pytest.raises(ValidationError):
+            ScoringSettings(**bad)
+    m = ScoringSettings(prior_smooth=7, symmetry_weight=0.0).to_model(128)
+    assert (m.prior_smooth, m.symmetry_weight, m.intensity_weight) == (7, 0.0, 1.0)

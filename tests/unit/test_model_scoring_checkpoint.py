@@ -156,10 +156,11 @@ def test_volume_score_is_ranked_over_slices():
 
 def test_checkpoint_round_trip_scores_identically(tmp_path):
     recon, disc = _trained_pair(1)
-    cfg = ScoringConfig(grid_cell=4, residual="positive", rec_weight=0.7)
+    cfg = ScoringConfig(grid_cell=4, residual="positive", rec_weight=0.7, intensity_weight=1.0, symmetry_weight=2.0)
     x = torch.randn(6, 1, 32, 32)
     stats = fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 6))], dataclasses.replace(cfg, position_bandwidth=0.2))
-    assert stats.level_mean is not None  # the level table travels in the checkpoint too
+    # the level table and the anatomical-prior statistics travel in the checkpoint too
+    assert stats.level_mean is not None and stats.int_mean is not None and stats.sym_mean is not None
     v = save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats, meta={"note": "t"})
     m = load_checkpoint(tmp_path / "m.pt")
     assert m.model_version == v and m.scoring == cfg and m.preprocess == {"image_size": 32}

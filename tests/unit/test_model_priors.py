@@ -1,0 +1,89 @@
+"""Anatomical evidence from the input itself (model.priors) inside the one scoring function."""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from model import ScoringConfig, fit_score_stats, score_images
+from model.priors import fit_prior_stats, prior_evidence, raw_priors
+from model.scoring import ScoreStats
+
+
+class Mean(torch.nn.Module):
+    """Reconstructs every hidden pixel as the image mean: a residual that knows no anatomy."""
+
+    def forward(self, x, mask):
+        return x.mean((2, 3), keepdim=True).expand_as(x)
+
+
+class ZeroDisc(torch.nn.Module):
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4)
+
+
+def _normal_brains(n: int, seed: int = 0) -> torch.Tensor:
+    """Left-right symmetric 'brains' (mirror axis = dim -2) with a bright midline structure and
+    bright lower-half structures at random but symmetric positions (normal anatomy varies)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.full((n, 1, 32, 32), -0.5)
+    x[:, :, 14:18, 4:28] = 0.4  # midline
+    for i in range(n):
+        r, c = int(torch.randint(2, 10, (1,), generator=g)), int(torch.randint(4, 26, (1,), generator=g))
+        x[i, :, r : r + 3, c : c + 3] = 0.8
+        x[i, :, 31 - r - 2 : 31 - r + 1, c : c + 3] = 0.8  # its mirror image
+    return x + 0.02 * torch.randn(x.shape, generator=g)
+
+
+def test_mirror_difference_and_where_it_is_defined():
+    x = _normal_brains(2)
+    xs, sym, fg, ok = raw_priors(x, None, torch.tensor([0.3, 0.7]), smooth=3)
+    assert xs.shape == sym.shape == (2, 1, 32, 32) and fg.all() and ok.all()
+    assert sym.abs().max() < 0.1  # symmetric slices: no left-right difference
+    y = x.clone()
+    y[0, :, 4:7, 20:23] += 1.0  # a unilateral bright spot
+    _, sym_y, _, _ = raw_priors(y, None, torch.tensor([0.3, 0.7]), smooth=3)
+    assert sym_y[0, 0, 5, 21] > 0.5 and sym_y[0, 0, 31 - 5, 21] < -0.5
+    # 2D images (no axial position) and unknown positions carry no symmetry term
+    assert not raw_priors(x, None, None, 3)[3].any()
+    assert raw_priors(x, None, torch.tensor([float("nan"), 0.5]), 3)[3].sum(dim=(1, 2, 3)).tolist() == [0, 32 * 32]
+
+
+def test_prior_stats_and_evidence_sign():
+    x = _normal_brains(40)
+    raw = raw_priors(x, None, torch.linspace(0, 1, 40), 3)
+    st = fit_prior_stats(*raw)
+    assert st["int_mean"].shape == (1, 1, 32, 32) and (st["int_std"] > 0).all()
+    stats = ScoreStats(torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), **st)
+    y = _normal_brains(1, seed=5)
+    y[0, :, 22:25, 8:11] -= 1.0  # darker than normal, one side only
+    ev = lambda how: prior_evidence(raw_priors(y, None, torch.tensor([0.5]), 3), stats, 1.0, 1.0, how)
+    # "positive" counts only brighter-than-normal, "abs" either way
+    assert ev("positive")[0, 0, 23, 9] < ev("abs")[0, 0, 23, 9]
+    assert ev("abs")[0, 0, 23, 9] > 3
+    # no symmetry statistics without volumes; both terms off -> None
+    assert fit_prior_stats(*raw_priors(x, None, None, 3))["sym_mean"] is None
+    assert prior_evidence(raw, stats, 0.0, 0.0, "positive") is None
+    assert prior_evidence(raw, ScoreStats.identity(32, 32), 1.0, 1.0, "positive") is None  # older checkpoints
+
+
+def test_symmetry_evidence_finds_a_lesion_the_residual_misses():
+    """A unilateral spot as bright as normal (symmetric) structures: the anatomy-blind residual
+    ranks a normal structure first, the symmetry term puts the lesion's patch on top."""
+    normal = _normal_brains(64)
+    pos = torch.linspace(0, 1, 64)
+    base = ScoringConfig(grid_cell=4, residual="positive", disc_weight=0.0, min_foreground=0.0, prior_smooth=3, stat_prior=8.0)
+    lesion = _normal_brains(1, seed=9)
+    lesion[0, :, 24:27, 20:23] = 0.8  # normal brightness, but only on one side
+    scores = {}
+    for w in (0.0, 2.0):
+        cfg = dataclasses.replace(base, symmetry_weight=w)
+        stats = fit_score_stats(Mean(), ZeroDisc(), [(normal, None, pos)], cfg)
+        out = score_images(Mean(), ZeroDisc(), torch.cat([lesion, _normal_brains(8, seed=11)]), cfg=cfg, stats=stats,
+                           position=torch.full((9,), 0.5))
+        top = divmod(int(out.patch_scores[0].flatten().argmax()), out.patch_scores.shape[-1])
+        scores[w] = (top, float(out.image_scores[0] - out.image_scores[1:].max()))
+    # without symmetry the most suspicious patch is a normal (symmetric) bright structure;
+    # with it, the patch holding the lesion (rows 24-27, cols 20-23 -> cell (6, 5))
+    assert scores[0.0][0] != (6, 5) and scores[2.0][0] == (6, 5)
+    assert scores[2.0][1] > scores[0.0][1] + 1.0  # and the slice stands further above normal ones
