@@ -8,10 +8,13 @@ reconstruction residual before patches are pooled and ranked (`model.scoring.com
   over normal slices (an intensity atlas of the training subjects).
 * **symmetry** (`symmetry_weight`): how much brighter a spot is than the mirror-image spot
   in the other hemisphere, calibrated the same way: x_s - flip_lr(x_s). Normal brains are
-  nearly left-right symmetric; a tumour almost never is. Only slices of volumes carry it
-  (finite axial `position`): axial slices of RAS-canonical volumes have the left-right
-  axis first (dim -2 here), and atlas-registered data such as BraTS put the mid-sagittal
-  plane at the image centre. 2D images (dermoscopy, photographs) get no symmetry term.
+  nearly left-right symmetric; a tumour almost never is. Axial slices of RAS-canonical
+  volumes have the left-right axis first (dim -2 here), and atlas-registered data such as
+  BraTS put the mid-sagittal plane at the image centre.
+
+Both assume anatomy that is aligned across subjects, so only slices of volumes carry them
+(finite axial `position`); 2D images (dermoscopy, photographs: a lesion can sit anywhere)
+get neither, and their scores are the residual and discriminator evidence alone.
 
 Both are signed like the residual: "positive" counts only brighter-than-normal (FLAIR
 lesions), "abs" either direction. Measured on the BraTS folds in docs/quality.md.
@@ -47,8 +50,8 @@ def raw_priors(
     x: torch.Tensor, foreground: torch.Tensor | None, position: torch.Tensor | None, smooth: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """x: (B, C, H, W) -> intensity, mirror difference (B, 1, H, W) and where each is
-    defined (B, 1, H, W) bool: the foreground, and for symmetry also its mirror, on slices
-    with a known axial position (volumes)."""
+    defined (B, 1, H, W) bool: the foreground (for symmetry also its mirror) of slices with a
+    known axial position (volumes); nowhere on 2D images."""
     b, _, h, w = x.shape
     xs = x.float().mean(1, keepdim=True)
     if smooth > 1:
@@ -58,18 +61,17 @@ def raw_priors(
         volume = torch.zeros(b, dtype=torch.bool, device=x.device)
     else:
         volume = torch.isfinite(position.to(x.device).float().reshape(-1))
-    sym_ok = fg & fg.flip(-2) & volume[:, None, None, None]
-    return xs, xs - xs.flip(-2), fg, sym_ok
+    fg = fg & volume[:, None, None, None]
+    return xs, xs - xs.flip(-2), fg, fg & fg.flip(-2)
 
 
 def fit_prior_stats(xs: torch.Tensor, sym: torch.Tensor, fg: torch.Tensor, sym_ok: torch.Tensor, prior: float = 1.0) -> dict:
     """Normal slices' raw priors -> {int_mean, int_std, sym_mean, sym_std} (1, 1, H, W);
-    the symmetry pair is None when no normal slice comes from a volume."""
+    all None when no normal slice comes from a volume."""
+    if not fg.any():
+        return dict.fromkeys(("int_mean", "int_std", "sym_mean", "sym_std"))
     out = dict(zip(("int_mean", "int_std"), position_stats(xs, fg, prior)))
-    if sym_ok.any():
-        out["sym_mean"], out["sym_std"] = position_stats(sym, sym_ok, prior)
-    else:
-        out["sym_mean"] = out["sym_std"] = None
+    out["sym_mean"], out["sym_std"] = position_stats(sym, sym_ok, prior) if sym_ok.any() else (None, None)
     return out
 
 

@@ -44,9 +44,10 @@ def test_mirror_difference_and_where_it_is_defined():
     y[0, :, 4:7, 20:23] += 1.0  # a unilateral bright spot
     _, sym_y, _, _ = raw_priors(y, None, torch.tensor([0.3, 0.7]), smooth=3)
     assert sym_y[0, 0, 5, 21] > 0.5 and sym_y[0, 0, 31 - 5, 21] < -0.5
-    # 2D images (no axial position) and unknown positions carry no symmetry term
-    assert not raw_priors(x, None, None, 3)[3].any()
-    assert raw_priors(x, None, torch.tensor([float("nan"), 0.5]), 3)[3].sum(dim=(1, 2, 3)).tolist() == [0, 32 * 32]
+    # 2D images (no axial position) and unknown positions carry neither term
+    assert not raw_priors(x, None, None, 3)[2].any() and not raw_priors(x, None, None, 3)[3].any()
+    for i in (2, 3):
+        assert raw_priors(x, None, torch.tensor([float("nan"), 0.5]), 3)[i].sum(dim=(1, 2, 3)).tolist() == [0, 32 * 32]
 
 
 def test_prior_stats_and_evidence_sign():
@@ -61,8 +62,8 @@ def test_prior_stats_and_evidence_sign():
     # "positive" counts only brighter-than-normal, "abs" either way
     assert ev("positive")[0, 0, 23, 9] < ev("abs")[0, 0, 23, 9]
     assert ev("abs")[0, 0, 23, 9] > 3
-    # no symmetry statistics without volumes; both terms off -> None
-    assert fit_prior_stats(*raw_priors(x, None, None, 3))["sym_mean"] is None
+    # no statistics without volumes; both terms off -> None
+    assert set(fit_prior_stats(*raw_priors(x, None, None, 3)).values()) == {None}
     assert prior_evidence(raw, stats, 0.0, 0.0, "positive") is None
     assert prior_evidence(raw, ScoreStats.identity(32, 32), 1.0, 1.0, "positive") is None  # older checkpoints
 
