@@ -65,6 +65,7 @@ class ScoringConfig:
     intensity_weight: float = 0.0  # calibrated intensity-for-this-position evidence (model.priors)
     symmetry_weight: float = 0.0  # calibrated left-right asymmetry evidence, volumes only (model.priors)
     prior_smooth: int = 5  # odd box size smoothing the input before those two maps
+    pixel_prior_scale: float = 1.0  # share of that evidence in the per-pixel map (1 = as in the patch scores)
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
     volume_rank: RankConfig = field(default_factory=lambda: RankConfig(k=3, decay=0.8, floor=0.0))
 
@@ -248,11 +249,9 @@ def combine(
     scores = cfg.rec_weight * rec_z + cfg.disc_weight * disc_z
     valid = _patch_valid(foreground, tuple(scores.shape), patch, cfg).to(scores.device)
     image_raw = ranked_sum(scores.flatten(1), cfg.rank.k, cfg.rank.decay, cfg.rank.floor, valid.flatten(1))
-    if cfg.pixel_calibration == cfg.calibration:
-        pcal = cal
-    else:
-        pcal = _calibrate(residual, stats, cfg.pixel_calibration)
-        pcal = pcal if prior is None else pcal + prior
+    pcal = _calibrate(residual, stats, cfg.pixel_calibration)
+    if prior is not None and cfg.pixel_prior_scale:
+        pcal = pcal + cfg.pixel_prior_scale * prior
     k = cfg.pixel_smooth
     smooth = (F.avg_pool2d(pcal, k, stride=1, padding=k // 2, count_include_pad=False) if k > 1 else pcal)[:, 0]
     pixel = cfg.rec_weight * (smooth - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)

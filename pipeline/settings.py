@@ -95,6 +95,7 @@ class ScoringSettings(Strict):
     position_prior: float = Field(5.0, ge=0, description="pseudo-slices shrinking the per-level image statistics to the global ones")
     intensity_weight: float = Field(1.0, ge=0, description="weight of 'intensity unusual for this position in normal slices' evidence (model.priors; 0 = off)")
     symmetry_weight: float = Field(2.0, ge=0, description="weight of left-right asymmetry evidence; slices of volumes only, assumes the mid-sagittal plane at the image centre as in atlas-registered data such as BraTS (0 = off)")
+    pixel_prior_scale: float = Field(0.5, ge=0, description="share of the intensity and symmetry evidence in the per-pixel map (1 = as in the patch scores; 0.5 measured best for pixel AUROC and Dice, docs/quality.md)")
     prior_smooth: int = Field(9, ge=1, le=31, description="odd box size smoothing the input before the intensity and symmetry maps")
     rank: RankSettings = RankSettings(k=8, decay=0.9)
     volume_rank: RankSettings = RankSettings(k=3, decay=0.8)
@@ -126,6 +127,7 @@ class ScoringSettings(Strict):
             intensity_weight=self.intensity_weight,
             symmetry_weight=self.symmetry_weight,
             prior_smooth=self.prior_smooth,
+            pixel_prior_scale=self.pixel_prior_scale,
             rank=self.rank.to_model(),
             volume_rank=self.volume_rank.to_model(),
         )
