@@ -88,3 +88,26 @@ def test_symmetry_evidence_finds_a_lesion_the_residual_misses():
     # with it, the patch holding the lesion (rows 24-27, cols 20-23 -> cell (6, 5))
     assert scores[0.0][0] != (6, 5) and scores[2.0][0] == (6, 5)
     assert scores[2.0][1] > scores[0.0][1] + 1.0  # and the slice stands further above normal ones
+
+
+def test_pixel_prior_scale_changes_only_the_pixel_map():
+    normal, pos = _normal_brains(32), torch.linspace(0, 1, 32)
+    y = _normal_brains(2, seed=3)
+    y[0, :, 24:27, 20:23] = 0.8
+    base = ScoringConfig(grid_cell=4, residual="positive", disc_weight=0.0, prior_smooth=3, stat_prior=8.0,
+                         intensity_weight=1.0, symmetry_weight=2.0)
+    outs = {}
+    for scale in (0.0, 0.5, 1.0):
+        cfg = dataclasses.replace(base, pixel_prior_scale=scale)
+        stats = fit_score_stats(Mean(), ZeroDisc(), [(normal, None, pos)], cfg)
+        outs[scale] = score_images(Mean(), ZeroDisc(), y, cfg=cfg, stats=stats, position=torch.full((2,), 0.5))
+    off = dataclasses.replace(base, intensity_weight=0.0, symmetry_weight=0.0)
+    plain = score_images(Mean(), ZeroDisc(), y, cfg=off, stats=fit_score_stats(Mean(), ZeroDisc(), [(normal, None, pos)], off))
+    for scale in (0.5, 1.0):  # patch and image scores do not depend on the pixel-map share
+        assert torch.equal(outs[scale].patch_scores, outs[0.0].patch_scores)
+        assert torch.equal(outs[scale].image_scores, outs[0.0].image_scores)
+    # share 0: the residual-only map, up to the affine normalisation (fitted with the evidence in the patches)
+    a, b = outs[0.0].pixel_map.flatten(), plain.pixel_map.flatten()
+    assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9999
+    lesion_px = lambda o: float(o.pixel_map[0, 25, 21])
+    assert lesion_px(outs[0.0]) < lesion_px(outs[0.5]) < lesion_px(outs[1.0])
