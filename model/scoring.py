@@ -231,9 +231,8 @@ def combine(
     calibrated residual, or None.
     """
     patch = residual.shape[-1] // evidence.shape[-1]
-    cal = _calibrate(residual, stats, cfg.calibration)
-    if prior is not None:
-        cal = cal + prior
+    res_cal = _calibrate(residual, stats, cfg.calibration)
+    cal = res_cal if prior is None else res_cal + prior
     if cfg.patch_pool == "mean":
         rec = F.avg_pool2d(cal, patch)[:, 0]  # (B, h, w)
     elif cfg.patch_pool == "max":
@@ -249,7 +248,7 @@ def combine(
     scores = cfg.rec_weight * rec_z + cfg.disc_weight * disc_z
     valid = _patch_valid(foreground, tuple(scores.shape), patch, cfg).to(scores.device)
     image_raw = ranked_sum(scores.flatten(1), cfg.rank.k, cfg.rank.decay, cfg.rank.floor, valid.flatten(1))
-    pcal = _calibrate(residual, stats, cfg.pixel_calibration)
+    pcal = res_cal if cfg.pixel_calibration == cfg.calibration else _calibrate(residual, stats, cfg.pixel_calibration)
     if prior is not None and cfg.pixel_prior_scale:
         pcal = pcal + cfg.pixel_prior_scale * prior
     k = cfg.pixel_smooth
@@ -263,8 +262,12 @@ def combine(
     return scores, rec_z, disc_z, valid, image_raw, pixel
 
 
+def _uses_priors(cfg: ScoringConfig) -> bool:
+    return cfg.intensity_weight > 0 or cfg.symmetry_weight > 0
+
+
 def _prior(x, foreground, position, stats: ScoreStats | None, cfg: ScoringConfig) -> torch.Tensor | None:
-    if cfg.intensity_weight <= 0 and cfg.symmetry_weight <= 0:
+    if not _uses_priors(cfg):
         return None
     raw = raw_priors(x, foreground, position, cfg.prior_smooth)
     return prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual)
@@ -307,7 +310,7 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None[, position: (B,)]).
     """
     res, ev, fgs, poss, priors = [], [], [], [], []
-    use_priors = cfg.intensity_weight > 0 or cfg.symmetry_weight > 0
+    use_priors = _uses_priors(cfg)
     for x, fg, *rest in batches:
         r, e, _ = raw_maps(recon, disc, x, cfg)
         res.append(r.cpu())
@@ -316,7 +319,7 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         pos = rest[0] if rest and rest[0] is not None else None
         poss.append(torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu())
         if use_priors:
-            priors.append([t.cpu() for t in raw_priors(x, fg, poss[-1].to(x.device), cfg.prior_smooth)])
+            priors.append([t.cpu() for t in raw_priors(x, fg, poss[-1], cfg.prior_smooth)])
     if not res:
         raise ValueError("fit_score_stats needs at least one batch of normal validation data")
     residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
