@@ -267,8 +267,8 @@ def _uses_priors(cfg: ScoringConfig) -> bool:
 
 
 def _prior(x, foreground, position, stats: ScoreStats | None, cfg: ScoringConfig) -> torch.Tensor | None:
-    if not _uses_priors(cfg):
-        return None
+    if not _uses_priors(cfg) or stats is None or (stats.int_mean is None and stats.sym_mean is None):
+        return None  # off, or statistics without them (older checkpoints, 2D-only training)
     raw = raw_priors(x, foreground, position, cfg.prior_smooth)
     return prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual)
 
