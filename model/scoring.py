@@ -23,7 +23,11 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     `position_bandwidth` > 0, the z-score uses the mean/std of normal slices at that
     level (local-linear kernel regression over position, shrunk to the global pair).
     Off by default: with 4 normal subjects it lost on the BraTS folds (docs/quality.md).
-    Volume score = the same ranking over slice scores.
+    Through-plane context (`context_radius` > 0, slices of one volume only): a slice's
+    score is raised to at least a neighbouring slice's score minus `context_decay` per
+    slice of distance (`slice_context`), so the thin top and bottom edges of a lesion
+    inherit the evidence of its body next door; a score is never lowered, so an isolated
+    lesion keeps its own score. Volume score = the same ranking over slice scores.
  6. Pixel map (heatmaps, pixel AUROC) = the calibrated residual (`pixel_calibration`, plus 3b)
     box-smoothed `pixel_smooth` x `pixel_smooth`, plus `pixel_disc_weight` x the
     upsampled discriminator evidence (None = disc_weight; 8-px cells are too coarse for
@@ -66,6 +70,8 @@ class ScoringConfig:
     symmetry_weight: float = 0.0  # calibrated left-right asymmetry evidence, volumes only (model.priors)
     prior_smooth: int = 5  # odd box size smoothing the input before those two maps
     pixel_prior_scale: float = 1.0  # share of that evidence in the per-pixel map (1 = as in the patch scores)
+    context_radius: int = 0  # through-plane context: slices of distance up to this (0 = off, older checkpoints)
+    context_decay: float = 0.25  # z-score units subtracted per slice of distance
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
     volume_rank: RankConfig = field(default_factory=lambda: RankConfig(k=3, decay=0.8, floor=0.0))
 
@@ -291,6 +297,24 @@ def score_images(
     scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior)
     image = normalise_image(image_raw, stats, position)
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
+
+
+def slice_context(slice_scores: torch.Tensor, slice_index, cfg: ScoringConfig) -> torch.Tensor:
+    """Slice scores (S,) of one volume and their slice numbers (S,) -> scores with
+    through-plane context: max over slices j within `context_radius` of
+    (score_j - context_decay * |index_j - index_i|), a grey-scale dilation along the scan
+    axis with a cone. Never lowers a score. Off (returned unchanged) when the radius is 0
+    or the scan has one slice; non-finite scores are left out as neighbours."""
+    s = torch.as_tensor(slice_scores).float().reshape(-1)
+    if cfg.context_radius <= 0 or s.numel() < 2:
+        return s
+    idx = torch.as_tensor(slice_index).reshape(-1).to(torch.float32)
+    if idx.numel() != s.numel():
+        raise ValueError(f"{s.numel()} slice scores but {idx.numel()} slice indices")
+    dist = (idx[:, None] - idx[None, :]).abs()  # (S, S)
+    near = (dist <= cfg.context_radius) & torch.isfinite(s)[None, :]
+    cand = torch.where(near, s[None, :] - cfg.context_decay * dist, torch.full_like(dist, float("-inf")))
+    return torch.maximum(s, cand.max(1).values)
 
 
 def volume_score(slice_scores: torch.Tensor, cfg: ScoringConfig) -> float:

@@ -35,7 +35,7 @@ from model.scoring import ScoringConfig, volume_score
 from pipeline.loaders import ScanError, load_scan
 from pipeline.messages import MessageError, ScanMessage
 from pipeline.preprocess import Prepared, as_config, preprocess_scan
-from pipeline.scan_scoring import rank_patches
+from pipeline.scan_scoring import in_context, rank_patches
 from pipeline.service_settings import ServiceConfig
 from pipeline.sink import ParquetSink
 from pipeline.slice_scorer import ModelInfo, SliceChunk, SliceResult, merge_results
@@ -197,7 +197,7 @@ class StreamConsumer:
         chunks = [SliceChunk(prep.images[i : i + step], prep.foreground[i : i + step], prep.position[i : i + step]) for i in range(0, n, step)]
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
         out = merge_results(list(parts))
-        score = volume_score(out.image_scores, self.scoring)
+        score = volume_score(in_context(out.image_scores, prep, self.scoring), self.scoring)
         hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches)
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [TopPatch(rank=h.rank, slice_index=h.slice_index, row=h.row, col=h.col, y0=h.y0, x0=h.x0, y1=h.y1, x1=h.x1, score=h.score) for h in hits[:10]]

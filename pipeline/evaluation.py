@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 import numpy as np
+import torch
 
 from pipeline import metrics
 from pipeline.datasets import SMALL_LESION_MAX_VOXELS_240, DatasetError, Record, load_record, slice_labels
@@ -60,6 +61,12 @@ class PatchRankScorer:
         out = score_slices(self.model, images, foreground, position)
         patches = out.patch_scores.masked_fill(~out.valid, float("-inf")).numpy()
         return SliceResult(out.image_scores.numpy(), out.pixel_map.numpy(), patches)
+
+    def in_context(self, scores: np.ndarray, prep: Prepared) -> np.ndarray:
+        """Slice scores of every slice of one scan -> with through-plane context (volumes)."""
+        from pipeline.scan_scoring import in_context
+
+        return in_context(torch.from_numpy(np.asarray(scores, dtype=np.float32)), prep, self.model.scoring).numpy()
 
 
 @dataclass
@@ -119,7 +126,13 @@ def evaluate_scorer(scorer: SliceScorer, scans: list[EvalScan], *, max_pixels: i
         if keep.size == 0:
             continue
         p = t.prep
-        res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
+        context = getattr(scorer, "in_context", None)
+        if context is None:  # slices scored independently: only the labelled ones
+            res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
+        else:  # context needs every slice of the scan (unlabelled ones are neighbours too)
+            full = scorer.score(p.images, p.foreground, p.position)
+            res = SliceResult(context(full.scores, p)[keep], None if full.maps is None else full.maps[keep],
+                              None if full.patches is None else full.patches[keep])
         lab = t.labels[keep]
         vox = p.lesion_voxels[keep] if p.lesion_voxels is not None else np.zeros(keep.size)
         parts["scores"].append(np.asarray(res.scores, dtype=np.float64))

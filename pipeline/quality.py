@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +31,7 @@ ABLATIONS: dict[str, dict] = {
     "no_masking": {"loss": {"use_masking": False}, "scoring": {"grid_period": 0}},
     "no_discriminator": {"loss": {"use_discriminator": False}, "scoring": {"disc_weight": 0.0}},
     "no_anatomy": {"scoring": {"intensity_weight": 0.0, "symmetry_weight": 0.0}},
+    "no_context": {"scoring": {"context_radius": 0}},
 }
 BASELINE_NAMES = ["cae", "ocsvm", "alocc", "percentile"]
 ALL_METHODS = ["patchrank", *ABLATIONS, *BASELINE_NAMES]
@@ -85,7 +86,12 @@ def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig
 
 
 def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path):
-    """Train one method on the fold's normal data -> SliceScorer."""
+    """Train one method on the fold's normal data -> SliceScorer.
+
+    Ablations that change only scoring (no_anatomy, no_context) reuse the fold's PatchRank
+    weights when PatchRank ran first, with the statistics refit under their own scoring
+    settings: the row then differs from PatchRank's by that component alone, not by a
+    second training run's noise."""
     if name in BASELINE_NAMES:
         from pipeline.baselines import BASELINES
 
@@ -95,6 +101,13 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path):
 
     over = {} if name == "patchrank" else ABLATIONS[name]
     mcfg = TrainConfig(**merge(cfg.model_dump(), over))
+    shared = workdir / f"patchrank_fold{fold.index}.pt"
+    if name != "patchrank" and set(over) <= {"scoring"} and shared.exists():
+        from pipeline.training import score_stats
+
+        lm = load_checkpoint(shared)
+        stats = score_stats(lm.recon, lm.disc, fold.val, mcfg, train=fold.train)
+        return PatchRankScorer(replace(lm, scoring=mcfg.scoring.to_model(mcfg.preprocess.image_size), stats=stats), name)
     path = workdir / f"{name}_fold{fold.index}.pt"
     fit_local(fold.train, fold.val, mcfg, path, show=False)
     return PatchRankScorer(load_checkpoint(path), name)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import LoadedModel
-from model.scoring import ScoreOutput, score_images, volume_score
+from model.scoring import ScoreOutput, ScoringConfig, score_images, slice_context, volume_score
 from pipeline.preprocess import Prepared
 
 
@@ -86,9 +86,18 @@ def rank_patches(out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[
     return hits
 
 
+def in_context(image_scores: torch.Tensor, prep: Prepared, cfg: ScoringConfig) -> torch.Tensor:
+    """Independent slice scores of one scan -> with through-plane context
+    (model.scoring.slice_context) when the scan is a volume; 2D images unchanged."""
+    if prep.position is None or not np.isfinite(prep.position).all():
+        return image_scores
+    return slice_context(image_scores, torch.from_numpy(np.asarray(prep.slice_index)), cfg)
+
+
 def score_prepared(model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False) -> ScanScore:
     out = score_slices(model, prep.images, prep.foreground, prep.position, batch_size)
-    scan = volume_score(out.image_scores, model.scoring)
+    slices = in_context(out.image_scores, prep, model.scoring)
+    scan = volume_score(slices, model.scoring)
     hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n)
     maps = out.pixel_map.numpy() if keep_maps else None
-    return ScanScore(scan, out.image_scores.numpy(), prep.slice_index, hits, maps)
+    return ScanScore(scan, slices.numpy(), prep.slice_index, hits, maps)

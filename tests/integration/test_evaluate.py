@@ -37,13 +37,20 @@ def test_evaluate_clear_error_without_labels(tiny_checkpoint, tmp_path, capsys):
 
 
 @pytest.mark.timeout(180)
-def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path):
+def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path, monkeypatch):
+    import pipeline.train_local as tl
+
+    trained = []
+    real_fit = tl.fit_local
+    monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append(a[3].name) or real_fit(*a, **k))
     out = tmp_path / "bench"
     rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--epochs", "1", "--folds", "2",
-               "--methods", "patchrank,percentile", "--out", str(out)])
+               "--methods", "patchrank,no_context,percentile", "--out", str(out)])
     assert rc == 0
+    assert trained == ["patchrank_fold0.pt", "patchrank_fold1.pt"]  # the scoring-only ablation reuses the weights
     res = json.loads((out / "quality.json").read_text())
-    assert len(res["runs"]) == 2 * 2 and len(res["folds"]) == 2
+    assert len(res["runs"]) == 2 * 3 and len(res["folds"]) == 2
+    assert {r["method"] for r in res["runs"]} == {"patchrank", "no_context", "percentile"}
     assert not set(res["folds"][0]) & set(res["folds"][1])
     table = (out / "quality.md").read_text()
     assert "| patchrank |" in table and "| percentile |" in table and "±" in table and "command:" in table
