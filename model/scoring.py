@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.losses import RankConfig
+from model.appearance import appearance_evidence, fit_appearance
 from model.masks import complementary_masks, hideable
 from model.priors import fit_prior_stats, position_stats, prior_evidence, raw_priors
 from model.ranking import ranked_sum
@@ -70,6 +71,8 @@ class ScoringConfig:
     symmetry_weight: float = 0.0  # calibrated left-right asymmetry evidence, volumes only (model.priors)
     prior_smooth: int = 5  # odd box size smoothing the input before those two maps
     pixel_prior_scale: float = 1.0  # share of that evidence in the per-pixel map (1 = as in the patch scores)
+    appearance_weight: float = 0.0  # calibrated distance from the normal-appearance subspace, 2D images only (model.appearance)
+    appearance_components: int = 50  # principal components of that subspace
     context_radius: int = 0  # through-plane context: slices of distance up to this (0 = off, older checkpoints)
     context_decay: float = 0.25  # z-score units subtracted per slice of distance
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
@@ -105,6 +108,10 @@ class ScoreStats:
     int_std: torch.Tensor | None = None
     sym_mean: torch.Tensor | None = None  # (1, 1, H, W) normal left-right difference per position
     sym_std: torch.Tensor | None = None
+    app_mean: torch.Tensor | None = None  # (1, C, H, W) mean normal 2D image (model.appearance)
+    app_basis: torch.Tensor | None = None  # (k, C*H*W) its leading principal components
+    app_cal_mean: torch.Tensor | None = None  # (1, 1, H, W) held-out subspace error of normal images
+    app_cal_std: torch.Tensor | None = None
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -272,11 +279,18 @@ def _uses_priors(cfg: ScoringConfig) -> bool:
     return cfg.intensity_weight > 0 or cfg.symmetry_weight > 0
 
 
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    return a if b is None else (b if a is None else a + b)
+
+
 def _prior(x, foreground, position, stats: ScoreStats | None, cfg: ScoringConfig) -> torch.Tensor | None:
+    """Evidence from the input itself: anatomy (volumes) plus appearance (2D images); None when
+    off or the statistics lack it (older checkpoints, or no such data in training)."""
+    app = appearance_evidence(x, position, stats, cfg.appearance_weight)
     if not _uses_priors(cfg) or stats is None or (stats.int_mean is None and stats.sym_mean is None):
-        return None  # off, or statistics without them (older checkpoints, 2D-only training)
+        return app
     raw = raw_priors(x, foreground, position, cfg.prior_smooth)
-    return prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual)
+    return _add(prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual), app)
 
 
 @torch.no_grad()
@@ -333,7 +347,7 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
 
     batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None[, position: (B,)]).
     """
-    res, ev, fgs, poss, priors = [], [], [], [], []
+    res, ev, fgs, poss, priors, flat = [], [], [], [], [], []
     use_priors = _uses_priors(cfg)
     for x, fg, *rest in batches:
         r, e, _ = raw_maps(recon, disc, x, cfg)
@@ -344,6 +358,8 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         poss.append(torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu())
         if use_priors:
             priors.append([t.cpu() for t in raw_priors(x, fg, poss[-1], cfg.prior_smooth)])
+        if cfg.appearance_weight > 0:  # 2D images (unknown axial position) for the appearance subspace
+            flat.append(x[~torch.isfinite(poss[-1]).to(x.device)].float().cpu())
     if not res:
         raise ValueError("fit_score_stats needs at least one batch of normal validation data")
     residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
@@ -361,12 +377,21 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         pix_std = F.avg_pool2d(pix_std, k, stride=1, padding=k // 2, count_include_pad=False)
     stats = ScoreStats(pix_mean, pix_std, **(fit_prior_stats(*raw) if raw is not None else {}))
     prior = prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual) if raw is not None else None
+    position = torch.cat(poss)
+    images_2d = torch.cat(flat) if flat else None
+    if images_2d is not None and len(images_2d):
+        for key, value in fit_appearance(images_2d, cfg.appearance_components).items():
+            setattr(stats, key, value)
+        app = appearance_evidence(images_2d, None, stats, cfg.appearance_weight)
+        if app is not None:
+            full = torch.zeros_like(residual)
+            full[~torch.isfinite(position)] = app
+            prior = _add(prior, full)
     _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg, prior)
     stats.rec_mean, stats.rec_std = float(rec_z[valid].mean()), _robust_std(rec_z[valid])
     stats.disc_mean, stats.disc_std = float(disc_z[valid].mean()), _robust_std(disc_z[valid])
     *_, image_raw, _ = combine(residual, evidence, fg, stats, cfg, prior)
     stats.image_mean, stats.image_std = float(image_raw.mean()), _robust_std(image_raw)
-    position = torch.cat(poss)
     known = torch.isfinite(position)
     if cfg.position_bandwidth > 0 and int(known.sum()) > 1:
         stats.level_mean, stats.level_std = level_table(image_raw[known], position[known], cfg.position_bandwidth, cfg.position_prior)

@@ -8,18 +8,7 @@ import torch
 from model import ScoringConfig, fit_score_stats, score_images
 from model.priors import fit_prior_stats, prior_evidence, raw_priors
 from model.scoring import ScoreStats
-
-
-class Mean(torch.nn.Module):
-    """Reconstructs every hidden pixel as the image mean: a residual that knows no anatomy."""
-
-    def forward(self, x, mask):
-        return x.mean((2, 3), keepdim=True).expand_as(x)
-
-
-class ZeroDisc(torch.nn.Module):
-    def forward(self, x):
-        return torch.zeros(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4)
+from modeldoubles import Mean, ZeroDisc
 
 
 def _normal_brains(n: int, seed: int = 0) -> torch.Tensor:

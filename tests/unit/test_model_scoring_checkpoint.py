@@ -20,6 +20,7 @@ from model import (
     volume_score,
 )
 from model.checkpoint import CheckpointError
+from modeldoubles import ZeroDisc
 
 
 class CopyRecon(torch.nn.Module):
@@ -33,13 +34,6 @@ class CopyRecon(torch.nn.Module):
 
     def forward(self, x, mask):
         return torch.full_like(x, self.value)
-
-
-class ZeroDisc(torch.nn.Module):
-    patch_size = 4
-
-    def forward(self, x):
-        return torch.zeros(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4)
 
 
 def test_score_shapes_and_hot_region():

@@ -1,0 +1,20 @@
+"""Tiny stand-ins for the networks, shared by the scoring tests (importable like servicekit)."""
+from __future__ import annotations
+
+import torch
+
+
+class ZeroDisc(torch.nn.Module):
+    """A discriminator with no opinion: zero logits on a 4-px patch grid."""
+
+    patch_size = 4
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4)
+
+
+class Mean(torch.nn.Module):
+    """Reconstructs every hidden pixel as the image mean: a residual that knows no anatomy."""
+
+    def forward(self, x, mask):
+        return x.mean((2, 3), keepdim=True).expand_as(x)
