@@ -83,7 +83,7 @@ class ScoringSettings(Strict):
     residual: Literal["abs", "positive"] = Field("positive", description="positive: only brighter-than-normal counts (FLAIR lesions); abs for RGB skin")
     calibration: Literal["none", "global", "position"] = "position"
     pixel_calibration: Literal["none", "global", "position"] = Field("position", description="calibration of the per-pixel map (heatmaps, pixel AUROC)")
-    pixel_smooth: int = Field(9, ge=1, le=31, description="odd box size smoothing the per-pixel map (1 = none)")
+    pixel_smooth: int = Field(11, ge=1, le=31, description="odd box size smoothing the per-pixel map (1 = none)")
     pixel_disc_weight: float | None = Field(0.0, ge=0, description="discriminator evidence in the per-pixel map (coarse, 8-px cells); None = disc_weight")
     rec_weight: float = Field(1.0, ge=0)
     disc_weight: float = Field(0.5, ge=0)
@@ -95,7 +95,7 @@ class ScoringSettings(Strict):
     position_prior: float = Field(5.0, ge=0, description="pseudo-slices shrinking the per-level image statistics to the global ones")
     intensity_weight: float = Field(1.0, ge=0, description="weight of 'intensity unusual for this position in normal slices' evidence (model.priors; 0 = off)")
     symmetry_weight: float = Field(2.0, ge=0, description="weight of left-right asymmetry evidence; slices of volumes only, assumes the mid-sagittal plane at the image centre as in atlas-registered data such as BraTS (0 = off)")
-    pixel_prior_scale: float = Field(0.5, ge=0, description="share of the intensity and symmetry evidence in the per-pixel map (1 = as in the patch scores; 0.5 measured best for pixel AUROC and Dice, docs/quality.md)")
+    pixel_prior_scale: float = Field(0.25, ge=0, description="share of the intensity and symmetry evidence in the per-pixel map (1 = as in the patch scores; 0.25 with 11-px smoothing measured best for pixel AUROC, docs/quality.md)")
     prior_smooth: int = Field(9, ge=1, le=31, description="odd box size smoothing the input before the intensity and symmetry maps")
     appearance_weight: float = Field(4.0, ge=0, description="weight of 'unlike the normal-appearance subspace' evidence (model.appearance: held-out-calibrated error of the top principal components of the normal images); 2D images only, slices of volumes get the anatomical evidence instead (0 = off)")
     appearance_components: int = Field(50, ge=1, le=512, description="principal components of the normal-appearance subspace")
