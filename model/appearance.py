@@ -43,23 +43,31 @@ def subspace_error(x: torch.Tensor, mean: torch.Tensor, basis: torch.Tensor) -> 
     return (r * r).reshape(b, c, h, w).sum(1, keepdim=True)
 
 
-def fit_appearance(x: torch.Tensor, components: int) -> dict:
-    """Normal 2D images x: (N, C, H, W) -> {app_mean (1, C, H, W), app_basis (k, C*H*W),
-    app_cal_mean, app_cal_std (1, 1, H, W)}; all None with fewer than 4 images."""
+def fit_appearance(x: torch.Tensor, components: int) -> tuple[dict, torch.Tensor | None]:
+    """Normal 2D images x: (N, C, H, W) -> ({app_mean (1, C, H, W), app_basis (k, C*H*W),
+    app_cal_mean, app_cal_std (1, 1, H, W)}, held-out error (N, 1, H, W)): each image's error
+    under the subspace of the other half, which is what the calibration saw and what a new
+    normal image will look like (use it, not the in-sample error, to normalise downstream
+    scores). All None with fewer than 4 images."""
     n = x.shape[0]
     if n < 4:
-        return dict.fromkeys(KEYS)
+        return dict.fromkeys(KEYS), None
     flat = x.float().reshape(n, -1)
-    halves = (torch.arange(n) % 2 == 0, torch.arange(n) % 2 == 1)
-    held_out = []
-    for fit, cal in (halves, halves[::-1]):
+    even = torch.arange(n) % 2 == 0
+    err = torch.empty(n, 1, *x.shape[2:])
+    for fit in (even, ~even):
         mean, basis = _subspace(flat[fit], components)
-        held_out.append(subspace_error(x[cal], mean, basis))
-    err = torch.cat(held_out)  # (N, 1, H, W), each image scored by a subspace that never saw it
+        err[~fit] = subspace_error(x[~fit], mean, basis).cpu()
     cal_mean = err.mean(0, keepdim=True)
     cal_std = err.std(0, keepdim=True).clamp_min(float(err.std(0).median()) * 0.5 + _EPS)
     mean, basis = _subspace(flat, components)
-    return {"app_mean": mean.reshape(1, *x.shape[1:]), "app_basis": basis, "app_cal_mean": cal_mean, "app_cal_std": cal_std}
+    stats = {"app_mean": mean.reshape(1, *x.shape[1:]), "app_basis": basis, "app_cal_mean": cal_mean, "app_cal_std": cal_std}
+    return stats, err
+
+
+def calibrated(err: torch.Tensor, stats, weight: float) -> torch.Tensor:
+    """Subspace error (B, 1, H, W) -> weight x its z-score against held-out normal images."""
+    return weight * (err - stats.app_cal_mean.to(err.device)) / stats.app_cal_std.to(err.device)
 
 
 def appearance_evidence(x: torch.Tensor, position: torch.Tensor | None, stats, weight: float) -> torch.Tensor | None:
@@ -72,5 +80,5 @@ def appearance_evidence(x: torch.Tensor, position: torch.Tensor | None, stats, w
         position.to(x.device).float().reshape(-1))
     if not flat_2d.any():
         return None
-    z = (subspace_error(x, stats.app_mean, stats.app_basis) - stats.app_cal_mean.to(x.device)) / stats.app_cal_std.to(x.device)
-    return weight * torch.where(flat_2d[:, None, None, None], z, torch.zeros_like(z))
+    z = calibrated(subspace_error(x, stats.app_mean, stats.app_basis), stats, weight)
+    return torch.where(flat_2d[:, None, None, None], z, torch.zeros_like(z))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.losses import RankConfig
-from model.appearance import appearance_evidence, fit_appearance
+from model.appearance import appearance_evidence, calibrated, fit_appearance
 from model.masks import complementary_masks, hideable
 from model.priors import fit_prior_stats, position_stats, prior_evidence, raw_priors
 from model.ranking import ranked_sum
@@ -380,12 +380,12 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     position = torch.cat(poss)
     images_2d = torch.cat(flat) if flat else None
     if images_2d is not None and len(images_2d):
-        for key, value in fit_appearance(images_2d, cfg.appearance_components).items():
+        app_stats, held_out = fit_appearance(images_2d, cfg.appearance_components)
+        for key, value in app_stats.items():
             setattr(stats, key, value)
-        app = appearance_evidence(images_2d, None, stats, cfg.appearance_weight)
-        if app is not None:
+        if held_out is not None:  # these images' evidence as new normal images will show it
             full = torch.zeros_like(residual)
-            full[~torch.isfinite(position)] = app
+            full[~torch.isfinite(position)] = calibrated(held_out, stats, cfg.appearance_weight)
             prior = _add(prior, full)
     _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg, prior)
     stats.rec_mean, stats.rec_std = float(rec_z[valid].mean()), _robust_std(rec_z[valid])

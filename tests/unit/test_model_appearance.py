@@ -26,7 +26,8 @@ def _normal_images(n: int, seed: int = 0) -> torch.Tensor:
 
 def test_subspace_error_is_zero_inside_and_positive_outside():
     x = _normal_images(40)
-    st = fit_appearance(x, components=9)
+    st, held = fit_appearance(x, components=9)
+    assert held.shape == (40, 1, 32, 32) and torch.allclose(held.mean(0, keepdim=True), st["app_cal_mean"])
     assert st["app_basis"].shape == (9, 3 * 32 * 32) and st["app_mean"].shape == (1, 3, 32, 32)
     held_out = subspace_error(_normal_images(5, seed=1), st["app_mean"], st["app_basis"])
     odd = _normal_images(1, seed=2)
@@ -39,14 +40,14 @@ def test_subspace_error_is_zero_inside_and_positive_outside():
 
 def test_only_2d_images_get_it_and_off_cases():
     x = _normal_images(40)
-    stats = ScoreStats(torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), **fit_appearance(x, 9))
+    stats = ScoreStats(torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), **fit_appearance(x, 9)[0])
     y = _normal_images(3, seed=3)
     ev = appearance_evidence(y, torch.tensor([NAN, 0.5, NAN]), stats, 2.0)
     assert ev.shape == (3, 1, 32, 32) and not ev[1].any() and ev[0].any() and ev[2].any()
     assert appearance_evidence(y, torch.tensor([0.1, 0.5, 0.9]), stats, 2.0) is None  # all slices of volumes
     assert appearance_evidence(y, None, stats, 0.0) is None
     assert appearance_evidence(y, None, ScoreStats.identity(32, 32), 2.0) is None  # older checkpoints
-    assert set(fit_appearance(x[:3], 9).values()) == {None}  # too few normal images
+    assert set(fit_appearance(x[:3], 9)[0].values()) == {None} and fit_appearance(x[:3], 9)[1] is None  # too few images
 
 
 def test_appearance_ranks_an_unusual_image_first_through_score_images():
@@ -95,3 +96,12 @@ def test_checkpoint_carries_the_subspace(tmp_path):
     a = score_images(recon, disc, x, cfg=cfg, stats=stats)
     b = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats)
     assert torch.equal(a.image_scores, b.image_scores)
+
+
+def test_new_normal_images_score_like_the_calibration_images():
+    """The statistics use each fitting image's held-out error, so new normal images get image
+    z-scores centred on 0 (with in-sample errors they would all look abnormal)."""
+    cfg = ScoringConfig(grid_cell=4, disc_weight=0.0, min_foreground=0.0, appearance_weight=4.0, appearance_components=20)
+    stats = fit_score_stats(Mean(), ZeroDisc(), [(_normal_images(64), None)], cfg)
+    new = score_images(Mean(), ZeroDisc(), _normal_images(64, seed=21), cfg=cfg, stats=stats).image_scores
+    assert abs(float(new.mean())) < 1.0  # in-sample errors: +2.8 here
