@@ -73,7 +73,7 @@ def calibrated(err: torch.Tensor, stats, weight: float) -> torch.Tensor:
 def appearance_evidence(x: torch.Tensor, position: torch.Tensor | None, stats, weight: float) -> torch.Tensor | None:
     """x: (B, C, H, W) -> weight x calibrated subspace error (B, 1, H, W) on 2D images (unknown
     axial position), zero on slices of volumes; None when off or the statistics lack it."""
-    if weight <= 0 or stats is None or getattr(stats, "app_basis", None) is None:
+    if weight <= 0 or stats is None or stats.app_basis is None:
         return None
     b = x.shape[0]
     flat_2d = torch.ones(b, dtype=torch.bool, device=x.device) if position is None else ~torch.isfinite(

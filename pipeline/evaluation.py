@@ -121,12 +121,12 @@ def _pixels(maps: np.ndarray, fg: np.ndarray, gt: np.ndarray, native_shape) -> t
 def evaluate_scorer(scorer: SliceScorer, scans: list[EvalScan], *, max_pixels: int = 6_000_000, seed: int = 0) -> EvalData:
     parts: dict[str, list] = {k: [] for k in ("scores", "labels", "small", "images", "maps", "patches", "pix_s", "pix_y")}
     gt, shapes, names = [], [], []
+    context = getattr(scorer, "in_context", None)  # PatchRank: through-plane context over whole scans
     for t in scans:
         keep = np.flatnonzero(t.labels >= 0)
         if keep.size == 0:
             continue
         p = t.prep
-        context = getattr(scorer, "in_context", None)
         if context is None:  # slices scored independently: only the labelled ones
             res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
         else:  # context needs every slice of the scan (unlabelled ones are neighbours too)
