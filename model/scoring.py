@@ -43,6 +43,7 @@ from torch import nn
 
 from model.losses import RankConfig
 from model.appearance import appearance_evidence, calibrated, fit_appearance
+from model.lesion import fit_lesion_shape, shape_evidence
 from model.masks import complementary_masks, hideable
 from model.priors import fit_prior_stats, position_stats, prior_evidence, raw_priors
 from model.ranking import ranked_sum
@@ -73,6 +74,7 @@ class ScoringConfig:
     pixel_prior_scale: float = 1.0  # share of that evidence in the per-pixel map (1 = as in the patch scores)
     appearance_weight: float = 0.0  # calibrated distance from the normal-appearance subspace, 2D images only (model.appearance)
     appearance_components: int = 50  # principal components of that subspace
+    shape_weight: float = 0.0  # calibrated lesion-shape (ABCD) evidence added to 2D images' scores (model.lesion)
     context_radius: int = 0  # through-plane context: slices of distance up to this (0 = off, older checkpoints)
     context_decay: float = 0.25  # z-score units subtracted per slice of distance
     rank: RankConfig = field(default_factory=lambda: RankConfig(k=4, decay=0.8, floor=0.0))
@@ -112,6 +114,10 @@ class ScoreStats:
     app_basis: torch.Tensor | None = None  # (k, C*H*W) its leading principal components
     app_cal_mean: torch.Tensor | None = None  # (1, 1, H, W) held-out subspace error of normal images
     app_cal_std: torch.Tensor | None = None
+    shape_mean: torch.Tensor | None = None  # (D,) normal lesion descriptors' mean (model.lesion)
+    shape_std: torch.Tensor | None = None
+    shape_bank: torch.Tensor | None = None  # (N, D) z-scored normal lesion descriptors
+    shape_cal: torch.Tensor | None = None  # (2,) mean, std of their leave-one-out kNN distance
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -310,6 +316,9 @@ def score_images(
     prior = _prior(x, foreground, position, stats, cfg)
     scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior)
     image = normalise_image(image_raw, stats, position)
+    shape = shape_evidence(x, foreground, position, stats, cfg.shape_weight)
+    if shape is not None:  # image-level: the lesion's outline, not any one patch
+        image = image + shape.to(image.device, image.dtype)
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
 
 
@@ -347,7 +356,7 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
 
     batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None[, position: (B,)]).
     """
-    res, ev, fgs, poss, priors, flat = [], [], [], [], [], []
+    res, ev, fgs, poss, priors, flat, flat_fg = [], [], [], [], [], [], []
     use_priors = _uses_priors(cfg)
     for x, fg, *rest in batches:
         r, e, _ = raw_maps(recon, disc, x, cfg)
@@ -358,8 +367,10 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         poss.append(torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu())
         if use_priors:
             priors.append([t.cpu() for t in raw_priors(x, fg, poss[-1], cfg.prior_smooth)])
-        if cfg.appearance_weight > 0:  # 2D images (unknown axial position) for the appearance subspace
-            flat.append(x[~torch.isfinite(poss[-1]).to(x.device)].float().cpu())
+        if cfg.appearance_weight > 0 or cfg.shape_weight > 0:  # 2D images (unknown axial position)
+            is_2d = ~torch.isfinite(poss[-1]).to(x.device)
+            flat.append(x[is_2d].float().cpu())
+            flat_fg.append(fgs[-1][is_2d.cpu()])
     if not res:
         raise ValueError("fit_score_stats needs at least one batch of normal validation data")
     residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
@@ -379,7 +390,12 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     prior = prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual) if raw is not None else None
     position = torch.cat(poss)
     images_2d = torch.cat(flat) if flat else None
-    if images_2d is not None and len(images_2d):
+    if cfg.shape_weight > 0 and images_2d is not None and len(images_2d):
+        lesion_fg = torch.cat(flat_fg)
+        if not bool(lesion_fg.all()):  # a lesion was segmented (image_foreground="dark"), not the whole image
+            for key, value in fit_lesion_shape(images_2d, lesion_fg).items():
+                setattr(stats, key, value)
+    if cfg.appearance_weight > 0 and images_2d is not None and len(images_2d):
         app_stats, held_out = fit_appearance(images_2d, cfg.appearance_components)
         for key, value in app_stats.items():
             setattr(stats, key, value)
