@@ -31,7 +31,9 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
  6. Pixel map (heatmaps, pixel AUROC) = the calibrated residual (`pixel_calibration`, plus 3b)
     box-smoothed `pixel_smooth` x `pixel_smooth`, plus `pixel_disc_weight` x the
     upsampled discriminator evidence (None = disc_weight; 8-px cells are too coarse for
-    a pixel map, so the default settings leave it out).
+    a pixel map, so the default settings leave it out), then optionally a grey-scale closing
+    (`pixel_close`): a low hole inside a high region (a tumour's dark necrotic core inside
+    its bright FLAIR oedema) takes the surrounding score; a closing never lowers a value.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ class ScoringConfig:
     calibration: str = "position"  # "none" | "global" | "position" (patch / image scores)
     pixel_calibration: str = "global"  # same choices, for the per-pixel map only
     pixel_smooth: int = 3  # odd box size smoothing the calibrated per-pixel map (1 = none)
+    pixel_close: int = 0  # odd size of a grey-scale closing of the pixel map (fills low holes inside high regions; 0 = off)
     pixel_disc_weight: float | None = None  # weight of the (coarse, upsampled) discriminator evidence in the pixel map; None = disc_weight
     rec_weight: float = 1.0
     disc_weight: float = 0.5
@@ -276,6 +279,9 @@ def combine(
     pdw = cfg.disc_weight if cfg.pixel_disc_weight is None else cfg.pixel_disc_weight
     if pdw:
         pixel = pixel + pdw * F.interpolate(disc_z[:, None], size=residual.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    if cfg.pixel_close > 1:  # closing = dilation then erosion: a dark core inside a bright lesion takes its rim's score
+        c = cfg.pixel_close
+        pixel = -F.max_pool2d(-F.max_pool2d(pixel[:, None], c, stride=1, padding=c // 2), c, stride=1, padding=c // 2)[:, 0]
     if foreground is not None:
         pixel = torch.where(foreground[:, 0].bool(), pixel, torch.full_like(pixel, pixel.min().item()))
     return scores, rec_z, disc_z, valid, image_raw, pixel

@@ -84,6 +84,7 @@ class ScoringSettings(Strict):
     calibration: Literal["none", "global", "position"] = "position"
     pixel_calibration: Literal["none", "global", "position"] = Field("position", description="calibration of the per-pixel map (heatmaps, pixel AUROC)")
     pixel_smooth: int = Field(11, ge=1, le=31, description="odd box size smoothing the per-pixel map (1 = none)")
+    pixel_close: int = Field(13, ge=0, le=31, description="odd size of a grey-scale closing of the per-pixel map: low holes inside high regions (a dark tumour core inside bright oedema) take their rim's score (measured on the BraTS folds, docs/quality.md fifth pass; 0 = off)")
     pixel_disc_weight: float | None = Field(0.0, ge=0, description="discriminator evidence in the per-pixel map (coarse, 8-px cells); None = disc_weight")
     rec_weight: float = Field(1.0, ge=0)
     disc_weight: float = Field(0.5, ge=0)
@@ -107,8 +108,8 @@ class ScoringSettings(Strict):
 
     @model_validator(mode="after")
     def _odd_smoothing(self) -> "ScoringSettings":
-        for name in ("pixel_smooth", "prior_smooth"):
-            if getattr(self, name) % 2 == 0:
+        for name in ("pixel_smooth", "prior_smooth", "pixel_close"):
+            if getattr(self, name) % 2 == 0 and getattr(self, name) > 0:
                 raise ValueError(f"{name} must be odd, got {getattr(self, name)}")
         return self
 
@@ -120,6 +121,7 @@ class ScoringSettings(Strict):
             calibration=self.calibration,
             pixel_calibration=self.pixel_calibration,
             pixel_smooth=self.pixel_smooth,
+            pixel_close=self.pixel_close,
             pixel_disc_weight=self.pixel_disc_weight,
             rec_weight=self.rec_weight,
             disc_weight=self.disc_weight,

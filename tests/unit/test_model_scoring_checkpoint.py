@@ -69,6 +69,23 @@ def test_pixel_map_smoothing_and_discriminator_weight():
     assert not torch.equal(both.pixel_map, quiet.pixel_map)  # None = disc_weight (the previous behaviour)
 
 
+def test_pixel_map_closing_fills_a_dark_core_and_never_lowers():
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, 8:20, 8:20] = 2.0  # bright rim (oedema) ...
+    x[0, 0, 11:17, 11:17] = 0.0  # ... around a core no brighter than normal (necrosis)
+    x[0, 0, 26, 26] = 1.0  # an isolated hot pixel
+    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", pixel_smooth=1, disc_weight=0.0)
+    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None).pixel_map[0]
+    closed = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_close=7), stats=None).pixel_map[0]
+    assert float(plain[13, 13]) == 0.0 and float(closed[13, 13]) == pytest.approx(2.0)  # the core takes the rim's score
+    assert (closed >= plain - 1e-6).all()  # a closing never lowers a value
+    assert float(closed[26, 26]) == pytest.approx(1.0) and float(closed[4, 4]) == 0.0  # peaks kept, background untouched
+    with pytest.raises(ValueError):
+        from pipeline.settings import ScoringSettings
+
+        ScoringSettings(pixel_close=6)
+
+
 def test_foreground_excludes_background_patches():
     cfg = ScoringConfig(grid_cell=4, calibration="none", disc_weight=0.0)
     x = torch.zeros(1, 1, 32, 32)
