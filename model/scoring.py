@@ -280,11 +280,16 @@ def combine(
     if pdw:
         pixel = pixel + pdw * F.interpolate(disc_z[:, None], size=residual.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     if cfg.pixel_close > 1:  # closing = dilation then erosion: a dark core inside a bright lesion takes its rim's score
-        c = cfg.pixel_close
-        pixel = -F.max_pool2d(-F.max_pool2d(pixel[:, None], c, stride=1, padding=c // 2), c, stride=1, padding=c // 2)[:, 0]
+        pixel = -_square_max(-_square_max(pixel[:, None], cfg.pixel_close), cfg.pixel_close)[:, 0]
     if foreground is not None:
         pixel = torch.where(foreground[:, 0].bool(), pixel, torch.full_like(pixel, pixel.min().item()))
     return scores, rec_z, disc_z, valid, image_raw, pixel
+
+
+def _square_max(t: torch.Tensor, k: int) -> torch.Tensor:
+    """(B, 1, H, W) -> max over the centred k x k window, as two separable 1-D passes (exact)."""
+    t = F.max_pool2d(t, (k, 1), stride=1, padding=(k // 2, 0))
+    return F.max_pool2d(t, (1, k), stride=1, padding=(0, k // 2))
 
 
 def _uses_priors(cfg: ScoringConfig) -> bool:
