@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import torch
 
+from model.priors import on_volume
+
 _EPS = 1e-6
 KEYS = ("app_mean", "app_basis", "app_cal_mean", "app_cal_std")
 
@@ -76,8 +78,7 @@ def appearance_evidence(x: torch.Tensor, position: torch.Tensor | None, stats, w
     if weight <= 0 or stats is None or stats.app_basis is None:
         return None
     b = x.shape[0]
-    flat_2d = torch.ones(b, dtype=torch.bool, device=x.device) if position is None else ~torch.isfinite(
-        position.to(x.device).float().reshape(-1))
+    flat_2d = ~on_volume(position, b, x.device)
     if not flat_2d.any():
         return None
     z = calibrated(subspace_error(x, stats.app_mean, stats.app_basis), stats, weight)

@@ -19,6 +19,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from model.priors import on_volume
+
 SHAPE_NEIGHBOURS = 5
 KEYS = ("shape_mean", "shape_std", "shape_bank", "shape_cal")
 _EPS = 1e-6
@@ -86,10 +88,10 @@ def shape_evidence(x: torch.Tensor, foreground: torch.Tensor | None, position: t
     """-> (B,) weight x calibrated kNN distance of each image's lesion descriptor from the normal
     bank, on 2D images (unknown axial position); zero on slices of volumes; None when off,
     without a foreground, or when the statistics lack a bank."""
-    if weight <= 0 or foreground is None or stats is None or getattr(stats, "shape_bank", None) is None:
+    if weight <= 0 or foreground is None or stats is None or stats.shape_bank is None:
         return None
     b = x.shape[0]
-    flat_2d = torch.ones(b, dtype=torch.bool) if position is None else ~torch.isfinite(position.cpu().float().reshape(-1))
+    flat_2d = ~on_volume(position, b, "cpu")
     out = torch.zeros(b)
     if flat_2d.any():
         sel = flat_2d.to(x.device)

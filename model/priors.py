@@ -46,6 +46,14 @@ def position_stats(values: torch.Tensor, fg: torch.Tensor, prior: float) -> tupl
     return mean, std.clamp_min(0.5 * g_var**0.5 + _EPS)
 
 
+def on_volume(position: torch.Tensor | None, b: int, device) -> torch.Tensor:
+    """(B,) bool: which of b images are slices of a volume (finite relative axial position);
+    the rest (NaN, or no positions at all) are 2D images."""
+    if position is None:
+        return torch.zeros(b, dtype=torch.bool, device=device)
+    return torch.isfinite(position.to(device).float().reshape(-1))
+
+
 def raw_priors(
     x: torch.Tensor, foreground: torch.Tensor | None, position: torch.Tensor | None, smooth: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -57,11 +65,7 @@ def raw_priors(
     if smooth > 1:
         xs = F.avg_pool2d(xs, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
     fg = torch.ones(b, 1, h, w, dtype=torch.bool, device=x.device) if foreground is None else foreground.bool()
-    if position is None:
-        volume = torch.zeros(b, dtype=torch.bool, device=x.device)
-    else:
-        volume = torch.isfinite(position.to(x.device).float().reshape(-1))
-    fg = fg & volume[:, None, None, None]
+    fg = fg & on_volume(position, b, x.device)[:, None, None, None]
     return xs, xs - xs.flip(-2), fg, fg & fg.flip(-2)
 
 

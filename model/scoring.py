@@ -47,7 +47,7 @@ from model.losses import RankConfig
 from model.appearance import appearance_evidence, calibrated, fit_appearance
 from model.lesion import fit_lesion_shape, shape_evidence
 from model.masks import complementary_masks, hideable
-from model.priors import fit_prior_stats, position_stats, prior_evidence, raw_priors
+from model.priors import fit_prior_stats, on_volume, position_stats, prior_evidence, raw_priors
 from model.ranking import ranked_sum
 
 _EPS = 1e-6
@@ -379,9 +379,9 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         if use_priors:
             priors.append([t.cpu() for t in raw_priors(x, fg, poss[-1], cfg.prior_smooth)])
         if cfg.appearance_weight > 0 or cfg.shape_weight > 0:  # 2D images (unknown axial position)
-            is_2d = ~torch.isfinite(poss[-1]).to(x.device)
-            flat.append(x[is_2d].float().cpu())
-            flat_fg.append(fgs[-1][is_2d.cpu()])
+            is_2d = ~on_volume(poss[-1], len(x), "cpu")
+            flat.append(x[is_2d.to(x.device)].float().cpu())
+            flat_fg.append(fgs[-1][is_2d])
     if not res:
         raise ValueError("fit_score_stats needs at least one batch of normal validation data")
     residual, evidence, fg = torch.cat(res), torch.cat(ev), torch.cat(fgs)
@@ -400,13 +400,13 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     stats = ScoreStats(pix_mean, pix_std, **(fit_prior_stats(*raw) if raw is not None else {}))
     prior = prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual) if raw is not None else None
     position = torch.cat(poss)
-    images_2d = torch.cat(flat) if flat else None
-    if cfg.shape_weight > 0 and images_2d is not None and len(images_2d):
+    images_2d = torch.cat(flat) if flat else torch.empty(0)
+    if cfg.shape_weight > 0 and len(images_2d):
         lesion_fg = torch.cat(flat_fg)
         if not bool(lesion_fg.all()):  # a lesion was segmented (image_foreground="dark"), not the whole image
             for key, value in fit_lesion_shape(images_2d, lesion_fg).items():
                 setattr(stats, key, value)
-    if cfg.appearance_weight > 0 and images_2d is not None and len(images_2d):
+    if cfg.appearance_weight > 0 and len(images_2d):
         app_stats, held_out = fit_appearance(images_2d, cfg.appearance_components)
         for key, value in app_stats.items():
             setattr(stats, key, value)
