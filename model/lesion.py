@@ -7,7 +7,9 @@ Asymmetry, Border irregularity, Colour variegation and Diameter. Each image gets
     [area fraction, colour std inside the lesion per channel, border irregularity
      (perimeter^2 / (4 pi area)), asymmetry about each principal axis]
 
-and normal images' descriptors (z-scored per dimension) form a bank. A new image's evidence is
+read on the lesion proper (`dark_lesion`: pixels darker than Otsu's threshold, without the
+dilation preprocessing adds so that ranked patches include the border; the dilation smooths
+the outline the descriptors measure), and normal images' descriptors (z-scored per dimension) form a bank. A new image's evidence is
 its mean distance to the `SHAPE_NEIGHBOURS` nearest normal descriptors, calibrated against
 the bank's own leave-one-out distances (what a new normal image shows), so that it is a
 z-score added to the image score. Measured on the ISIC folds in docs/quality.md.
@@ -24,6 +26,46 @@ from model.priors import on_volume
 SHAPE_NEIGHBOURS = 5
 KEYS = ("shape_mean", "shape_std", "shape_bank", "shape_cal")
 _EPS = 1e-6
+
+
+def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
+    """Otsu's threshold of a 1-D sample (maximises the between-class variance)."""
+    v = values.double().reshape(-1)
+    lo, hi = float(v.min()), float(v.max())
+    hist = torch.histc(v, bins=bins, min=lo, max=hi)
+    centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * (hi - lo) / bins
+    w0 = hist.cumsum(0)
+    w1 = w0[-1] - w0
+    c0 = (hist * centres).cumsum(0)
+    m0 = c0 / w0.clamp_min(1)
+    m1 = (c0[-1] - c0) / w1.clamp_min(1)
+    return float(centres[torch.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def dark_lesion(img: torch.Tensor) -> torch.Tensor | None:
+    """img: (C, H, W) -> (H, W) bool: pixels darker than Otsu's threshold of the luminance
+    inside the central disc (dermoscopy vignetting darkens the corners too); None when the disc
+    has no contrast. The one lesion rule: preprocessing dilates it into the foreground."""
+    lum = img.float().mean(0)
+    h, w = lum.shape
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    disc = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 0.8
+    inside = lum[disc]
+    if float(inside.max() - inside.min()) < 1e-3:
+        return None
+    return (lum < otsu_threshold(inside)) & disc
+
+
+def lesion_core(x: torch.Tensor, foreground: torch.Tensor, min_fraction: float = 0.01) -> torch.Tensor:
+    """x: (B, C, H, W), foreground: (B, 1, H, W) -> (B, 1, H, W) bool: the foreground's dark
+    lesion proper (`dark_lesion` inside it); the foreground itself where that is under
+    `min_fraction` of the image."""
+    out = []
+    for img, fg in zip(x, foreground.bool()):
+        dark = dark_lesion(img)
+        core = fg[0] if dark is None else dark & fg[0]
+        out.append(core if float(core.float().mean()) >= min_fraction else fg[0])
+    return torch.stack(out)[:, None]
 
 
 def _asymmetry(m: torch.Tensor) -> torch.Tensor:
@@ -50,8 +92,9 @@ def _asymmetry(m: torch.Tensor) -> torch.Tensor:
 
 
 def lesion_descriptors(x: torch.Tensor, foreground: torch.Tensor) -> torch.Tensor:
-    """x: (B, C, H, W) preprocessed images; foreground: (B, 1, H, W) lesion mask -> (B, 4 + C)."""
-    m = foreground.float()
+    """x: (B, C, H, W) preprocessed images; foreground: (B, 1, H, W) lesion mask -> (B, 4 + C),
+    measured on the lesion proper (`lesion_core`)."""
+    m = lesion_core(x, foreground).float()
     n = m.sum((1, 2, 3)).clamp_min(1.0)
     mu = (x * m).sum((2, 3)) / n[:, None]
     sd = ((((x - mu[:, :, None, None]) ** 2) * m).sum((2, 3)) / n[:, None]).clamp_min(0).sqrt()

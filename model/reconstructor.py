@@ -46,6 +46,7 @@ class MaskedReconstructor(nn.Module):
 
     forward(x, mask): x: (B, C, H, W), mask: (B, 1, H, W) with 1 = hidden
         -> x_hat: (B, C, H, W), the full reconstruction (linear output).
+    encode(x, mask=None): the encoder's feature levels (model.features reads them).
     """
 
     def __init__(self, in_channels: int = 1, base_channels: int = 16, depth: int = 4) -> None:
@@ -68,18 +69,25 @@ class MaskedReconstructor(nn.Module):
     def multiple(self) -> int:
         return 2**self.depth
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """-> the encoder's levels [(B, w_i, H/2^i, W/2^i) for i = 0..depth]; mask None = nothing hidden."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x of shape (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if x.shape[-1] % self.multiple or x.shape[-2] % self.multiple:
             raise ValueError(f"H and W must be multiples of {self.multiple}, got {tuple(x.shape[-2:])}")
+        if mask is None:
+            mask = torch.zeros_like(x[:, :1])
         mask = mask.to(x.dtype) * hideable(x)  # background is never hidden (model.masks)
         h = self.stem(torch.cat([x * (1.0 - mask), mask], dim=1))  # (B, w0, H, W)
-        skips = [h]
+        levels = [h]
         for block in self.down:
             h = block(nn.functional.max_pool2d(h, 2))  # (B, w_{i+1}, H/2^{i+1}, W/2^{i+1})
-            skips.append(h)
-        skips.pop()
+            levels.append(h)
+        return levels
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        skips = self.encode(x, mask)
+        h = skips.pop()
         for up, merge in zip(self.up, self.merge):
             h = merge(torch.cat([up(h), skips.pop()], dim=1))
         return self.head(h)  # (B, C, H, W)

@@ -17,6 +17,8 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
  4. Patch reconstruction evidence = mean calibrated residual in each P x P patch;
     discriminator evidence = -logit of D(x) for that patch ("does not look normal").
     Both are z-scored with normal-patch statistics and summed with weights.
+ 4b. Optionally add feature evidence (`feature_weight`, model.features): the calibrated
+    distance of each patch's encoder features to the nearest normal patch's.
  5. Image score = rank-weighted top patches (model.ranking) over foreground patches,
     then z-scored against normal validation images. When a slice's relative axial
     position in its volume is known (0 = lowest kept slice, 1 = highest) and
@@ -45,6 +47,7 @@ from torch import nn
 
 from model.losses import RankConfig
 from model.appearance import appearance_evidence, calibrated, fit_appearance
+from model.features import encoder_features, feature_evidence, fit_features
 from model.lesion import fit_lesion_shape, shape_evidence
 from model.masks import complementary_masks, hideable
 from model.priors import fit_prior_stats, on_volume, position_stats, prior_evidence, raw_priors
@@ -77,6 +80,7 @@ class ScoringConfig:
     pixel_prior_scale: float = 1.0  # share of that evidence in the per-pixel map (1 = as in the patch scores)
     appearance_weight: float = 0.0  # calibrated distance from the normal-appearance subspace, 2D images only (model.appearance)
     appearance_components: int = 50  # principal components of that subspace
+    feature_weight: float = 0.0  # calibrated nearest-normal-patch distance of encoder features, added to patch scores (model.features)
     shape_weight: float = 0.0  # calibrated lesion-shape (ABCD) evidence added to 2D images' scores (model.lesion)
     context_radius: int = 0  # through-plane context: slices of distance up to this (0 = off, older checkpoints)
     context_decay: float = 0.25  # z-score units subtracted per slice of distance
@@ -121,6 +125,10 @@ class ScoreStats:
     shape_std: torch.Tensor | None = None
     shape_bank: torch.Tensor | None = None  # (N, D) z-scored normal lesion descriptors
     shape_cal: torch.Tensor | None = None  # (2,) mean, std of their leave-one-out kNN distance
+    feat_mean: torch.Tensor | None = None  # (F,) normal patches' encoder features: mean (model.features)
+    feat_std: torch.Tensor | None = None
+    feat_bank: torch.Tensor | None = None  # (N, F) z-scored features of sampled normal patches
+    feat_cal: torch.Tensor | None = None  # (2,) mean, std of held-out normal patches' nearest distance
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -245,12 +253,14 @@ def combine(
     stats: ScoreStats | None,
     cfg: ScoringConfig,
     prior: torch.Tensor | None = None,
+    features: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw maps -> (patch, rec_z, disc_z, valid, raw image score, pixel map).
 
     residual: (B, 1, H, W); evidence: (B, h, w); foreground: (B, 1, H, W) or None;
     prior: (B, 1, H, W) calibrated anatomical evidence (model.priors) added to the
-    calibrated residual, or None.
+    calibrated residual, or None; features: (B, h, w) weighted feature evidence
+    (model.features) added to the patch scores, or None.
     """
     patch = residual.shape[-1] // evidence.shape[-1]
     res_cal = _calibrate(residual, stats, cfg.calibration)
@@ -268,6 +278,8 @@ def combine(
     if cfg.disc_weight == 0:
         disc_z = torch.zeros_like(disc_z)
     scores = cfg.rec_weight * rec_z + cfg.disc_weight * disc_z
+    if features is not None:
+        scores = scores + features.to(scores)
     valid = _patch_valid(foreground, tuple(scores.shape), patch, cfg).to(scores.device)
     image_raw = ranked_sum(scores.flatten(1), cfg.rank.k, cfg.rank.decay, cfg.rank.floor, valid.flatten(1))
     pcal = res_cal if cfg.pixel_calibration == cfg.calibration else _calibrate(residual, stats, cfg.pixel_calibration)
@@ -325,7 +337,8 @@ def score_images(
     axial position in the volume (NaN = unknown, e.g. a 2D image) -> ScoreOutput."""
     residual, evidence, composite = raw_maps(recon, disc, x, cfg)
     prior = _prior(x, foreground, position, stats, cfg)
-    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior)
+    feats = feature_evidence(recon, x, tuple(evidence.shape[-2:]), stats, cfg.feature_weight)
+    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior, feats)
     image = normalise_image(image_raw, stats, position)
     shape = shape_evidence(x, foreground, position, stats, cfg.shape_weight)
     if shape is not None:  # image-level: the lesion's outline, not any one patch
@@ -367,12 +380,14 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
 
     batches: iterable of (x: (B, C, H, W), foreground: (B, 1, H, W) or None[, position: (B,)]).
     """
-    res, ev, fgs, poss, priors, flat, flat_fg = [], [], [], [], [], [], []
+    res, ev, fgs, poss, priors, flat, flat_fg, feats = [], [], [], [], [], [], [], []
     use_priors = _uses_priors(cfg)
     for x, fg, *rest in batches:
         r, e, _ = raw_maps(recon, disc, x, cfg)
         res.append(r.cpu())
         ev.append(e.cpu())
+        if cfg.feature_weight > 0:
+            feats.append(encoder_features(recon, x, tuple(e.shape[-2:])).cpu())
         fgs.append(fg.cpu() if fg is not None else torch.ones_like(r, dtype=torch.bool).cpu())
         pos = rest[0] if rest and rest[0] is not None else None
         poss.append(torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu())
@@ -414,10 +429,18 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
             full = torch.zeros_like(residual)
             full[~torch.isfinite(position)] = calibrated(held_out, stats, cfg.appearance_weight)
             prior = _add(prior, full)
-    _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg, prior)
+    feat_ev = None
+    if feats:
+        patch = residual.shape[-1] // evidence.shape[-1]
+        feat_stats, held_out = fit_features(torch.cat(feats), _patch_valid(fg, tuple(evidence.shape), patch, cfg))
+        for key, value in feat_stats.items():
+            setattr(stats, key, value)
+        if held_out is not None:  # held-out evidence: what new normal images will show
+            feat_ev = cfg.feature_weight * held_out
+    _, rec_z, disc_z, valid, _, _ = combine(residual, evidence, fg, stats, cfg, prior, feat_ev)
     stats.rec_mean, stats.rec_std = float(rec_z[valid].mean()), _robust_std(rec_z[valid])
     stats.disc_mean, stats.disc_std = float(disc_z[valid].mean()), _robust_std(disc_z[valid])
-    *_, image_raw, _ = combine(residual, evidence, fg, stats, cfg, prior)
+    *_, image_raw, _ = combine(residual, evidence, fg, stats, cfg, prior, feat_ev)
     stats.image_mean, stats.image_std = float(image_raw.mean()), _robust_std(image_raw)
     known = torch.isfinite(position)
     if cfg.position_bandwidth > 0 and int(known.sum()) > 1:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.lesion import dark_lesion
 from pipeline.loaders import Scan, ScanError
 from pipeline.settings import PreprocessConfig
 
@@ -47,31 +48,17 @@ def as_config(cfg: PreprocessConfig | dict) -> PreprocessConfig:
     return cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig(**cfg)
 
 
-def _otsu(values: np.ndarray, bins: int = 256) -> float:
-    """Otsu's threshold of a 1-D sample (maximises the between-class variance)."""
-    hist, edges = np.histogram(values, bins=bins)
-    centres = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
-    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
-    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
-
-
 def dark_foreground(img: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
     """img: (C, H, W) in [0, 1] -> (H, W) bool lesion mask: pixels darker than Otsu's threshold
     of the luminance inside the central disc (dermoscopy vignetting makes the corners dark too),
     dilated by ~2 % of the side so the lesion border is included. Falls back to every pixel when
     less than `min_fraction` of the image qualifies (no distinct lesion)."""
-    lum = img.mean(0)
-    h, w = lum.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    disc = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 0.8
-    if lum[disc].max() - lum[disc].min() < 1e-3:
+    h, w = img.shape[-2:]
+    dark = dark_lesion(torch.from_numpy(np.ascontiguousarray(img)))
+    if dark is None:
         return np.ones((h, w), dtype=bool)
-    dark = (lum < _otsu(lum[disc])) & disc
     r = max(1, round(0.02 * max(h, w)))
-    grown = F.max_pool2d(torch.from_numpy(dark.astype(np.float32))[None, None], 2 * r + 1, stride=1, padding=r)[0, 0].numpy() > 0
+    grown = F.max_pool2d(dark.float()[None, None], 2 * r + 1, stride=1, padding=r)[0, 0].numpy() > 0
     return grown if grown.mean() >= min_fraction else np.ones((h, w), dtype=bool)
 
 

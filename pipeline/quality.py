@@ -34,6 +34,7 @@ ABLATIONS: dict[str, dict] = {
     "no_context": {"scoring": {"context_radius": 0}},
     "no_appearance": {"scoring": {"appearance_weight": 0.0}},
     "no_shape": {"scoring": {"shape_weight": 0.0}},
+    "no_features": {"scoring": {"feature_weight": 0.0}},
 }
 BASELINE_NAMES = ["cae", "ocsvm", "alocc", "percentile"]
 ALL_METHODS = ["patchrank", *ABLATIONS, *BASELINE_NAMES]
@@ -90,7 +91,7 @@ def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig
 def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path):
     """Train one method on the fold's normal data -> SliceScorer.
 
-    Ablations that change only scoring (no_anatomy, no_context, no_appearance, no_shape) reuse the fold's PatchRank
+    Ablations that change only scoring (no_anatomy, no_context, no_appearance, no_shape, no_features) reuse the fold's PatchRank
     weights when PatchRank ran first, with the statistics refit under their own scoring
     settings: the row then differs from PatchRank's by that component alone, not by a
     second training run's noise."""

@@ -100,7 +100,8 @@ class ScoringSettings(Strict):
     prior_smooth: int = Field(9, ge=1, le=31, description="odd box size smoothing the input before the intensity and symmetry maps")
     appearance_weight: float = Field(4.0, ge=0, description="weight of 'unlike the normal-appearance subspace' evidence (model.appearance: held-out-calibrated error of the top principal components of the normal images); 2D images only, slices of volumes get the anatomical evidence instead (0 = off)")
     appearance_components: int = Field(50, ge=1, le=512, description="principal components of the normal-appearance subspace")
-    shape_weight: float = Field(1.0, ge=0, description="weight of lesion-shape evidence (model.lesion: area, colour spread, border irregularity and asymmetry of the segmented lesion, kNN distance from normal images' descriptors, calibrated); 2D images with image_foreground='dark' only (0 = off)")
+    feature_weight: float = Field(0.0, ge=0, description="weight of feature evidence (model.features: distance of a patch's encoder features to the nearest normal patch's, calibrated) in the patch scores (0 = off; the dermoscopy configuration uses it, docs/quality.md sixth pass)")
+    shape_weight: float = Field(1.0, ge=0, description="weight of lesion-shape evidence (model.lesion: area, colour spread, border irregularity and asymmetry of the dark lesion, kNN distance from normal images' descriptors, calibrated; measured on the ISIC folds, docs/quality.md fifth and sixth passes); 2D images with image_foreground='dark' only (0 = off)")
     context_radius: int = Field(6, ge=0, le=64, description="through-plane context for volumes: a slice's score is at least a neighbouring slice's score minus context_decay per slice of distance, up to this many slices away (0 = off; slices scored independently)")
     context_decay: float = Field(0.25, ge=0, description="z-score units taken off a neighbour's score per slice of distance (through-plane context)")
     rank: RankSettings = RankSettings(k=8, decay=0.9)
@@ -136,6 +137,7 @@ class ScoringSettings(Strict):
             prior_smooth=self.prior_smooth,
             pixel_prior_scale=self.pixel_prior_scale,
             appearance_weight=self.appearance_weight,
+            feature_weight=self.feature_weight,
             shape_weight=self.shape_weight,
             appearance_components=self.appearance_components,
             context_radius=self.context_radius,

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from model import ScoringConfig, fit_score_stats, score_images
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.discriminator import PatchDiscriminator
-from model.lesion import SHAPE_NEIGHBOURS, fit_lesion_shape, lesion_descriptors, shape_evidence
+from model.lesion import SHAPE_NEIGHBOURS, dark_lesion, fit_lesion_shape, lesion_core, lesion_descriptors, otsu_threshold, shape_evidence
 from model.reconstructor import MaskedReconstructor
 from model.scoring import ScoreStats
 from modeldoubles import Mean, ZeroDisc
@@ -64,6 +65,30 @@ def test_descriptors_read_area_border_asymmetry_and_colour():
     assert d_odd[4] > 1.3 * d_disc[4]  # border irregularity: perimeter^2 / (4 pi area)
     assert d_disc[5:].max() < 0.1 and d_odd[5:].max() > 2 * d_disc[5:].max()  # asymmetry about the principal axes
     assert (d_varied[1:4] > 3 * d_disc[1:4]).all()  # colour spread inside the lesion
+
+
+def test_otsu_matches_the_textbook_definition_and_splits_two_modes():
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat([0.2 + 0.05 * torch.randn(300, generator=g), 0.7 + 0.05 * torch.randn(200, generator=g)])
+    t = otsu_threshold(v, bins=64)
+    lo, hi = float(v.min()), float(v.max())
+    centres = [lo + (i + 0.5) * (hi - lo) / 64 for i in range(64)]
+    best = max(centres, key=lambda c: (v < c).sum().item() * (v >= c).sum().item()
+               * (float(v[v < c].mean()) - float(v[v >= c].mean())) ** 2 if 0 < (v < c).sum() < len(v) else -1)
+    assert 0.35 < t < 0.55 and abs(t - best) <= (hi - lo) / 64 + 1e-9
+
+
+def test_descriptors_read_the_lesion_proper_not_the_dilated_foreground():
+    """Preprocessing dilates the lesion so ranked patches include its border; the descriptors
+    re-segment the dark lesion inside that foreground, so the dilation does not smooth the
+    outline they measure."""
+    x, m = _lesion(_irregular(), 0, spread=0.0)
+    grown = F.max_pool2d(m.float(), 5, stride=1, padding=2) > 0
+    assert torch.equal(lesion_core(x, grown), m)
+    assert torch.allclose(lesion_descriptors(x, grown), lesion_descriptors(x, m))
+    assert dark_lesion(torch.full((3, S, S), 0.5)) is None  # no contrast
+    flat = torch.full((1, 3, S, S), 0.5)
+    assert torch.equal(lesion_core(flat, m), m)  # nothing dark: the foreground itself
 
 
 def test_fit_and_calibration():
