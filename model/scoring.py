@@ -15,7 +15,9 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     slices of volumes (`intensity_weight`, `symmetry_weight`; 0 = off, the model default,
     so older checkpoints score as before).
  4. Patch reconstruction evidence = mean calibrated residual in each P x P patch;
-    discriminator evidence = -logit of D(x) for that patch ("does not look normal").
+    discriminator evidence = -logit of D(x) for that patch ("does not look real";
+    `disc_evidence="logit"`), or D(composite) - D(x) ("contrast": looks less real than
+    its own normal reconstruction, which cancels how hard that kind of patch is for D).
     Both are z-scored with normal-patch statistics and summed with weights.
  4b. Optionally add feature evidence (`feature_weight`, model.features): the calibrated
     distance of each patch's encoder features to the nearest normal patch's.
@@ -68,6 +70,7 @@ class ScoringConfig:
     pixel_disc_weight: float | None = None  # weight of the (coarse, upsampled) discriminator evidence in the pixel map; None = disc_weight
     rec_weight: float = 1.0
     disc_weight: float = 0.5
+    disc_evidence: str = "logit"  # "logit": -D(x); "contrast": D(composite) - D(x), see step 4
     min_foreground: float = 0.25  # patch counts when >= this fraction is foreground
     patch_pool: str = "mean"  # patch evidence: "mean" of the calibrated residual, or "max" of its 3x3 mean
     stat_smooth: int = 0  # odd box size to smooth the per-position statistics (0 = off)
@@ -224,7 +227,13 @@ def raw_maps(
         residual = diff.clamp_min(0).mean(1, keepdim=True)
     else:
         raise ValueError(f"unknown residual {cfg.residual!r} (use 'abs' or 'positive')")
-    evidence = -disc(x).float()[:, 0]  # (B, h, w)
+    logits = disc(x).float()[:, 0]  # (B, h, w)
+    if cfg.disc_evidence == "contrast":  # less real than its own normal reconstruction
+        evidence = disc(composite.to(x.dtype)).float()[:, 0] - logits
+    elif cfg.disc_evidence == "logit":
+        evidence = -logits
+    else:
+        raise ValueError(f"unknown disc_evidence {cfg.disc_evidence!r} (use 'logit' or 'contrast')")
     return residual, evidence, composite
 
 

@@ -88,6 +88,7 @@ class ScoringSettings(Strict):
     pixel_disc_weight: float | None = Field(0.0, ge=0, description="discriminator evidence in the per-pixel map (coarse, 8-px cells); None = disc_weight")
     rec_weight: float = Field(1.0, ge=0)
     disc_weight: float = Field(0.5, ge=0)
+    disc_evidence: Literal["logit", "contrast"] = Field("contrast", description="discriminator evidence per patch: 'contrast' = D(reconstruction) - D(image), how much less real the patch looks than its own normal reconstruction (docs/quality.md sixth pass); 'logit' = -D(image)")
     min_foreground: float = Field(0.25, ge=0, le=1)
     patch_pool: Literal["mean", "max"] = "mean"
     stat_smooth: int = Field(0, ge=0, le=15, description="box size smoothing the per-position statistics (0 = off)")
@@ -126,6 +127,7 @@ class ScoringSettings(Strict):
             pixel_disc_weight=self.pixel_disc_weight,
             rec_weight=self.rec_weight,
             disc_weight=self.disc_weight,
+            disc_evidence=self.disc_evidence,
             min_foreground=self.min_foreground,
             patch_pool=self.patch_pool,
             stat_smooth=self.stat_smooth,
