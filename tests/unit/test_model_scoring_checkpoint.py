@@ -69,6 +69,34 @@ def test_pixel_map_smoothing_and_discriminator_weight():
     assert not torch.equal(both.pixel_map, quiet.pixel_map)  # None = disc_weight (the previous behaviour)
 
 
+def test_discriminator_contrast_evidence_compares_the_image_with_its_reconstruction():
+    """'contrast': D(composite) - D(x) per patch; 'logit': -D(x). A patch type the
+    discriminator always finds unreal (here: anything bright) scores under 'logit' even when
+    the reconstruction is as bright, and not under 'contrast'."""
+
+    class BrightIsFake(ZeroDisc):  # logit = -(mean brightness of each 4x4 patch)
+        def forward(self, x):
+            return -torch.nn.functional.avg_pool2d(x[:, :1], 4)
+
+    from model.scoring import raw_maps
+
+    x = torch.zeros(1, 1, 32, 32)
+    x[0, 0, :, :16] = 1.0  # a bright half that the reconstructor (constant 1) reproduces exactly there
+    cfg = ScoringConfig(grid_cell=4, grid_period=2)
+    _, logit_ev, comp = raw_maps(CopyRecon(1.0), BrightIsFake(), x, cfg)
+    _, contrast_ev, _ = raw_maps(CopyRecon(1.0), BrightIsFake(), x, dataclasses.replace(cfg, disc_evidence="contrast"))
+    assert torch.allclose(logit_ev, torch.nn.functional.avg_pool2d(x, 4)[:, 0])  # -D(x)
+    expected = -torch.nn.functional.avg_pool2d(comp, 4)[:, 0] + torch.nn.functional.avg_pool2d(x, 4)[:, 0]
+    assert torch.allclose(contrast_ev, expected)  # D(composite) - D(x)
+    assert float(logit_ev[0, :, :4].min()) == 1.0 and float(contrast_ev[0, :, :4].abs().max()) == 0.0
+    assert float(contrast_ev[0, :, 4:].min()) == -1.0  # dark half: reconstructed too bright, "more real" than it
+    with pytest.raises(ValueError, match="disc_evidence"):
+        raw_maps(CopyRecon(1.0), BrightIsFake(), x, dataclasses.replace(cfg, disc_evidence="other"))
+    from pipeline.settings import TrainConfig
+
+    assert TrainConfig().scoring.to_model(64).disc_evidence == "contrast" and ScoringConfig().disc_evidence == "logit"
+
+
 def test_pixel_map_closing_fills_a_dark_core_and_never_lowers():
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 8:20, 8:20] = 2.0  # bright rim (oedema) ...
