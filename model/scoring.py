@@ -228,12 +228,13 @@ def raw_maps(
     else:
         raise ValueError(f"unknown residual {cfg.residual!r} (use 'abs' or 'positive')")
     logits = disc(x).float()[:, 0]  # (B, h, w)
-    if cfg.disc_evidence == "contrast":  # less real than its own normal reconstruction
-        evidence = disc(composite.to(x.dtype)).float()[:, 0] - logits
-    elif cfg.disc_evidence == "logit":
-        evidence = -logits
-    else:
+    if cfg.disc_evidence not in ("logit", "contrast"):
         raise ValueError(f"unknown disc_evidence {cfg.disc_evidence!r} (use 'logit' or 'contrast')")
+    if cfg.disc_evidence == "contrast" and cfg.disc_weight != 0:  # less real than its own normal reconstruction
+        # (with disc_weight 0 `combine` zeroes this evidence, so the second pass is skipped)
+        evidence = disc(composite.to(x.dtype)).float()[:, 0] - logits
+    else:
+        evidence = -logits
     return residual, evidence, composite
 
 
@@ -436,7 +437,7 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
             setattr(stats, key, value)
         if held_out is not None:  # these images' evidence as new normal images will show it
             full = torch.zeros_like(residual)
-            full[~torch.isfinite(position)] = calibrated(held_out, stats, cfg.appearance_weight)
+            full[~on_volume(position, len(position), "cpu")] = calibrated(held_out, stats, cfg.appearance_weight)
             prior = _add(prior, full)
     feat_ev = None
     if feats:
