@@ -32,12 +32,9 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     slice of distance (`slice_context`), so the thin top and bottom edges of a lesion
     inherit the evidence of its body next door; a score is never lowered, so an isolated
     lesion keeps its own score. Volume score = the same ranking over slice scores.
- 6. Pixel map (heatmaps, pixel AUROC) = the calibrated residual (`pixel_calibration`, plus 3b)
-    box-smoothed `pixel_smooth` x `pixel_smooth`, plus `pixel_disc_weight` x the
-    upsampled discriminator evidence (None = disc_weight; 8-px cells are too coarse for
-    a pixel map, so the default settings leave it out), then optionally a grey-scale closing
-    (`pixel_close`): a low hole inside a high region (a tumour's dark necrotic core inside
-    its bright FLAIR oedema) takes the surrounding score; a closing never lowers a value.
+ 6. Pixel map (heatmaps, pixel AUROC, Dice; model.pixelmap) = the calibrated residual
+    (`pixel_calibration`, plus 3b) box-smoothed, plus optionally the upsampled
+    discriminator evidence, a grey-scale closing and an edge-preserving guided filter.
 """
 from __future__ import annotations
 
@@ -51,6 +48,7 @@ from model.losses import RankConfig
 from model.appearance import appearance_evidence, calibrated, fit_appearance
 from model.features import encoder_features, feature_evidence, fit_features
 from model.lesion import fit_lesion_shape, shape_evidence
+from model.pixelmap import pixel_map
 from model.masks import complementary_masks, hideable
 from model.priors import fit_prior_stats, on_volume, position_stats, prior_evidence, raw_priors
 from model.ranking import ranked_sum
@@ -68,6 +66,8 @@ class ScoringConfig:
     pixel_smooth: int = 3  # odd box size smoothing the calibrated per-pixel map (1 = none)
     pixel_close: int = 0  # odd size of a grey-scale closing of the pixel map (fills low holes inside high regions; 0 = off)
     pixel_disc_weight: float | None = None  # weight of the (coarse, upsampled) discriminator evidence in the pixel map; None = disc_weight
+    pixel_guide: int = 0  # radius of the guided filter (input image as guide) on the pixel map; 0 = off (model.pixelmap)
+    pixel_guide_eps: float = 0.1  # its edge threshold, in squared preprocessed-intensity units
     rec_weight: float = 1.0
     disc_weight: float = 0.5
     disc_evidence: str = "logit"  # "logit": -D(x); "contrast": D(composite) - D(x), see step 4
@@ -264,13 +264,15 @@ def combine(
     cfg: ScoringConfig,
     prior: torch.Tensor | None = None,
     features: torch.Tensor | None = None,
+    guide: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw maps -> (patch, rec_z, disc_z, valid, raw image score, pixel map).
 
     residual: (B, 1, H, W); evidence: (B, h, w); foreground: (B, 1, H, W) or None;
     prior: (B, 1, H, W) calibrated anatomical evidence (model.priors) added to the
     calibrated residual, or None; features: (B, h, w) weighted feature evidence
-    (model.features) added to the patch scores, or None.
+    (model.features) added to the patch scores, or None; guide: (B, C, H, W) the input, for
+    the pixel map's guided filter (model.pixelmap), or None.
     """
     patch = residual.shape[-1] // evidence.shape[-1]
     res_cal = _calibrate(residual, stats, cfg.calibration)
@@ -295,23 +297,8 @@ def combine(
     pcal = res_cal if cfg.pixel_calibration == cfg.calibration else _calibrate(residual, stats, cfg.pixel_calibration)
     if prior is not None and cfg.pixel_prior_scale:
         pcal = pcal + cfg.pixel_prior_scale * prior
-    k = cfg.pixel_smooth
-    smooth = (F.avg_pool2d(pcal, k, stride=1, padding=k // 2, count_include_pad=False) if k > 1 else pcal)[:, 0]
-    pixel = cfg.rec_weight * (smooth - (s.rec_mean if s else 0.0)) / (s.rec_std if s else 1.0)
-    pdw = cfg.disc_weight if cfg.pixel_disc_weight is None else cfg.pixel_disc_weight
-    if pdw:
-        pixel = pixel + pdw * F.interpolate(disc_z[:, None], size=residual.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    if cfg.pixel_close > 1:  # closing = dilation then erosion: a dark core inside a bright lesion takes its rim's score
-        pixel = -_square_max(-_square_max(pixel[:, None], cfg.pixel_close), cfg.pixel_close)[:, 0]
-    if foreground is not None:
-        pixel = torch.where(foreground[:, 0].bool(), pixel, torch.full_like(pixel, pixel.min().item()))
+    pixel = pixel_map(pcal, disc_z, guide, foreground, s.rec_mean if s else 0.0, s.rec_std if s else 1.0, cfg)
     return scores, rec_z, disc_z, valid, image_raw, pixel
-
-
-def _square_max(t: torch.Tensor, k: int) -> torch.Tensor:
-    """(B, 1, H, W) -> max over the centred k x k window, as two separable 1-D passes (exact)."""
-    t = F.max_pool2d(t, (k, 1), stride=1, padding=(k // 2, 0))
-    return F.max_pool2d(t, (1, k), stride=1, padding=(0, k // 2))
 
 
 def _uses_priors(cfg: ScoringConfig) -> bool:
@@ -348,7 +335,7 @@ def score_images(
     residual, evidence, composite = raw_maps(recon, disc, x, cfg)
     prior = _prior(x, foreground, position, stats, cfg)
     feats = feature_evidence(recon, x, tuple(evidence.shape[-2:]), stats, cfg.feature_weight)
-    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior, feats)
+    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior, feats, x)
     image = normalise_image(image_raw, stats, position)
     shape = shape_evidence(x, foreground, position, stats, cfg.shape_weight)
     if shape is not None:  # image-level: the lesion's outline, not any one patch
