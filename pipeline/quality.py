@@ -125,12 +125,16 @@ def run_quality(
     out: Path,
     only: list[int] | None = None,
     log: Callable[[str], None] = print,
+    fold_seed: int | None = None,
 ) -> dict:
     """Run every method on every fold (or the 0-based folds in `only`); save results
-    incrementally to out/quality.json (folds run in separate processes merge with `merge_results`)."""
+    incrementally to out/quality.json (folds run in separate processes merge with `merge_results`).
+    The folds (and the pixel subsample) come from `fold_seed` (default cfg.seed); everything
+    else from cfg.seed, so one split can be trained again with other seeds."""
     out.mkdir(parents=True, exist_ok=True)
-    split = make_folds(records, folds, cfg.seed)
-    results: dict = {"config": json.loads(cfg.model_dump_json()), "folds": split, "runs": []}
+    fold_seed = cfg.seed if fold_seed is None else fold_seed
+    split = make_folds(records, folds, fold_seed)
+    results: dict = {"config": json.loads(cfg.model_dump_json()), "fold_seed": fold_seed, "folds": split, "runs": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="patchrank-bench-") as tmp:
         for i, test_subjects in enumerate(split):
@@ -143,7 +147,7 @@ def run_quality(
                 t0 = time.perf_counter()
                 scorer = fit_method(name, fold, cfg, Path(tmp))
                 t_fit = time.perf_counter() - t0
-                rep = report(evaluate_scorer(scorer, fold.test, seed=cfg.seed))
+                rep = report(evaluate_scorer(scorer, fold.test, seed=fold_seed))
                 rep.update(method=name, fold=i, fit_seconds=round(t_fit, 1), seconds=round(time.perf_counter() - t0, 1))
                 results["runs"].append(rep)
                 log(f"  {name:>16}: " + "  ".join(f"{m} {rep[m]:.3f}" for m in METRICS if rep.get(m) is not None)

@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", help="BraTS-style folder, ISIC-style folder or manifest CSV (required unless --merge)")
     p.add_argument("--folds", type=int, default=3, help="leave-subjects-out folds (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds, and of training unless --train-seed is given")
+    p.add_argument("--train-seed", type=int, help="seed of everything but the folds (validation split, weights, masks, "
+                   "batch order): the same folds trained again, to measure training noise (docs/quality.md seventh pass)")
     p.add_argument("--quick", action="store_true", help=f"development mode: {json.dumps(QUICK)}, 2 folds")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset (default: all)")
     p.add_argument("--config", help="JSON TrainConfig for PatchRank (ablations derive from it)")
@@ -59,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.quick:
         base = merge(base, QUICK)
         folds = min(folds, 2)
-    base["seed"] = args.seed
+    base["seed"] = args.seed if args.train_seed is None else args.train_seed
     if args.epochs:
         base["epochs"] = args.epochs
     records = discover(args.data, modality=args.modality)
@@ -67,9 +69,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**base)
     t0 = time.perf_counter()
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
-    res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only)
+    res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only, fold_seed=args.seed)
     wall = time.perf_counter() - t0
-    flags = [("data", args.data), ("folds", args.folds), ("seed", args.seed), ("config", args.config), ("epochs", args.epochs),
+    flags = [("data", args.data), ("folds", args.folds), ("seed", args.seed), ("train-seed", args.train_seed),
+             ("config", args.config), ("epochs", args.epochs),
              ("only-folds", args.only_folds), ("out", args.out)]
     if args.methods != ",".join(ALL_METHODS):
         flags.append(("methods", args.methods))
@@ -78,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         f"command: `{cmd}{' --quick' if args.quick else ''}`  \n"
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
         f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}  \n"
-        f"folds: {folds} (subject-level), seed {args.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
+        f"folds: {folds} (subject-level), seed {args.seed}, training seed {cfg.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
         f"wall time: {wall / 60:.1f} min\n\n"
     )
     table = header + markdown_table(res["summary"])

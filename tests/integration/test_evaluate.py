@@ -54,3 +54,23 @@ def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path, monkeypatch):
     assert not set(res["folds"][0]) & set(res["folds"][1])
     table = (out / "quality.md").read_text()
     assert "| patchrank |" in table and "| percentile |" in table and "±" in table and "command:" in table
+
+
+@pytest.mark.timeout(120)
+def test_bench_quality_train_seed_keeps_the_folds(phantom_dir, tmp_path):
+    """--train-seed reseeds training (config seed) but the folds and pixel subsample stay --seed's."""
+    from pipeline.discover import discover
+    from pipeline.quality import make_folds
+
+    records = discover(str(phantom_dir))
+    runs = {}
+    for name, seeds in (("seed0", ["--seed", "0"]), ("train7", ["--seed", "0", "--train-seed", "7"]), ("seed7", ["--seed", "7"])):
+        out = tmp_path / name
+        rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--folds", "2", *seeds,
+                   "--methods", "percentile", "--out", str(out)])
+        assert rc == 0
+        runs[name] = json.loads((out / "quality.json").read_text())
+    assert runs["train7"]["folds"] == runs["seed0"]["folds"] == make_folds(records, 2, 0)
+    assert runs["train7"]["config"]["seed"] == 7 and runs["seed0"]["config"]["seed"] == 0
+    assert runs["train7"]["fold_seed"] == 0 and "training seed 7" in (tmp_path / "train7" / "quality.md").read_text()
+    assert runs["seed7"]["fold_seed"] == 7 and runs["seed7"]["config"]["seed"] == 7
