@@ -22,7 +22,8 @@ lesions), "abs" either direction. Measured on the BraTS folds in docs/quality.md
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
+
+from model.pixelmap import box_mean
 
 _EPS = 1e-6
 
@@ -62,8 +63,7 @@ def raw_priors(
     known axial position (volumes); nowhere on 2D images."""
     b, _, h, w = x.shape
     xs = x.float().mean(1, keepdim=True)
-    if smooth > 1:
-        xs = F.avg_pool2d(xs, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
+    xs = box_mean(xs, smooth)
     fg = torch.ones(b, 1, h, w, dtype=torch.bool, device=x.device) if foreground is None else foreground.bool()
     fg = fg & on_volume(position, b, x.device)[:, None, None, None]
     return xs, xs - xs.flip(-2), fg, fg & fg.flip(-2)

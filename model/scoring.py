@@ -48,7 +48,7 @@ from model.losses import RankConfig
 from model.appearance import appearance_evidence, calibrated, fit_appearance
 from model.features import encoder_features, feature_evidence, fit_features
 from model.lesion import fit_lesion_shape, shape_evidence
-from model.pixelmap import pixel_map
+from model.pixelmap import box_mean, pixel_map
 from model.masks import complementary_masks, hideable
 from model.priors import fit_prior_stats, on_volume, position_stats, prior_evidence, raw_priors
 from model.ranking import ranked_sum
@@ -406,9 +406,7 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
         # Floor sigma at half its median over all positions (background included; see docs/quality.md).
         pix_std = pix_std.clamp_min(float(pix_std.median()) * 0.5 + _EPS)
     if cfg.stat_smooth > 1:  # few normal slices per position: average neighbouring positions
-        k = cfg.stat_smooth
-        pix_mean = F.avg_pool2d(pix_mean, k, stride=1, padding=k // 2, count_include_pad=False)
-        pix_std = F.avg_pool2d(pix_std, k, stride=1, padding=k // 2, count_include_pad=False)
+        pix_mean, pix_std = box_mean(pix_mean, cfg.stat_smooth), box_mean(pix_std, cfg.stat_smooth)
     stats = ScoreStats(pix_mean, pix_std, **(fit_prior_stats(*raw) if raw is not None else {}))
     prior = prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual) if raw is not None else None
     position = torch.cat(poss)
