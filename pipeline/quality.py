@@ -88,13 +88,32 @@ def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig
     return Fold(index, train, val, test, sorted(test_set))
 
 
-def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path):
+def _training_key(cfg: TrainConfig, test_subjects: list[str]) -> dict:
+    """What decides a fold model's weights: the training configuration (scoring excluded,
+    its statistics are refit) and the fold's held-out subjects."""
+    d = json.loads(cfg.model_dump_json())
+    d.pop("scoring", None)
+    return {"train_config": d, "test_subjects": sorted(test_subjects)}
+
+
+def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str):
+    from model.checkpoint import load_checkpoint
+    from pipeline.training import score_stats
+
+    lm = load_checkpoint(path)
+    stats = score_stats(lm.recon, lm.disc, fold.val, mcfg, train=fold.train)
+    return PatchRankScorer(replace(lm, scoring=mcfg.scoring.to_model(mcfg.preprocess.image_size), stats=stats), name)
+
+
+def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bool = False):
     """Train one method on the fold's normal data -> SliceScorer.
 
     Ablations that change only scoring (no_anatomy, no_context, no_appearance, no_shape, no_features) reuse the fold's PatchRank
     weights when PatchRank ran first, with the statistics refit under their own scoring
     settings: the row then differs from PatchRank's by that component alone, not by a
-    second training run's noise."""
+    second training run's noise. With `reuse`, a checkpoint already in `workdir` from the
+    same training configuration and fold (its `.json` sidecar says so) is scored again under
+    the current scoring settings instead of being trained again."""
     if name in BASELINE_NAMES:
         from pipeline.baselines import BASELINES
 
@@ -104,15 +123,22 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path):
 
     over = {} if name == "patchrank" else ABLATIONS[name]
     mcfg = TrainConfig(**merge(cfg.model_dump(), over))
-    shared = workdir / f"patchrank_fold{fold.index}.pt"
-    if name != "patchrank" and set(over) <= {"scoring"} and shared.exists():
-        from pipeline.training import score_stats
+    key = _training_key(mcfg, fold.test_subjects)
 
-        lm = load_checkpoint(shared)
-        stats = score_stats(lm.recon, lm.disc, fold.val, mcfg, train=fold.train)
-        return PatchRankScorer(replace(lm, scoring=mcfg.scoring.to_model(mcfg.preprocess.image_size), stats=stats), name)
+    def trained(p: Path) -> bool:  # a checkpoint of exactly this training run is there
+        side = p.with_suffix(".json")
+        return p.exists() and side.exists() and json.loads(side.read_text()) == key
+
+    shared = workdir / f"patchrank_fold{fold.index}.pt"
+    if name != "patchrank" and set(over) <= {"scoring"} and trained(shared):
+        return _rescored(shared, fold, mcfg, name)
     path = workdir / f"{name}_fold{fold.index}.pt"
+    sidecar = path.with_suffix(".json")
+    if reuse and trained(path):
+        return _rescored(path, fold, mcfg, name)
+    sidecar.unlink(missing_ok=True)
     fit_local(fold.train, fold.val, mcfg, path, show=False)
+    sidecar.write_text(json.dumps(key, indent=1))
     return PatchRankScorer(load_checkpoint(path), name)
 
 
@@ -126,17 +152,22 @@ def run_quality(
     only: list[int] | None = None,
     log: Callable[[str], None] = print,
     fold_seed: int | None = None,
+    models: Path | None = None,
 ) -> dict:
     """Run every method on every fold (or the 0-based folds in `only`); save results
     incrementally to out/quality.json (folds run in separate processes merge with `merge_results`).
     The folds (and the pixel subsample) come from `fold_seed` (default cfg.seed); everything
-    else from cfg.seed, so one split can be trained again with other seeds."""
+    else from cfg.seed, so one split can be trained again with other seeds. With `models`, the
+    fold checkpoints are kept there and reused by a later run with the same training
+    configuration (only the scoring is redone), otherwise they live in a temporary folder."""
     out.mkdir(parents=True, exist_ok=True)
     fold_seed = cfg.seed if fold_seed is None else fold_seed
     split = make_folds(records, folds, fold_seed)
     results: dict = {"config": json.loads(cfg.model_dump_json()), "fold_seed": fold_seed, "folds": split, "runs": []}
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="patchrank-bench-") as tmp:
+        workdir = Path(tmp) if models is None else Path(models)
+        workdir.mkdir(parents=True, exist_ok=True)
         for i, test_subjects in enumerate(split):
             if only is not None and i not in only:
                 continue
@@ -145,7 +176,7 @@ def run_quality(
                 f"test subjects {len(test_subjects)}")
             for name in methods:
                 t0 = time.perf_counter()
-                scorer = fit_method(name, fold, cfg, Path(tmp))
+                scorer = fit_method(name, fold, cfg, workdir, reuse=models is not None)
                 t_fit = time.perf_counter() - t0
                 rep = report(evaluate_scorer(scorer, fold.test, seed=fold_seed))
                 rep.update(method=name, fold=i, fit_seconds=round(t_fit, 1), seconds=round(time.perf_counter() - t0, 1))

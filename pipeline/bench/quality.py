@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, help="override epochs for every trained method")
     p.add_argument("--modality", default="flair")
     p.add_argument("--out", default="bench_quality", help="output folder (default bench_quality)")
+    p.add_argument("--models", metavar="DIR", help="keep the fold checkpoints in DIR (default: a temporary folder); a later "
+                   "run with the same DIR, folds and training configuration re-scores them under the current scoring "
+                   "settings instead of training again")
     p.add_argument("--only-folds", help="comma-separated 1-based folds to run (e.g. one process per fold)")
     p.add_argument("--merge", nargs="+", metavar="QUALITY_JSON", help="instead of running: merge quality.json files "
                    "of runs with the same folds and config into OUT/quality.md + quality.json")
@@ -69,11 +72,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**base)
     t0 = time.perf_counter()
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
-    res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only, fold_seed=args.seed)
+    res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only, fold_seed=args.seed,
+                      models=Path(args.models) if args.models else None)
     wall = time.perf_counter() - t0
     flags = [("data", args.data), ("folds", args.folds), ("seed", args.seed), ("train-seed", args.train_seed),
              ("config", args.config), ("epochs", args.epochs),
-             ("only-folds", args.only_folds), ("out", args.out)]
+             ("only-folds", args.only_folds), ("models", args.models), ("out", args.out)]
     if args.methods != ",".join(ALL_METHODS):
         flags.append(("methods", args.methods))
     cmd = "patchrank bench quality " + " ".join(f"--{k} {v}" for k, v in flags if v is not None)

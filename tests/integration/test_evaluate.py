@@ -74,3 +74,36 @@ def test_bench_quality_train_seed_keeps_the_folds(phantom_dir, tmp_path):
     assert runs["train7"]["config"]["seed"] == 7 and runs["seed0"]["config"]["seed"] == 0
     assert runs["train7"]["fold_seed"] == 0 and "training seed 7" in (tmp_path / "train7" / "quality.md").read_text()
     assert runs["seed7"]["fold_seed"] == 7 and runs["seed7"]["config"]["seed"] == 7
+
+
+@pytest.mark.timeout(240)
+def test_bench_quality_models_dir_reuses_only_the_same_training(phantom_dir, tmp_path, monkeypatch):
+    """--models keeps the fold checkpoints; a second run with the same training config re-scores
+    them (same numbers, nothing trained), a changed scoring setting is applied without training,
+    and a changed training setting trains again."""
+    import pipeline.train_local as tl
+
+    trained = []
+    real_fit = tl.fit_local
+    monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append(a[3].name) or real_fit(*a, **k))
+    models = tmp_path / "models"
+
+    def bench(name: str, config: dict) -> dict:
+        (tmp_path / f"{name}.json").write_text(json.dumps(config))
+        rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--epochs", "1", "--folds", "2",
+                   "--only-folds", "1", "--methods", "patchrank", "--config", str(tmp_path / f"{name}.json"),
+                   "--models", str(models), "--out", str(tmp_path / name)])
+        assert rc == 0
+        return json.loads((tmp_path / name / "quality.json").read_text())["runs"][0]
+
+    first = bench("first", {})
+    assert trained == ["patchrank_fold0.pt"] and (models / "patchrank_fold0.json").exists()
+    again = bench("again", {})
+    assert trained == ["patchrank_fold0.pt"]  # nothing trained
+    assert again["image_auroc"] == pytest.approx(first["image_auroc"], abs=1e-6)
+    assert again["pixel_auroc"] == pytest.approx(first["pixel_auroc"], abs=1e-6)
+    rescored = bench("rescored", {"scoring": {"pixel_smooth": 1, "pixel_guide": 0, "pixel_close": 0}})
+    assert trained == ["patchrank_fold0.pt"]  # scoring only: same weights, new statistics and map
+    assert rescored["pixel_auroc"] != pytest.approx(first["pixel_auroc"], abs=1e-6)
+    bench("retrained", {"loss": {"adv_weight": 0.01}})
+    assert trained == ["patchrank_fold0.pt", "patchrank_fold0.pt"]
