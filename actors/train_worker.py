@@ -24,7 +24,7 @@ import torch
 
 from model.checkpoint import load_checkpoint
 from pipeline.settings import TrainConfig
-from pipeline.training import Place, Reporter, epoch_line, fit_loop
+from pipeline.training import Place, Reporter, append_curve_row, epoch_line, fit_loop
 
 CKPT_FILE = "model.pt"
 CURVE_FILE = "curve.csv"
@@ -87,8 +87,9 @@ class RayReporter(Reporter):
         if self.rank == 0 and self.progress_s > 0 and now - self.last >= self.progress_s:
             self.last = now
             rate = self.done * self.cfg.batch_size * self.world / (now - self.t0)
-            _say(f"epoch {self.epoch + 1}/{self.cfg.epochs}  step {self.done}/{self.n_steps}  "
-                 f"loss_rec {m['loss_rec']:.4f}  ~{rate:.1f} img/s (all workers)")
+            loss = f"loss_rec {m['loss_rec']:.4f}" if "loss_rec" in m else f"critic loss_d {m['loss_d']:.4f}"
+            _say(f"epoch {self.epoch + 1}/{self.total}  step {self.done}/{self.n_steps}  "
+                 f"{loss}  ~{rate:.1f} img/s (all workers)")
 
     def end_epoch(self, epoch: int, row: dict, save) -> None:
         import ray.train
@@ -98,12 +99,12 @@ class RayReporter(Reporter):
         if save is None:
             ray.train.report(metrics, checkpoint_dir_name=name)
         else:
-            self.curve = _append_csv(self.curve, row)
+            self.curve = append_curve_row(self.curve, row)
             tmp = Path(tempfile.mkdtemp(prefix="patchrank-ckpt-"))
             try:
                 save(tmp / CKPT_FILE)
                 (tmp / CURVE_FILE).write_text(self.curve)
-                _say(epoch_line(row, self.cfg.epochs))
+                _say(epoch_line(row, self.total))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -116,18 +117,6 @@ def _say(line: str) -> None:
     Ray Train patches print() in workers to also log, which shows every line twice."""
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
-
-
-def _append_csv(text: str, row: dict) -> str:
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(row), lineterminator="\n")
-    if not text:
-        w.writeheader()
-    w.writerow(row)
-    return text + buf.getvalue()
 
 
 def _start_state(config: dict, scratch: Path):

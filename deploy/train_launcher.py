@@ -162,7 +162,9 @@ def launch(
         if result.checkpoint is None:  # nothing left to train: --resume of a finished run
             if src is None:
                 raise RuntimeError(f"Ray Train run {result.path} reported no checkpoint")
-            print(f"{src} has already trained {cfg.epochs} epoch(s); raise --epochs to train more")
+            from pipeline.training import critic_epochs, total_epochs
+
+            print(f"{src} has already trained {total_epochs(cfg)} epoch(s) ({cfg.epochs} adversarial + {critic_epochs(cfg)} critic); raise --epochs to train more")
             if src != out:
                 _copy_atomic(src, out)
             return LaunchResult(load_checkpoint(out).model_version, out, {}, str(result.path))

@@ -205,21 +205,27 @@ class ScoreOutput:
 
 
 @torch.no_grad()
+def masked_composite(recon: nn.Module, x: torch.Tensor, cfg: ScoringConfig) -> torch.Tensor:
+    """x: (B, C, H, W) -> the test-time reconstruction (B, C, H, W) float32: every foreground
+    pixel taken from the reconstruction made while the complementary grid masks hid it."""
+    b, c, h, w = x.shape
+    if cfg.grid_period == 0:  # "no masking" ablation: plain autoencoding, nothing hidden
+        return recon(x, torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)).float()
+    masks = complementary_masks(h, w, cfg.grid_cell, cfg.grid_period).to(x)  # (M, 1, H, W)
+    m = masks.shape[0]
+    hidden = masks[None] * hideable(x)[:, None]  # (B, M, 1, H, W): background never hidden
+    xr = x.repeat_interleave(m, 0)  # (B*M, C, H, W)
+    rec = recon(xr, hidden.reshape(b * m, 1, h, w)).float().view(b, m, c, h, w)
+    # Each pixel from the reconstruction made while it was hidden; background stays as is.
+    return (rec * hidden).sum(1) + (1.0 - hidden.sum(1)) * x.float()
+
+
+@torch.no_grad()
 def raw_maps(
     recon: nn.Module, disc: nn.Module, x: torch.Tensor, cfg: ScoringConfig
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """x: (B, C, H, W) -> residual (B, 1, H, W), disc evidence (B, h, w), composite (B, C, H, W)."""
-    b, c, h, w = x.shape
-    if cfg.grid_period == 0:  # "no masking" ablation: plain autoencoding, nothing hidden
-        composite = recon(x, torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)).float()
-    else:
-        masks = complementary_masks(h, w, cfg.grid_cell, cfg.grid_period).to(x)  # (M, 1, H, W)
-        m = masks.shape[0]
-        hidden = masks[None] * hideable(x)[:, None]  # (B, M, 1, H, W): background never hidden
-        xr = x.repeat_interleave(m, 0)  # (B*M, C, H, W)
-        rec = recon(xr, hidden.reshape(b * m, 1, h, w)).float().view(b, m, c, h, w)
-        # Each pixel from the reconstruction made while it was hidden; background stays as is.
-        composite = (rec * hidden).sum(1) + (1.0 - hidden.sum(1)) * x.float()  # (B, C, H, W)
+    composite = masked_composite(recon, x, cfg)
     diff = x.float() - composite
     if cfg.residual == "abs":
         residual = diff.abs().mean(1, keepdim=True)

@@ -1,7 +1,9 @@
-"""The one GAN training step, shared by local training and every Ray Train worker.
+"""The one GAN training step, shared by local training and every Ray Train worker, and the
+critic step that follows the adversarial epochs.
 
-One call = one reconstructor (generator) update + one discriminator update, both on
-rank-weighted per-patch losses. Works on plain modules and on DDP-wrapped ones.
+One `gan_step` = one reconstructor (generator) update + one discriminator update, both on
+rank-weighted per-patch losses; one `critic_step` = one discriminator update against the
+frozen reconstructor's test-time composites. Both work on plain and DDP-wrapped modules.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import torch
 from torch import nn
 
 from model.losses import RankConfig, adversarial_patch_loss, reconstruction_patch_loss
+from model.scoring import ScoringConfig, masked_composite
 
 
 @dataclass(frozen=True)
@@ -82,3 +85,34 @@ def gan_step(
         backward_step(loss_d, opt_d)
         metrics["loss_d"] = float(loss_d.detach())
     return metrics
+
+
+def critic_step(
+    recon: nn.Module,
+    disc: nn.Module,
+    opt_d: torch.optim.Optimizer,
+    x: torch.Tensor,
+    scoring: ScoringConfig,
+    cfg: StepConfig,
+    *,
+    amp: bool = False,
+) -> dict[str, float]:
+    """One discriminator update against the frozen reconstructor's *test-time* output.
+
+    After the adversarial epochs the discriminator is a snapshot of a moving game, trained on
+    reconstructions under random training masks. The critic phase trains it on exactly what
+    scoring compares: real normal images x (target 1) against their composites under the
+    complementary grid masks (target 0, `model.scoring.masked_composite`), so its contrast
+    evidence D(composite) - D(x) matches the final reconstructor. x: (B, C, H, W).
+    """
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+    composite = masked_composite(_unwrap(recon), x, scoring).to(x.dtype)  # no_grad inside
+    with autocast:
+        logits = disc(torch.cat([x, composite])).float()  # (2B, 1, h, w)
+        real = adversarial_patch_loss(logits[: len(x)], 1.0, cfg.adv_loss)
+        fake = adversarial_patch_loss(logits[len(x) :], 0.0, cfg.adv_loss)
+        loss_d = 0.5 * (cfg.rank(real).mean() + cfg.rank(fake).mean())
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    return {"loss_d": float(loss_d.detach())}

@@ -93,7 +93,17 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str]) -> dict:
     its statistics are refit) and the fold's held-out subjects."""
     d = json.loads(cfg.model_dump_json())
     d.pop("scoring", None)
+    if not cfg.loss.use_discriminator or not cfg.critic_epochs:  # no critic phase: its settings do not matter
+        d.pop("critic_epochs", None)
+        d.pop("lr_critic", None)
     return {"train_config": d, "test_subjects": sorted(test_subjects)}
+
+
+def _only_critic_added(old: dict, new: dict) -> bool:
+    """A kept checkpoint trained without the critic phase, where the new training differs only
+    by adding it: continuing it (resume) gives the same model as training from scratch."""
+    strip = lambda k: {**k, "train_config": {n: v for n, v in k["train_config"].items() if n not in ("critic_epochs", "lr_critic")}}  # noqa: E731
+    return "critic_epochs" not in old["train_config"] and "critic_epochs" in new["train_config"] and strip(old) == strip(new)
 
 
 def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str):
@@ -113,7 +123,8 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
     settings: the row then differs from PatchRank's by that component alone, not by a
     second training run's noise. With `reuse`, a checkpoint already in `workdir` from the
     same training configuration and fold (its `.json` sidecar says so) is scored again under
-    the current scoring settings instead of being trained again."""
+    the current scoring settings instead of being trained again, and one trained without the
+    critic phase is continued with it when that is the only difference."""
     if name in BASELINE_NAMES:
         from pipeline.baselines import BASELINES
 
@@ -136,8 +147,9 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
     sidecar = path.with_suffix(".json")
     if reuse and trained(path):
         return _rescored(path, fold, mcfg, name)
+    resume = reuse and path.exists() and sidecar.exists() and _only_critic_added(json.loads(sidecar.read_text()), key)
     sidecar.unlink(missing_ok=True)
-    fit_local(fold.train, fold.val, mcfg, path, show=False)
+    fit_local(fold.train, fold.val, mcfg, path, resume=resume, show=False)
     sidecar.write_text(json.dumps(key, indent=1))
     return PatchRankScorer(load_checkpoint(path), name)
 

@@ -89,7 +89,7 @@ class ScoringSettings(Strict):
     pixel_guide: int = Field(6, ge=0, le=16, description="radius of a guided filter on the per-pixel map with the input image as guide: the map follows the image's edges (a lesion's border) instead of the smoothing's blur (BraTS folds: Dice 0.812 -> 0.842, pixel AUROC 0.973 -> 0.979; docs/quality.md seventh pass); 0 = off")
     pixel_guide_eps: float = Field(0.003, gt=0, description="the guided filter's edge threshold in squared preprocessed-intensity units (smaller = follows weaker edges)")
     rec_weight: float = Field(1.0, ge=0)
-    disc_weight: float = Field(0.0, ge=0, description="weight of the discriminator's patch evidence in the patch scores (0 = the discriminator only trains the reconstructor; its evidence cost slice and small-lesion AUROC over three BraTS training seeds and on dermoscopy, docs/quality.md seventh pass)")
+    disc_weight: float = Field(0.5, ge=0, description="weight of the discriminator's patch evidence in the patch scores (0 = the discriminator only trains the reconstructor). With the critic phase (critic_epochs) its contrast evidence pays on BraTS over three training seeds; without it, it cost slice AUROC (docs/quality.md seventh and eighth passes)")
     disc_evidence: Literal["logit", "contrast"] = Field("contrast", description="discriminator evidence per patch: 'contrast' = D(reconstruction) - D(image), how much less real the patch looks than its own normal reconstruction (docs/quality.md sixth pass); 'logit' = -D(image)")
     min_foreground: float = Field(0.25, ge=0, le=1)
     patch_pool: Literal["mean", "max"] = "mean"
@@ -160,6 +160,8 @@ class TrainConfig(Strict):
     batch_size: int = Field(16, ge=1, description="per worker; global batch = batch_size x workers")
     lr_g: float = Field(1e-3, gt=0)
     lr_d: float = Field(1e-3, gt=0)
+    critic_epochs: int = Field(4, ge=0, description="after the adversarial epochs, epochs that train only the discriminator against the frozen reconstructor's test-time composites (model.train_step.critic_step), so its score evidence matches the final reconstructor (0 = off; docs/quality.md eighth pass)")
+    lr_critic: float = Field(2e-4, gt=0, description="the discriminator's learning rate in the critic epochs")
     seed: int = 0
     val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of training subjects held out for score statistics")
     augment_intensity: float = Field(0.0, ge=0, le=0.5, description="per-image random gain/offset of the foreground while training (0 = off)")

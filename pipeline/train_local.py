@@ -44,19 +44,19 @@ class LocalReporter(Reporter):
         self.bar = None
 
     def start_epoch(self, epoch: int, n_steps: int) -> None:
-        self.bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch", leave=False,
+        self.bar = tqdm(total=n_steps, desc=f"epoch {epoch + 1}/{self.total}", unit="batch", leave=False,
                         disable=None if self.show else True)  # None: no per-batch bar when stderr is not a terminal (logs); epoch lines still print
 
     def step(self, m: dict) -> None:
         self.bar.update(1)
-        self.bar.set_postfix(rec=f"{m['loss_rec']:.4f}", d=f"{m.get('loss_d', 0):.3f}")
+        self.bar.set_postfix(rec=f"{m.get('loss_rec', float('nan')):.4f}", d=f"{m.get('loss_d', 0):.3f}")
 
     def end_epoch(self, epoch: int, row: dict, save) -> None:
         self.bar.close()
         self.curve.write(row)
         self.version = save(self.out)
         if self.show:
-            tqdm.write(epoch_line(row, self.cfg.epochs))
+            tqdm.write(epoch_line(row, self.total))
 
 
 def pick_device(gpu: bool) -> torch.device:

@@ -1,7 +1,8 @@
 """Training loop pieces shared by local training and every Ray Train worker.
 
-`fit_loop` is the only epoch loop, `run_epoch` the only loop over batches, and it calls
-model.train_step.gan_step, the only GAN step. In-process training
+`fit_loop` is the only epoch loop; `run_epoch` loops over batches calling
+model.train_step.gan_step, the only GAN step, and in the critic epochs that follow
+`run_critic_epoch` calls model.train_step.critic_step. In-process training
 (pipeline.train_local.fit_local) and every Ray Train worker
 (actors.train_worker.train_loop_per_worker) run `fit_loop`; they differ only in the
 `Place` (rank, world, device, DDP wrapping, metric reduction) and the `Reporter`
@@ -10,6 +11,7 @@ model.train_step.gan_step, the only GAN step. In-process training
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from model.discriminator import PatchDiscriminator
 from model.masks import BoxMaskGenerator
 from model.reconstructor import MaskedReconstructor
 from model.scoring import ScoreStats, fit_score_stats
-from model.train_step import gan_step
+from model.train_step import critic_step, gan_step
 from pipeline.datasets import SliceSet
 from pipeline.preprocess import BACKGROUND
 from pipeline.settings import TrainConfig
@@ -134,6 +136,39 @@ def run_epoch(
         n_steps += 1
         if on_step is not None:
             on_step(m)
+    return _epoch_metrics(sums, n_img, n_steps, t0, c0)
+
+
+def critic_epochs(cfg: TrainConfig) -> int:
+    """Discriminator-only epochs after the adversarial ones (none without a discriminator)."""
+    return cfg.critic_epochs if cfg.loss.use_discriminator else 0
+
+
+def total_epochs(cfg: TrainConfig) -> int:
+    return cfg.epochs + critic_epochs(cfg)
+
+
+def run_critic_epoch(recon, disc, opt_d, data: Iterable[torch.Tensor], cfg: TrainConfig, *,
+                     device: torch.device = torch.device("cpu"), amp: bool = False,
+                     on_step: Callable[[dict], None] | None = None) -> dict[str, float]:
+    """One pass of `critic_step` over `data` (the reconstructor frozen); metrics as `run_epoch`."""
+    recon.eval()
+    disc.train()
+    step_cfg, scoring = cfg.loss.to_model(), cfg.scoring.to_model(cfg.preprocess.image_size)
+    sums: dict[str, float] = {}
+    n_img, n_steps, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
+    for x in data:
+        m = critic_step(recon, disc, opt_d, x.to(device), scoring, step_cfg, amp=amp)
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n_img += len(x)
+        n_steps += 1
+        if on_step is not None:
+            on_step(m)
+    return _epoch_metrics(sums, n_img, n_steps, t0, c0)
+
+
+def _epoch_metrics(sums: dict, n_img: int, n_steps: int, t0: float, c0: float) -> dict[str, float]:
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {k: v / max(n_steps, 1) for k, v in sums.items()}
     # images_per_cpu_s (this process's CPU time, all threads) is robust to a busy machine.
@@ -186,8 +221,21 @@ def save_trained(path, recon, disc, cfg: TrainConfig, stats: ScoreStats, meta: d
     )
 
 
-def train_state(opt_g, opt_d, masks: BoxMaskGenerator, epoch: int) -> dict:
-    return {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "masks": masks.state_dict(), "epoch": epoch}
+def train_state(opt_g, opt_d, masks: BoxMaskGenerator, epoch: int, gan_epochs: int | None = None, critic_done: int = 0) -> dict:
+    """epoch: the last finished epoch (0-based); gan_epochs / critic_done: how many of the
+    epochs so far were adversarial, and critic epochs since the last adversarial one."""
+    return {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "masks": masks.state_dict(), "epoch": epoch,
+            "gan_epochs": epoch + 1 if gan_epochs is None else gan_epochs, "critic_epochs": critic_done}
+
+
+def epoch_plan(cfg: TrainConfig, ts: dict | None) -> list[str]:
+    """The phases still to run: adversarial epochs up to `cfg.epochs`, then the critic epochs.
+    Resuming with more --epochs after a finished run trains more adversarial epochs and then a
+    full critic phase again (the discriminator moved); a run stopped inside its critic phase
+    finishes it. Checkpoints from before the critic phase count every epoch as adversarial."""
+    gan_done = 0 if ts is None else int(ts.get("gan_epochs", int(ts["epoch"]) + 1))
+    critic_done = 0 if ts is None or gan_done < cfg.epochs else int(ts.get("critic_epochs", 0))
+    return ["gan"] * max(0, cfg.epochs - gan_done) + ["critic"] * max(0, critic_epochs(cfg) - critic_done)
 
 
 @dataclass
@@ -197,12 +245,22 @@ class CurveLog:
     path: Path
 
     def write(self, row: dict) -> None:
-        new = not self.path.exists()
+        text = self.path.read_text() if self.path.exists() else ""
         with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+            f.write(append_curve_row(text, row)[len(text):])
+
+
+def append_curve_row(text: str, row: dict) -> str:
+    """CSV text + one epoch row. The first row's columns are the header; a later row fills the
+    columns it has (a critic epoch has no reconstruction loss, an epoch without fresh statistics
+    no val_auroc) and leaves the rest empty, so every column stays aligned."""
+    header = next(csv.reader(io.StringIO(text)), None) if text else None
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=header or list(row), restval="", extrasaction="ignore", lineterminator="\n")
+    if header is None:
+        w.writeheader()
+    w.writerow(row)
+    return text + buf.getvalue()
 
 
 def _identity(x):
@@ -225,7 +283,10 @@ class Place:
 
 
 class Reporter:
-    """What the loop tells the outside world (progress bar / Ray report); no-op base."""
+    """What the loop tells the outside world (progress bar / Ray report); no-op base.
+    `total`: the number of the run's last epoch, set by `fit_loop` before the first one."""
+
+    total: int = 0
 
     def start_epoch(self, epoch: int, n_steps: int) -> None:
         pass
@@ -292,25 +353,42 @@ def fit_loop(train: SliceSet, val: SliceSet, cfg: TrainConfig, reporter: Reporte
     start = restore_train_state(state.train_state, opt_g, opt_d, masks, place) if state is not None else 0
     steps = n_batches(len(train), cfg.batch_size, place.world)
     stats = state.stats if state is not None else None
-    for epoch in range(start, cfg.epochs):
+    ts0 = state.train_state if state is not None else None
+    plan = epoch_plan(cfg, ts0)
+    gan_done = 0 if ts0 is None else int(ts0.get("gan_epochs", start))
+    critic_done = 0 if ts0 is None else int(ts0.get("critic_epochs", 0))
+    last = start + len(plan) - 1
+    reporter.total = last + 1
+    for epoch, phase in zip(range(start, last + 1), plan):
         reporter.start_epoch(epoch, steps)
         t0 = time.perf_counter()
-        data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world, intensity=cfg.augment_intensity)
-        m = place.reduce(run_epoch(recon, disc, opt_g, opt_d, data, masks, cfg, device=place.device, amp=place.amp, on_step=reporter.step))
+        critic = phase == "critic"
+        for group in opt_d.param_groups:  # (a saved optimizer state carries the other phase's rate)
+            group["lr"] = cfg.lr_critic if critic else cfg.lr_d
+        if critic and critic_done == 0:  # the critic phase starts with fresh Adam moments
+            opt_d.state.clear()
+        gan_done, critic_done = (gan_done, critic_done + 1) if critic else (gan_done + 1, 0)
+        if critic:  # the critic epochs see clean images: what scoring sees
+            data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world)
+            m = run_critic_epoch(recon, disc, opt_d, data, cfg, device=place.device, amp=place.amp, on_step=reporter.step)
+        else:
+            data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world, intensity=cfg.augment_intensity)
+            m = run_epoch(recon, disc, opt_g, opt_d, data, masks, cfg, device=place.device, amp=place.amp, on_step=reporter.step)
+        m = place.reduce(m)
         mask_states = place.gather(masks.state_dict())
-        row = {"epoch": epoch + 1, **{k: round(float(v), 6) for k, v in m.items()}}
+        row = {"epoch": epoch + 1, "phase": "critic" if critic else "gan", **{k: round(float(v), 6) for k, v in m.items()}}
         save = None
         if place.rank == 0:
             # Statistics cost a masked forward over up to 2 x max_val_slices slices: fitted on the
             # first and last epoch and every `stats_every`; other checkpoints carry the latest ones.
-            if stats is None or epoch == cfg.epochs - 1 or (epoch + 1) % cfg.stats_every == 0:
+            if stats is None or epoch == last or (epoch + 1) % cfg.stats_every == 0:
                 stats = score_stats(plain_r, plain_d, val, cfg, place.device, train=train)
                 auc = val_auroc(plain_r, plain_d, stats, labelled, cfg, place.device)
                 if auc is not None:
                     row["val_auroc"] = round(auc, 6)
             row.update(val_image_mean=stats.image_mean, val_image_std=stats.image_std)
             row["epoch_seconds"] = round(time.perf_counter() - t0, 2)
-            ts = train_state(opt_g, opt_d, masks, epoch)
+            ts = train_state(opt_g, opt_d, masks, epoch, gan_done, critic_done)
             if place.world > 1:
                 ts["masks_by_rank"] = mask_states
             meta = {"epochs_done": epoch + 1, "n_train_slices": len(train), "n_val_slices": int((val.labels == 0).sum()), "workers": place.world}
@@ -324,5 +402,7 @@ def fit_loop(train: SliceSet, val: SliceSet, cfg: TrainConfig, reporter: Reporte
 def epoch_line(row: dict, epochs: int) -> str:
     """One human-readable progress line per epoch (the same for every path)."""
     auc = f"  val_auroc {row['val_auroc']:.3f}" if "val_auroc" in row else ""
+    if row.get("phase") == "critic":
+        return f"epoch {row['epoch']}/{epochs} (critic)  loss_d {row['loss_d']:.4f}  {row['images_per_s']:.1f} img/s{auc}"
     return (f"epoch {row['epoch']}/{epochs}  loss_rec {row['loss_rec']:.4f}  loss_adv {row['loss_adv']:.4f}  "
             f"loss_d {row.get('loss_d', 0):.4f}  {row['images_per_s']:.1f} img/s{auc}")

@@ -76,7 +76,8 @@ def tiny_checkpoint(tmp_path_factory, phantom_dir) -> Path:
     from pipeline.settings import TrainConfig
     from pipeline.train_local import fit_local, prepare_data
 
-    cfg = TrainConfig(epochs=1, batch_size=8, preprocess={"image_size": 32}, arch={"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2})
+    cfg = TrainConfig(epochs=1, critic_epochs=1, batch_size=8, preprocess={"image_size": 32},
+                      arch={"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2})
     train, val = prepare_data(phantom_dir, cfg, show=False)
     out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     fit_local(train, val, cfg, out, show=False)

@@ -54,7 +54,7 @@ def synthetic_slices(n: int, size: int, channels: int, seed: int = 0):
 
 def _throughput(curve: Path) -> tuple[float, float]:
     """-> median over epochs 2.. of (images/s wall, images per CPU-second)."""
-    rows = list(csv.DictReader(curve.open()))
+    rows = [r for r in csv.DictReader(curve.open()) if r.get("phase", "gan") == "gan"]  # adversarial epochs only
     rows = rows[1:] if len(rows) > 1 else rows
     return (statistics.median(float(r["images_per_s"]) for r in rows),
             statistics.median(float(r["images_per_cpu_s"]) for r in rows))

@@ -80,12 +80,13 @@ def test_bench_quality_train_seed_keeps_the_folds(phantom_dir, tmp_path):
 def test_bench_quality_models_dir_reuses_only_the_same_training(phantom_dir, tmp_path, monkeypatch):
     """--models keeps the fold checkpoints; a second run with the same training config re-scores
     them (same numbers, nothing trained), a changed scoring setting is applied without training,
-    and a changed training setting trains again."""
+    adding the critic phase continues the kept model (resume), and a changed adversarial
+    setting trains again."""
     import pipeline.train_local as tl
 
     trained = []
     real_fit = tl.fit_local
-    monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append(a[3].name) or real_fit(*a, **k))
+    monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append((a[3].name, k.get("resume", False))) or real_fit(*a, **k))
     models = tmp_path / "models"
 
     def bench(name: str, config: dict) -> dict:
@@ -96,14 +97,18 @@ def test_bench_quality_models_dir_reuses_only_the_same_training(phantom_dir, tmp
         assert rc == 0
         return json.loads((tmp_path / name / "quality.json").read_text())["runs"][0]
 
-    first = bench("first", {})
-    assert trained == ["patchrank_fold0.pt"] and (models / "patchrank_fold0.json").exists()
-    again = bench("again", {})
-    assert trained == ["patchrank_fold0.pt"]  # nothing trained
+    first = bench("first", {"critic_epochs": 0})
+    assert trained == [("patchrank_fold0.pt", False)] and (models / "patchrank_fold0.json").exists()
+    again = bench("again", {"critic_epochs": 0})
+    assert len(trained) == 1  # nothing trained
     assert again["image_auroc"] == pytest.approx(first["image_auroc"], abs=1e-6)
     assert again["pixel_auroc"] == pytest.approx(first["pixel_auroc"], abs=1e-6)
-    rescored = bench("rescored", {"scoring": {"pixel_smooth": 1, "pixel_guide": 0, "pixel_close": 0}})
-    assert trained == ["patchrank_fold0.pt"]  # scoring only: same weights, new statistics and map
+    rescored = bench("rescored", {"critic_epochs": 0, "scoring": {"pixel_smooth": 1, "pixel_guide": 0, "pixel_close": 0}})
+    assert len(trained) == 1  # scoring only: same weights, new statistics and map
     assert rescored["pixel_auroc"] != pytest.approx(first["pixel_auroc"], abs=1e-6)
-    bench("retrained", {"loss": {"adv_weight": 0.01}})
-    assert trained == ["patchrank_fold0.pt", "patchrank_fold0.pt"]
+    bench("critic", {"critic_epochs": 1})
+    assert trained[1] == ("patchrank_fold0.pt", True)  # continued, not retrained
+    bench("critic", {"critic_epochs": 1})
+    assert len(trained) == 2
+    bench("retrained", {"critic_epochs": 1, "loss": {"adv_weight": 0.2}})
+    assert trained[2] == ("patchrank_fold0.pt", False)

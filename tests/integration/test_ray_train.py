@@ -15,7 +15,8 @@ from pipeline.settings import TrainConfig
 from pipeline.training import score_stats
 
 HALF_CPU = 0.5  # per worker: 2 workers fit even if another test's actor still holds a CPU
-TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2}}
+TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
+        "critic_epochs": 0}  # the resume test adds a critic phase (DDP discriminator-only epochs)
 
 
 def _wait_for_cpus(ray, n: float, timeout: float = 30.0) -> None:
@@ -80,17 +81,19 @@ def test_resume_continues_from_saved_epoch(two_worker_run, data):
     out, first = two_worker_run
     train, val, _ = data
     before = load_checkpoint(out)
-    res = launch(train, val, TrainConfig(epochs=3, **TINY), out, workers=2, cpus_per_worker=HALF_CPU, resume=True, progress_s=0)
+    more = TrainConfig(**{**TINY, "epochs": 3, "critic_epochs": 1})  # one more adversarial epoch, then a critic epoch
+    res = launch(train, val, more, out, workers=2, cpus_per_worker=HALF_CPU, resume=True, progress_s=0)
     ck = load_checkpoint(out)
-    assert ck.meta["epochs_done"] == 3 and ck.train_state["epoch"] == 2
-    assert res.metrics["epoch"] == 3 and ck.model_version != before.model_version
+    assert ck.meta["epochs_done"] == 4 and ck.train_state["epoch"] == 3
+    assert ck.train_state["gan_epochs"] == 3 and ck.train_state["critic_epochs"] == 1
+    assert res.metrics["epoch"] == 4 and ck.model_version != before.model_version
     assert res.metrics["epochs_before"] == 2 and res.metrics["restarted"] == 0
-    # Only epoch 3 ran in the resumed run (a restart would have reported epochs 1..3).
-    assert [p.name for p in Path(res.run_path).glob("checkpoint_epoch_*")] == ["checkpoint_epoch_0003"]
+    # Only epochs 3-4 ran in the resumed run (a restart would have reported epochs 1..4).
+    assert sorted(p.name for p in Path(res.run_path).glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0003", "checkpoint_epoch_0004"]
     rows = list(csv.DictReader(out.with_suffix(".curve.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "gan"), ("2", "gan"), ("3", "gan"), ("4", "critic")]
     # Resuming with nothing left to train keeps the checkpoint as it is.
-    again = launch(train, val, TrainConfig(epochs=3, **TINY), out, workers=2, cpus_per_worker=HALF_CPU, resume=True, progress_s=0)
+    again = launch(train, val, more, out, workers=2, cpus_per_worker=HALF_CPU, resume=True, progress_s=0)
     assert again.model_version == ck.model_version
 
 

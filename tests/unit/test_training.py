@@ -15,7 +15,8 @@ from model.checkpoint import load_checkpoint
 from pipeline.settings import TrainConfig
 from pipeline.training import batches, build_mask_generator, build_models, build_optimizers, n_batches
 
-TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2}}
+TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
+        "critic_epochs": 1}
 
 
 def _coded_images(n: int) -> np.ndarray:
@@ -80,15 +81,57 @@ def test_workers0_resume_continues_exactly(tiny_data, tmp_path):
     from pipeline.train_local import fit_local
 
     train, val = tiny_data
-    straight = fit_local(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", show=False)
-    fit_local(train, val, TrainConfig(epochs=1, **TINY), tmp_path / "b.pt", show=False)
+    straight = fit_local(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", show=False)  # 2 adversarial + 1 critic
+    fit_local(train, val, TrainConfig(**{**TINY, "epochs": 1, "critic_epochs": 0}), tmp_path / "b.pt", show=False)
     resumed = fit_local(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "b.pt", resume=True, show=False)
     assert not dist.is_initialized()  # the in-process path never touches torch.distributed
-    assert resumed == straight  # same weights + stats: it continued (epoch 2 only), not restarted
+    assert resumed == straight  # same weights + stats: it continued (epochs 2-3 only), not restarted
     ck = load_checkpoint(tmp_path / "b.pt")
-    assert ck.meta["epochs_done"] == 2 and ck.train_state["epoch"] == 1
+    assert ck.meta["epochs_done"] == 3 and ck.train_state["epoch"] == 2
+    assert ck.train_state["gan_epochs"] == 2 and ck.train_state["critic_epochs"] == 1
     rows = list(csv.DictReader((tmp_path / "b.curve.csv").open()))
-    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "gan"), ("2", "gan"), ("3", "critic")]
+    assert rows[2]["loss_rec"] == "" and float(rows[2]["loss_d"]) > 0  # columns stay aligned
+
+
+def test_epoch_plan_adversarial_then_critic_and_resume_rules():
+    from pipeline.training import epoch_plan
+
+    cfg = TrainConfig(epochs=3, critic_epochs=2)
+    assert epoch_plan(cfg, None) == ["gan"] * 3 + ["critic"] * 2
+    assert epoch_plan(cfg, {"epoch": 0}) == ["gan"] * 2 + ["critic"] * 2  # older checkpoint: every epoch adversarial
+    assert epoch_plan(cfg, {"epoch": 3, "gan_epochs": 3, "critic_epochs": 1}) == ["critic"]  # stopped inside the critic phase
+    assert epoch_plan(cfg, {"epoch": 4, "gan_epochs": 3, "critic_epochs": 2}) == []  # finished
+    more = TrainConfig(epochs=5, critic_epochs=2)  # --epochs raised after a finished run: the critic runs again
+    assert epoch_plan(more, {"epoch": 4, "gan_epochs": 3, "critic_epochs": 2}) == ["gan"] * 2 + ["critic"] * 2
+    assert epoch_plan(TrainConfig(epochs=3, critic_epochs=2, loss={"use_discriminator": False}), None) == ["gan"] * 3
+
+
+@pytest.mark.timeout(120)
+def test_critic_epochs_train_the_discriminator_only(tiny_data, tmp_path):
+    """The critic phase leaves the reconstructor as the adversarial epochs left it and moves the
+    discriminator towards telling real images from their test-time composites."""
+    from model.scoring import masked_composite
+    from model.train_step import critic_step
+    from pipeline.train_local import fit_local
+
+    train, val = tiny_data
+    fit_local(train, val, TrainConfig(**{**TINY, "epochs": 1, "critic_epochs": 0}), tmp_path / "gan.pt", show=False)
+    fit_local(train, val, TrainConfig(**{**TINY, "epochs": 1, "critic_epochs": 2}), tmp_path / "critic.pt", show=False)
+    gan, critic = load_checkpoint(tmp_path / "gan.pt"), load_checkpoint(tmp_path / "critic.pt")
+    for k, v in gan.recon.state_dict().items():
+        assert torch.equal(v, critic.recon.state_dict()[k]), k
+    assert any(not torch.equal(v, critic.disc.state_dict()[k]) for k, v in gan.disc.state_dict().items())
+    # critic_step: gradients reach only the discriminator, and its loss falls on a fixed batch
+    cfg = TrainConfig(**TINY)
+    recon, disc = gan.recon, gan.disc.train()
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    x = torch.from_numpy(train.images[:8])
+    scoring = cfg.scoring.to_model(32)
+    assert not torch.equal(masked_composite(recon, x, scoring), x)
+    losses = [critic_step(recon, disc, opt_d, x, scoring, cfg.loss.to_model())["loss_d"] for _ in range(15)]
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in recon.parameters())
 
 
 @pytest.mark.timeout(120)
