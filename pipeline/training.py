@@ -124,19 +124,13 @@ def run_epoch(
     recon.train()
     disc.train()
     step_cfg = cfg.loss.to_model()
-    sums: dict[str, float] = {}
-    n_img, n_steps, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
-    for x in data:
+
+    def step(x: torch.Tensor) -> dict:
         b, _, h, w = x.shape
         mask = masks(b, h, w) if cfg.loss.use_masking else torch.zeros(b, 1, h, w)
-        m = gan_step(recon, disc, opt_g, opt_d, x.to(device), mask.to(device), step_cfg, amp=amp)
-        for k, v in m.items():
-            sums[k] = sums.get(k, 0.0) + v
-        n_img += b
-        n_steps += 1
-        if on_step is not None:
-            on_step(m)
-    return _epoch_metrics(sums, n_img, n_steps, t0, c0)
+        return gan_step(recon, disc, opt_g, opt_d, x.to(device), mask.to(device), step_cfg, amp=amp)
+
+    return _timed_loop(data, step, on_step)
 
 
 def critic_epochs(cfg: TrainConfig) -> int:
@@ -155,23 +149,24 @@ def run_critic_epoch(recon, disc, opt_d, data: Iterable[torch.Tensor], cfg: Trai
     recon.eval()
     disc.train()
     step_cfg, scoring = cfg.loss.to_model(), cfg.scoring.to_model(cfg.preprocess.image_size)
+    return _timed_loop(data, lambda x: critic_step(recon, disc, opt_d, x.to(device), scoring, step_cfg, amp=amp), on_step)
+
+
+def _timed_loop(data: Iterable[torch.Tensor], step: Callable[[torch.Tensor], dict], on_step) -> dict[str, float]:
+    """step(batch) over `data` -> mean metrics plus images, seconds, images/s (wall) and images per
+    CPU-second of this process (robust to a busy machine)."""
     sums: dict[str, float] = {}
     n_img, n_steps, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
     for x in data:
-        m = critic_step(recon, disc, opt_d, x.to(device), scoring, step_cfg, amp=amp)
+        m = step(x)
         for k, v in m.items():
             sums[k] = sums.get(k, 0.0) + v
         n_img += len(x)
         n_steps += 1
         if on_step is not None:
             on_step(m)
-    return _epoch_metrics(sums, n_img, n_steps, t0, c0)
-
-
-def _epoch_metrics(sums: dict, n_img: int, n_steps: int, t0: float, c0: float) -> dict[str, float]:
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {k: v / max(n_steps, 1) for k, v in sums.items()}
-    # images_per_cpu_s (this process's CPU time, all threads) is robust to a busy machine.
     out.update(images=n_img, seconds=secs, images_per_s=n_img / max(secs, 1e-9), cpu_seconds=cpu, images_per_cpu_s=n_img / max(cpu, 1e-9))
     return out
 
