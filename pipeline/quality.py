@@ -207,10 +207,11 @@ def merge_results(paths: list[Path]) -> dict:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     base = parts[0]
     for p in parts[1:]:
-        if p["folds"] != base["folds"] or p["config"] != base["config"]:
+        if p["folds"] != base["folds"] or p["config"] != base["config"] or p.get("fold_seed") != base.get("fold_seed"):
             raise DatasetError("cannot merge results with different folds or configuration")
     runs = {(r["method"], r["fold"]): r for p in parts for r in p["runs"]}
-    merged = {"config": base["config"], "folds": base["folds"], "runs": sorted(runs.values(), key=lambda r: (r["fold"], r["method"]))}
+    merged = {"config": base["config"], "fold_seed": base.get("fold_seed"), "folds": base["folds"],
+              "runs": sorted(runs.values(), key=lambda r: (r["fold"], r["method"]))}
     methods = list(dict.fromkeys(r["method"] for p in parts for r in p["runs"]))
     merged["summary"] = summarise(merged["runs"], methods)
     return merged

@@ -162,17 +162,20 @@ def test_merge_fold_results_and_table(tmp_path):
 
     def part(fold, auc):
         runs = [{"method": m, "fold": fold, "image_auroc": auc + d, "pixel_auroc": None, "fit_seconds": 1.0} for m, d in (("patchrank", 0.1), ("cae", 0.0))]
-        return {"config": {"seed": 0}, "folds": [["a"], ["b"]], "runs": runs}
+        return {"config": {"seed": 0}, "fold_seed": 0, "folds": [["a"], ["b"]], "runs": runs}
 
     for i, auc in enumerate((0.5, 0.7)):
         (tmp_path / f"{i}.json").write_text(json.dumps(part(i, auc)))
     res = merge_results([tmp_path / "0.json", tmp_path / "1.json"])
     mean, std, n = res["summary"]["patchrank"]["image_auroc"]
     assert (round(mean, 6), round(std, 6), n) == (0.7, 0.1, 2)
-    assert res["summary"]["cae"]["pixel_auroc"] is None
+    assert res["summary"]["cae"]["pixel_auroc"] is None and res["fold_seed"] == 0
     table = markdown_table(res["summary"])
     assert "| patchrank | 0.700 ± 0.100 |" in table and "pixel_auroc" not in table
     other = part(0, 0.5) | {"folds": [["x"], ["y"]]}
     (tmp_path / "x.json").write_text(json.dumps(other))
     with pytest.raises(DatasetError, match="different folds"):
         merge_results([tmp_path / "0.json", tmp_path / "x.json"])
+    (tmp_path / "s.json").write_text(json.dumps(part(1, 0.7) | {"fold_seed": 1}))  # same split, other --seed
+    with pytest.raises(DatasetError, match="different folds"):
+        merge_results([tmp_path / "0.json", tmp_path / "s.json"])
