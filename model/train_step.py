@@ -32,6 +32,29 @@ def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if hasattr(m, "module") else m
 
 
+def _autocast(amp: bool):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+
+
+def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
+def _disc_update(disc: nn.Module, opt_d: torch.optim.Optimizer, x: torch.Tensor, fake: torch.Tensor,
+                 cfg: StepConfig, amp: bool) -> float:
+    """One discriminator update on rank-weighted per-patch losses: real x (target 1) against
+    `fake` (target 0), both in one concatenated forward (one DDP forward per backward)."""
+    with _autocast(amp):
+        logits = disc(torch.cat([x, fake])).float()  # (2B, 1, h, w)
+        real_loss = adversarial_patch_loss(logits[: len(x)], 1.0, cfg.adv_loss)
+        fake_loss = adversarial_patch_loss(logits[len(x) :], 0.0, cfg.adv_loss)
+        loss_d = 0.5 * (cfg.rank(real_loss).mean() + cfg.rank(fake_loss).mean())
+    _backward_step(loss_d, opt_d)
+    return float(loss_d.detach())
+
+
 def gan_step(
     recon: nn.Module,
     disc: nn.Module,
@@ -53,15 +76,9 @@ def gan_step(
     """
     plain_disc = _unwrap(disc)
     patch = plain_disc.patch_size
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
-
-    def backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
     # Generator (reconstructor) update.
-    with autocast:
+    with _autocast(amp):
         x_hat = recon(x, mask)  # (B, C, H, W)
         rec = cfg.rank(reconstruction_patch_loss(x, x_hat.float(), mask, patch, cfg.masked_weight)).mean()
         loss_g = rec
@@ -73,17 +90,11 @@ def gan_step(
             for p in plain_disc.parameters():
                 p.requires_grad_(True)
             loss_g = rec + cfg.adv_weight * adv
-    backward_step(loss_g, opt_g)
+    _backward_step(loss_g, opt_g)
 
     metrics = {"loss_g": float(loss_g.detach()), "loss_rec": float(rec.detach()), "loss_adv": float(adv.detach())}
     if cfg.use_discriminator and opt_d is not None:
-        with autocast:
-            logits = disc(torch.cat([x, x_hat.detach()])).float()  # (2B, 1, h, w)
-            real = adversarial_patch_loss(logits[: len(x)], 1.0, cfg.adv_loss)
-            fake = adversarial_patch_loss(logits[len(x) :], 0.0, cfg.adv_loss)
-            loss_d = 0.5 * (cfg.rank(real).mean() + cfg.rank(fake).mean())
-        backward_step(loss_d, opt_d)
-        metrics["loss_d"] = float(loss_d.detach())
+        metrics["loss_d"] = _disc_update(disc, opt_d, x, x_hat.detach(), cfg, amp)
     return metrics
 
 
@@ -105,14 +116,5 @@ def critic_step(
     complementary grid masks (target 0, `model.scoring.masked_composite`), so its contrast
     evidence D(composite) - D(x) matches the final reconstructor. x: (B, C, H, W).
     """
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
     composite = masked_composite(_unwrap(recon), x, scoring).to(x.dtype)  # no_grad inside
-    with autocast:
-        logits = disc(torch.cat([x, composite])).float()  # (2B, 1, h, w)
-        real = adversarial_patch_loss(logits[: len(x)], 1.0, cfg.adv_loss)
-        fake = adversarial_patch_loss(logits[len(x) :], 0.0, cfg.adv_loss)
-        loss_d = 0.5 * (cfg.rank(real).mean() + cfg.rank(fake).mean())
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
-    return {"loss_d": float(loss_d.detach())}
+    return {"loss_d": _disc_update(disc, opt_d, x, composite, cfg, amp)}

@@ -91,9 +91,11 @@ def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig
 def _training_key(cfg: TrainConfig, test_subjects: list[str]) -> dict:
     """What decides a fold model's weights: the training configuration (scoring excluded,
     its statistics are refit) and the fold's held-out subjects."""
+    from pipeline.training import critic_epochs
+
     d = json.loads(cfg.model_dump_json())
     d.pop("scoring", None)
-    if not cfg.loss.use_discriminator or not cfg.critic_epochs:  # no critic phase: its settings do not matter
+    if not critic_epochs(cfg):  # no critic phase: its settings do not matter
         d.pop("critic_epochs", None)
         d.pop("lr_critic", None)
     return {"train_config": d, "test_subjects": sorted(test_subjects)}
@@ -136,18 +138,19 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
     mcfg = TrainConfig(**merge(cfg.model_dump(), over))
     key = _training_key(mcfg, fold.test_subjects)
 
-    def trained(p: Path) -> bool:  # a checkpoint of exactly this training run is there
+    def kept(p: Path) -> dict | None:  # the training key of a checkpoint kept at p, if any
         side = p.with_suffix(".json")
-        return p.exists() and side.exists() and json.loads(side.read_text()) == key
+        return json.loads(side.read_text()) if p.exists() and side.exists() else None
 
     shared = workdir / f"patchrank_fold{fold.index}.pt"
-    if name != "patchrank" and set(over) <= {"scoring"} and trained(shared):
+    if name != "patchrank" and set(over) <= {"scoring"} and kept(shared) == key:
         return _rescored(shared, fold, mcfg, name)
     path = workdir / f"{name}_fold{fold.index}.pt"
     sidecar = path.with_suffix(".json")
-    if reuse and trained(path):
+    old = kept(path) if reuse else None
+    if old == key:
         return _rescored(path, fold, mcfg, name)
-    resume = reuse and path.exists() and sidecar.exists() and _only_critic_added(json.loads(sidecar.read_text()), key)
+    resume = old is not None and _only_critic_added(old, key)
     sidecar.unlink(missing_ok=True)
     fit_local(fold.train, fold.val, mcfg, path, resume=resume, show=False)
     sidecar.write_text(json.dumps(key, indent=1))

@@ -216,20 +216,29 @@ def save_trained(path, recon, disc, cfg: TrainConfig, stats: ScoreStats, meta: d
     )
 
 
-def train_state(opt_g, opt_d, masks: BoxMaskGenerator, epoch: int, gan_epochs: int | None = None, critic_done: int = 0) -> dict:
+def train_state(opt_g, opt_d, masks: BoxMaskGenerator, epoch: int, gan_epochs: int, critic_done: int) -> dict:
     """epoch: the last finished epoch (0-based); gan_epochs / critic_done: how many of the
     epochs so far were adversarial, and critic epochs since the last adversarial one."""
     return {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "masks": masks.state_dict(), "epoch": epoch,
-            "gan_epochs": epoch + 1 if gan_epochs is None else gan_epochs, "critic_epochs": critic_done}
+            "gan_epochs": gan_epochs, "critic_epochs": critic_done}
+
+
+def phases_done(ts: dict | None) -> tuple[int, int]:
+    """-> (adversarial epochs, critic epochs since the last adversarial one) of a saved training
+    state; checkpoints from before the critic phase count every epoch as adversarial."""
+    if ts is None:
+        return 0, 0
+    return int(ts.get("gan_epochs", int(ts["epoch"]) + 1)), int(ts.get("critic_epochs", 0))
 
 
 def epoch_plan(cfg: TrainConfig, ts: dict | None) -> list[str]:
     """The phases still to run: adversarial epochs up to `cfg.epochs`, then the critic epochs.
     Resuming with more --epochs after a finished run trains more adversarial epochs and then a
     full critic phase again (the discriminator moved); a run stopped inside its critic phase
-    finishes it. Checkpoints from before the critic phase count every epoch as adversarial."""
-    gan_done = 0 if ts is None else int(ts.get("gan_epochs", int(ts["epoch"]) + 1))
-    critic_done = 0 if ts is None or gan_done < cfg.epochs else int(ts.get("critic_epochs", 0))
+    finishes it."""
+    gan_done, critic_done = phases_done(ts)
+    if gan_done < cfg.epochs:
+        critic_done = 0
     return ["gan"] * max(0, cfg.epochs - gan_done) + ["critic"] * max(0, critic_epochs(cfg) - critic_done)
 
 
@@ -240,9 +249,12 @@ class CurveLog:
     path: Path
 
     def write(self, row: dict) -> None:
-        text = self.path.read_text() if self.path.exists() else ""
+        header = ""
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                header = f.readline()  # the columns are all append_curve_row needs
         with self.path.open("a", newline="") as f:
-            f.write(append_curve_row(text, row)[len(text):])
+            f.write(append_curve_row(header, row)[len(header):])
 
 
 def append_curve_row(text: str, row: dict) -> str:
@@ -350,8 +362,7 @@ def fit_loop(train: SliceSet, val: SliceSet, cfg: TrainConfig, reporter: Reporte
     stats = state.stats if state is not None else None
     ts0 = state.train_state if state is not None else None
     plan = epoch_plan(cfg, ts0)
-    gan_done = 0 if ts0 is None else int(ts0.get("gan_epochs", start))
-    critic_done = 0 if ts0 is None else int(ts0.get("critic_epochs", 0))
+    gan_done, critic_done = phases_done(ts0)
     last = start + len(plan) - 1
     reporter.total = last + 1
     for epoch, phase in zip(range(start, last + 1), plan):
@@ -371,7 +382,7 @@ def fit_loop(train: SliceSet, val: SliceSet, cfg: TrainConfig, reporter: Reporte
             m = run_epoch(recon, disc, opt_g, opt_d, data, masks, cfg, device=place.device, amp=place.amp, on_step=reporter.step)
         m = place.reduce(m)
         mask_states = place.gather(masks.state_dict())
-        row = {"epoch": epoch + 1, "phase": "critic" if critic else "gan", **{k: round(float(v), 6) for k, v in m.items()}}
+        row = {"epoch": epoch + 1, "phase": phase, **{k: round(float(v), 6) for k, v in m.items()}}
         save = None
         if place.rank == 0:
             # Statistics cost a masked forward over up to 2 x max_val_slices slices: fitted on the
