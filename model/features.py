@@ -66,9 +66,9 @@ def fit_features(feats: torch.Tensor, valid: torch.Tensor, seed: int = 0) -> tup
     mean = rows[valid].mean(0)
     std = rows[valid].std(0).clamp_min(_EPS)
     z = (rows - mean) / std
-    even = (torch.arange(n) % 2 == 0)[:, None, None] & valid
-    odd = (torch.arange(n) % 2 == 1)[:, None, None] & valid
-    dist = torch.zeros(valid.shape)
+    parity = torch.arange(n, device=valid.device) % 2
+    even, odd = (parity == 0)[:, None, None] & valid, (parity == 1)[:, None, None] & valid
+    dist = torch.zeros(valid.shape, device=feats.device)
     for fit, held in ((even, odd), (odd, even)):
         if held.any() and fit.any():
             dist[held] = _nearest(z[held], _bank(z[fit], seed))

@@ -33,7 +33,7 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
     v = values.double().reshape(-1)
     lo, hi = float(v.min()), float(v.max())
     hist = torch.histc(v, bins=bins, min=lo, max=hi)
-    centres = lo + (torch.arange(bins, dtype=torch.float64) + 0.5) * (hi - lo) / bins
+    centres = lo + (torch.arange(bins, dtype=torch.float64, device=v.device) + 0.5) * (hi - lo) / bins
     w0 = hist.cumsum(0)
     w1 = w0[-1] - w0
     c0 = (hist * centres).cumsum(0)
@@ -48,7 +48,7 @@ def dark_lesion(img: torch.Tensor) -> torch.Tensor | None:
     has no contrast. The one lesion rule: preprocessing dilates it into the foreground."""
     lum = img.float().mean(0)
     h, w = lum.shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=lum.device), torch.arange(w, dtype=torch.float32, device=lum.device), indexing="ij")
     disc = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 0.8
     inside = lum[disc]
     if float(inside.max() - inside.min()) < 1e-3:
@@ -72,13 +72,13 @@ def _asymmetry(m: torch.Tensor) -> torch.Tensor:
     """m: (B, H, W) float mask -> (B, 2): fraction of the lesion whose mirror image about each
     principal axis (through the centroid) falls outside the lesion; 0 for a symmetric shape."""
     b, h, w = m.shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=m.dtype), torch.arange(w, dtype=m.dtype), indexing="ij")
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=m.dtype, device=m.device), torch.arange(w, dtype=m.dtype, device=m.device), indexing="ij")
     n = m.sum((1, 2)).clamp_min(1.0)
     cy, cx = (m * yy).sum((1, 2)) / n, (m * xx).sum((1, 2)) / n
     dy, dx = yy - cy[:, None, None], xx - cx[:, None, None]
     cov = torch.stack([(m * dy * dy).sum((1, 2)), (m * dy * dx).sum((1, 2)), (m * dx * dx).sum((1, 2))], 1) / n[:, None]
     mat = torch.stack([cov[:, 0], cov[:, 1], cov[:, 1], cov[:, 2]], 1).reshape(b, 2, 2)
-    _, vecs = torch.linalg.eigh(mat + _EPS * torch.eye(2, dtype=m.dtype))  # (B, 2, 2), columns = axes
+    _, vecs = torch.linalg.eigh(mat + _EPS * torch.eye(2, dtype=m.dtype, device=m.device))  # (B, 2, 2), columns = axes
     out = []
     for k in range(2):
         v = vecs[:, :, k]  # (B, 2) unit (y, x)
@@ -139,7 +139,7 @@ def shape_evidence(x: torch.Tensor, foreground: torch.Tensor | None, position: t
     if flat_2d.any():
         sel = flat_2d.to(x.device)
         desc = lesion_descriptors(x[sel].float(), foreground[sel]).cpu()
-        z = (desc - stats.shape_mean) / stats.shape_std
-        dist = _knn_distance(z, stats.shape_bank.float())
-        out[flat_2d] = weight * (dist - stats.shape_cal[0]) / stats.shape_cal[1]
+        z = (desc - stats.shape_mean.to(desc)) / stats.shape_std.to(desc)  # statistics live where the checkpoint was loaded
+        dist = _knn_distance(z, stats.shape_bank.to(desc))
+        out[flat_2d] = weight * (dist - float(stats.shape_cal[0])) / float(stats.shape_cal[1])
     return out.to(x.device)

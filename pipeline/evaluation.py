@@ -52,13 +52,13 @@ class SliceScorer(Protocol):
 class PatchRankScorer:
     """A trained checkpoint, scored through the one scoring path."""
 
-    def __init__(self, model, name: str = "PatchRank") -> None:
-        self.model, self.name = model, name
+    def __init__(self, model, name: str = "PatchRank", device: str = "cpu") -> None:
+        self.model, self.name, self.device = model, name, device  # device: where model's networks live
 
     def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
         from pipeline.scan_scoring import score_slices
 
-        out = score_slices(self.model, images, foreground, position)
+        out = score_slices(self.model, images, foreground, position, device=self.device)
         patches = out.patch_scores.masked_fill(~out.valid, float("-inf")).numpy()
         return SliceResult(out.image_scores.numpy(), out.pixel_map.numpy(), patches)
 

@@ -88,9 +88,10 @@ def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig
     return Fold(index, train, val, test, sorted(test_set))
 
 
-def _training_key(cfg: TrainConfig, test_subjects: list[str]) -> dict:
+def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False) -> dict:
     """What decides a fold model's weights: the training configuration (scoring excluded,
-    its statistics are refit) and the fold's held-out subjects."""
+    its statistics are refit), the fold's held-out subjects, and whether it trained on a GPU
+    (bf16 autocast gives other weights than the CPU's float32)."""
     from pipeline.training import critic_epochs
 
     d = json.loads(cfg.model_dump_json())
@@ -98,7 +99,8 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str]) -> dict:
     if not critic_epochs(cfg):  # no critic phase: its settings do not matter
         d.pop("critic_epochs", None)
         d.pop("lr_critic", None)
-    return {"train_config": d, "test_subjects": sorted(test_subjects)}
+    key = {"train_config": d, "test_subjects": sorted(test_subjects)}
+    return {**key, "gpu": True} if gpu else key
 
 
 def _only_critic_added(old: dict, new: dict) -> bool:
@@ -108,16 +110,18 @@ def _only_critic_added(old: dict, new: dict) -> bool:
     return "critic_epochs" not in old["train_config"] and "critic_epochs" in new["train_config"] and strip(old) == strip(new)
 
 
-def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str):
+def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str, device: str = "cpu"):
+    import torch
+
     from model.checkpoint import load_checkpoint
     from pipeline.training import score_stats
 
-    lm = load_checkpoint(path)
-    stats = score_stats(lm.recon, lm.disc, fold.val, mcfg, train=fold.train)
-    return PatchRankScorer(replace(lm, scoring=mcfg.scoring.to_model(mcfg.preprocess.image_size), stats=stats), name)
+    lm = load_checkpoint(path, map_location=device)
+    stats = score_stats(lm.recon, lm.disc, fold.val, mcfg, torch.device(device), train=fold.train)
+    return PatchRankScorer(replace(lm, scoring=mcfg.scoring.to_model(mcfg.preprocess.image_size), stats=stats), name, device)
 
 
-def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bool = False):
+def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bool = False, gpu: bool = False):
     """Train one method on the fold's normal data -> SliceScorer.
 
     Ablations that change only scoring (no_anatomy, no_context, no_appearance, no_shape, no_features) reuse the fold's PatchRank
@@ -126,7 +130,8 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
     second training run's noise. With `reuse`, a checkpoint already in `workdir` from the
     same training configuration and fold (its `.json` sidecar says so) is scored again under
     the current scoring settings instead of being trained again, and one trained without the
-    critic phase is continued with it when that is the only difference."""
+    critic phase is continued with it when that is the only difference. With `gpu`, PatchRank
+    and its ablations train (bf16 autocast) and score on the CUDA device; baselines stay on the CPU."""
     if name in BASELINE_NAMES:
         from pipeline.baselines import BASELINES
 
@@ -136,7 +141,8 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
 
     over = {} if name == "patchrank" else ABLATIONS[name]
     mcfg = TrainConfig(**merge(cfg.model_dump(), over))
-    key = _training_key(mcfg, fold.test_subjects)
+    key = _training_key(mcfg, fold.test_subjects, gpu)
+    device = "cuda" if gpu else "cpu"
 
     def kept(p: Path) -> dict | None:  # the training key of a checkpoint kept at p, if any
         side = p.with_suffix(".json")
@@ -144,17 +150,17 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
 
     shared = workdir / f"patchrank_fold{fold.index}.pt"
     if name != "patchrank" and set(over) <= {"scoring"} and kept(shared) == key:
-        return _rescored(shared, fold, mcfg, name)
+        return _rescored(shared, fold, mcfg, name, device)
     path = workdir / f"{name}_fold{fold.index}.pt"
     sidecar = path.with_suffix(".json")
     old = kept(path) if reuse else None
     if old == key:
-        return _rescored(path, fold, mcfg, name)
+        return _rescored(path, fold, mcfg, name, device)
     resume = old is not None and _only_critic_added(old, key)
     sidecar.unlink(missing_ok=True)
-    fit_local(fold.train, fold.val, mcfg, path, resume=resume, show=False)
+    fit_local(fold.train, fold.val, mcfg, path, resume=resume, show=False, gpu=gpu)
     sidecar.write_text(json.dumps(key, indent=1))
-    return PatchRankScorer(load_checkpoint(path), name)
+    return PatchRankScorer(load_checkpoint(path, map_location=device), name, device)
 
 
 def run_quality(
@@ -168,17 +174,21 @@ def run_quality(
     log: Callable[[str], None] = print,
     fold_seed: int | None = None,
     models: Path | None = None,
+    gpu: bool = False,
 ) -> dict:
     """Run every method on every fold (or the 0-based folds in `only`); save results
     incrementally to out/quality.json (folds run in separate processes merge with `merge_results`).
     The folds (and the pixel subsample) come from `fold_seed` (default cfg.seed); everything
     else from cfg.seed, so one split can be trained again with other seeds. With `models`, the
     fold checkpoints are kept there and reused by a later run with the same training
-    configuration (only the scoring is redone), otherwise they live in a temporary folder."""
+    configuration (only the scoring is redone), otherwise they live in a temporary folder.
+    `gpu`: PatchRank and its ablations train and score on the CUDA device."""
     out.mkdir(parents=True, exist_ok=True)
     fold_seed = cfg.seed if fold_seed is None else fold_seed
     split = make_folds(records, folds, fold_seed)
     results: dict = {"config": json.loads(cfg.model_dump_json()), "fold_seed": fold_seed, "folds": split, "runs": []}
+    if gpu:
+        results["gpu"] = True
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="patchrank-bench-") as tmp:
         workdir = Path(tmp) if models is None else Path(models)
@@ -191,7 +201,7 @@ def run_quality(
                 f"test subjects {len(test_subjects)}")
             for name in methods:
                 t0 = time.perf_counter()
-                scorer = fit_method(name, fold, cfg, workdir, reuse=models is not None)
+                scorer = fit_method(name, fold, cfg, workdir, reuse=models is not None, gpu=gpu)
                 t_fit = time.perf_counter() - t0
                 rep = report(evaluate_scorer(scorer, fold.test, seed=fold_seed))
                 rep.update(method=name, fold=i, fit_seconds=round(t_fit, 1), seconds=round(time.perf_counter() - t0, 1))
@@ -210,11 +220,13 @@ def merge_results(paths: list[Path]) -> dict:
     parts = [json.loads(Path(p).read_text()) for p in paths]
     base = parts[0]
     for p in parts[1:]:
-        if p["folds"] != base["folds"] or p["config"] != base["config"] or p.get("fold_seed") != base.get("fold_seed"):
-            raise DatasetError("cannot merge results with different folds or configuration")
+        if (p["folds"], p["config"], p.get("fold_seed"), p.get("gpu", False)) != (base["folds"], base["config"], base.get("fold_seed"), base.get("gpu", False)):
+            raise DatasetError("cannot merge results with different folds, configuration or device (CPU vs --gpu)")
     runs = {(r["method"], r["fold"]): r for p in parts for r in p["runs"]}
     merged = {"config": base["config"], "fold_seed": base.get("fold_seed"), "folds": base["folds"],
               "runs": sorted(runs.values(), key=lambda r: (r["fold"], r["method"]))}
+    if base.get("gpu"):
+        merged["gpu"] = True
     methods = list(dict.fromkeys(r["method"] for p in parts for r in p["runs"]))
     merged["summary"] = summarise(merged["runs"], methods)
     return merged

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", metavar="DIR", help="keep the fold checkpoints in DIR (default: a temporary folder); a later "
                    "run with the same DIR, folds and training configuration re-scores them under the current scoring "
                    "settings instead of training again")
+    p.add_argument("--gpu", action="store_true", help="train (bf16 autocast) and score PatchRank and its ablations on the "
+                   "CUDA device; the baselines stay on the CPU. GPU-trained weights differ from CPU-trained ones, so "
+                   "--models keeps them apart and --merge refuses to mix the two")
     p.add_argument("--only-folds", help="comma-separated 1-based folds to run (e.g. one process per fold)")
     p.add_argument("--merge", nargs="+", metavar="QUALITY_JSON", help="instead of running: merge quality.json files "
                    "of runs with the same folds and config into OUT/quality.md + quality.json")
@@ -67,24 +70,27 @@ def run(args: argparse.Namespace) -> int:
     base["seed"] = args.seed if args.train_seed is None else args.train_seed
     if args.epochs:
         base["epochs"] = args.epochs
+    if args.gpu and not torch.cuda.is_available():
+        raise DatasetError("--gpu given but torch sees no CUDA device")
     records = discover(args.data, modality=args.modality)
     base = merge(base, {"preprocess": {"channels": infer_channels(records)}})
     cfg = TrainConfig(**base)
     t0 = time.perf_counter()
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
     res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only, fold_seed=args.seed,
-                      models=Path(args.models) if args.models else None)
+                      models=Path(args.models) if args.models else None, gpu=args.gpu)
     wall = time.perf_counter() - t0
     flags = [("data", args.data), ("folds", args.folds), ("seed", args.seed), ("train-seed", args.train_seed),
              ("config", args.config), ("epochs", args.epochs),
              ("only-folds", args.only_folds), ("models", args.models), ("out", args.out)]
     if args.methods != ",".join(ALL_METHODS):
         flags.append(("methods", args.methods))
-    cmd = "patchrank bench quality " + " ".join(f"--{k} {v}" for k, v in flags if v is not None)
+    cmd = "patchrank bench quality " + " ".join(f"--{k} {v}" for k, v in flags if v is not None) + (" --gpu" if args.gpu else "")
     header = (
         f"command: `{cmd}{' --quick' if args.quick else ''}`  \n"
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
-        f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}  \n"
+        f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        f"{', GPU ' + torch.cuda.get_device_name(0) if args.gpu else ''}  \n"
         f"folds: {folds} (subject-level), seed {args.seed}, training seed {cfg.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
         f"wall time: {wall / 60:.1f} min\n\n"
     )

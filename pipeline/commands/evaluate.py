@@ -21,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", default="flair", help="MRI modality for BraTS-style folders (default flair)")
     p.add_argument("--subjects", help="comma-separated subjects to evaluate (default: all)")
     p.add_argument("--top", type=int, default=8, help="slices in the montage (default 8)")
+    p.add_argument("--gpu", action="store_true", help="score on the CUDA device")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -36,7 +37,14 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.preprocess import as_config
 
     t0 = time.perf_counter()
-    model = load_checkpoint(args.checkpoint)
+    device = "cpu"
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DatasetError("--gpu given but torch sees no CUDA device")
+        device = "cuda"
+    model = load_checkpoint(args.checkpoint, map_location=device)
     cfg = as_config(model.preprocess)
     records = discover(args.data, modality=args.modality)
     if args.subjects:
@@ -46,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             raise DatasetError(f"none of the subjects {sorted(wanted)} are in {args.data}")
     bar = None if args.quiet else (lambda it: tqdm(it, desc="loading", unit="scan", leave=False))
     scans = load_test_scans(records, cfg, progress=bar)
-    data = evaluate_scorer(PatchRankScorer(model), scans)
+    data = evaluate_scorer(PatchRankScorer(model, device=device), scans)
     rep = report(data)
     if not rep["n_normal"] or not rep["n_abnormal"]:
         raise DatasetError(f"evaluation needs normal and abnormal examples; {args.data} gave "

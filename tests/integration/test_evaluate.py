@@ -36,6 +36,18 @@ def test_evaluate_clear_error_without_labels(tiny_checkpoint, tmp_path, capsys):
     assert "error:" in err and "Traceback" not in err
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cmd", ["evaluate", "bench"])
+def test_gpu_flag_without_cuda_is_a_clear_error(cmd, tiny_checkpoint, phantom_dir, tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = (["evaluate", "--checkpoint", str(tiny_checkpoint)] if cmd == "evaluate" else ["bench", "quality", "--quick"])
+    rc = main([*args, "--gpu", "--data", str(phantom_dir), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no CUDA device" in err and "Traceback" not in err
+
+
 @pytest.mark.timeout(180)
 def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path, monkeypatch):
     import pipeline.train_local as tl

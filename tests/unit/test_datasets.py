@@ -179,3 +179,16 @@ def test_merge_fold_results_and_table(tmp_path):
     (tmp_path / "s.json").write_text(json.dumps(part(1, 0.7) | {"fold_seed": 1}))  # same split, other --seed
     with pytest.raises(DatasetError, match="different folds"):
         merge_results([tmp_path / "0.json", tmp_path / "s.json"])
+    (tmp_path / "g.json").write_text(json.dumps(part(1, 0.7) | {"gpu": True}))  # bf16 GPU weights are not the CPU's
+    with pytest.raises(DatasetError, match="device"):
+        merge_results([tmp_path / "0.json", tmp_path / "g.json"])
+    (tmp_path / "g0.json").write_text(json.dumps(part(0, 0.5) | {"gpu": True}))
+    assert merge_results([tmp_path / "g0.json", tmp_path / "g.json"])["gpu"] is True
+
+
+def test_training_key_tells_gpu_from_cpu_weights():
+    from pipeline.quality import _training_key
+    from pipeline.settings import TrainConfig
+
+    cpu, gpu = _training_key(TrainConfig(), ["a"]), _training_key(TrainConfig(), ["a"], gpu=True)
+    assert cpu != gpu and "gpu" not in cpu  # CPU keys as before: kept CPU checkpoints stay reusable
