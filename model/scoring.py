@@ -68,6 +68,8 @@ class ScoringConfig:
     pixel_disc_weight: float | None = None  # weight of the (coarse, upsampled) discriminator evidence in the pixel map; None = disc_weight
     pixel_guide: int = 0  # radius of the guided filter (input image as guide) on the pixel map; 0 = off (model.pixelmap)
     pixel_guide_eps: float = 0.1  # its edge threshold, in squared preprocessed-intensity units
+    pixel_slice_weight: float = 0.0  # slice gate: the pixel map + this x min(slice z - pixel_slice_margin, 0) (0 = off)
+    pixel_slice_margin: float = 2.0  # slice z-score below which a slice's whole map is lowered
     rec_weight: float = 1.0
     disc_weight: float = 0.5
     disc_evidence: str = "logit"  # "logit": -D(x); "contrast": D(composite) - D(x), see step 4
@@ -346,6 +348,8 @@ def score_images(
     shape = shape_evidence(x, foreground, position, stats, cfg.shape_weight)
     if shape is not None:  # image-level: the lesion's outline, not any one patch
         image = image + shape.to(image.device, image.dtype)
+    if cfg.pixel_slice_weight:  # the ranked slice score gates the map: slices that look normal are lowered whole
+        pixel = pixel + cfg.pixel_slice_weight * (image - cfg.pixel_slice_margin).clamp(max=0).to(pixel)[:, None, None]
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
 
 

@@ -124,10 +124,11 @@ def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str, device: str 
 def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bool = False, gpu: bool = False):
     """Train one method on the fold's normal data -> SliceScorer.
 
-    Ablations that change only scoring (no_anatomy, no_context, no_appearance, no_shape, no_features) reuse the fold's PatchRank
-    weights when PatchRank ran first, with the statistics refit under their own scoring
-    settings: the row then differs from PatchRank's by that component alone, not by a
-    second training run's noise. With `reuse`, a checkpoint already in `workdir` from the
+    Ablations that train exactly as PatchRank does (those that change only scoring: no_anatomy,
+    no_context, no_appearance, no_shape, no_features; and no_ranking while the training loss is
+    uniform) reuse the fold's PatchRank weights when PatchRank ran first, with the statistics
+    refit under their own scoring settings: the row then differs from PatchRank's by that
+    component alone, not by a second training run's noise. With `reuse`, a checkpoint already in `workdir` from the
     same training configuration and fold (its `.json` sidecar says so) is scored again under
     the current scoring settings instead of being trained again, and one trained without the
     critic phase is continued with it when that is the only difference. With `gpu`, PatchRank
@@ -149,7 +150,7 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
         return json.loads(side.read_text()) if p.exists() and side.exists() else None
 
     shared = workdir / f"patchrank_fold{fold.index}.pt"
-    if name != "patchrank" and set(over) <= {"scoring"} and kept(shared) == key:
+    if name != "patchrank" and kept(shared) == key:  # trains exactly as PatchRank did (e.g. scoring-only ablations)
         return _rescored(shared, fold, mcfg, name, device)
     path = workdir / f"{name}_fold{fold.index}.pt"
     sidecar = path.with_suffix(".json")

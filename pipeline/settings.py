@@ -65,7 +65,7 @@ class LossConfig(Strict):
     adv_loss: Literal["lsgan", "bce"] = "lsgan"
     use_discriminator: bool = True
     use_masking: bool = True
-    rank: RankSettings = RankSettings(k=16, decay=0.95, floor=1.0)
+    rank: RankSettings = Field(RankSettings(k=1_000_000, decay=1.0, floor=0.0), description="rank weights of the per-patch training loss. Default: uniform (every patch counts the same). The design's top-k emphasis (k=16, decay 0.95, floor 1 until the ninth pass) cost pixel AUROC 0.002 and small-lesion AUROC 0.005 over five BraTS training seeds (docs/quality.md ninth pass); the ranking that pays is the scores' (scoring.rank)")
 
     def to_model(self) -> StepConfig:
         return StepConfig(
@@ -87,6 +87,8 @@ class ScoringSettings(Strict):
     pixel_close: int = Field(13, ge=0, le=31, description="odd size of a grey-scale closing of the per-pixel map: low holes inside high regions (a dark tumour core inside bright oedema) take their rim's score (measured on the BraTS folds, docs/quality.md fifth pass; 0 = off)")
     pixel_disc_weight: float | None = Field(0.0, ge=0, description="discriminator evidence in the per-pixel map (coarse, 8-px cells); None = disc_weight")
     pixel_guide: int = Field(6, ge=0, le=16, description="radius of a guided filter on the per-pixel map with the input image as guide: the map follows the image's edges (a lesion's border) instead of the smoothing's blur (BraTS folds: Dice 0.812 -> 0.842, pixel AUROC 0.973 -> 0.979; docs/quality.md seventh pass); 0 = off")
+    pixel_slice_weight: float = Field(0.5, ge=0, description="slice gate on the per-pixel map: every pixel of a slice whose image z-score is below pixel_slice_margin is lowered by this x the shortfall, so the ranked slice evidence keeps normal-looking slices out of the heatmaps and pixel metrics (pixel AUROC +0.001 on each of five BraTS training seeds, docs/quality.md ninth pass; 0 = off)")
+    pixel_slice_margin: float = Field(1.0, description="image z-score under which the slice gate lowers a slice's map")
     pixel_guide_eps: float = Field(0.003, gt=0, description="the guided filter's edge threshold in squared preprocessed-intensity units (smaller = follows weaker edges)")
     rec_weight: float = Field(1.0, ge=0)
     disc_weight: float = Field(0.5, ge=0, description="weight of the discriminator's patch evidence in the patch scores (0 = the discriminator only trains the reconstructor). With the critic phase (critic_epochs) its contrast evidence pays on BraTS over three training seeds; without it, it cost slice AUROC (docs/quality.md seventh and eighth passes)")
@@ -129,6 +131,8 @@ class ScoringSettings(Strict):
             pixel_disc_weight=self.pixel_disc_weight,
             pixel_guide=self.pixel_guide,
             pixel_guide_eps=self.pixel_guide_eps,
+            pixel_slice_weight=self.pixel_slice_weight,
+            pixel_slice_margin=self.pixel_slice_margin,
             rec_weight=self.rec_weight,
             disc_weight=self.disc_weight,
             disc_evidence=self.disc_evidence,

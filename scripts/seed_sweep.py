@@ -7,7 +7,7 @@
 One `patchrank bench quality --only-folds F --train-seed S --methods M` process per
 (variant, seed, fold, method), `--jobs` at a time, on the same folds (`--fold-seed`). A
 `--variant NAME=CONFIG` trains (CONFIG empty: the default configuration); a `--rescore
-NAME=BASE:CONFIG` re-scores BASE's kept PatchRank checkpoints under CONFIG's scoring, after
+NAME=BASE:CONFIG` re-scores BASE's kept checkpoints (its methods) under CONFIG's scoring, after
 the training wave, and is refused unless CONFIG trains exactly as BASE does. Writes
 OUT/summary.md (per variant and method: each seed's mean over folds, and the mean over
 seeds) and OUT/summary.json; each job's log and quality.json stay under OUT/runs.
@@ -102,16 +102,18 @@ def main(argv: list[str] | None = None) -> int:
             list(pool.map(lambda s: job(*s), specs))
 
     folds = range(1, args.folds + 1)
+    base_methods = lambda v: ["patchrank"] if v in extras else methods  # noqa: E731 - a re-scored variant re-scores its base's methods
     if not args.summary_only:
         wave([(n, c, n, s, f, m) for n, c in variants.items() for s in seeds for f in folds for m in (["patchrank"] if n in extras else methods)])
-        wave([(n, spec.partition(":")[2], spec.partition(":")[0], s, f, "patchrank") for n, spec in rescores.items() for s in seeds for f in folds])
+        wave([(n, spec.partition(":")[2], spec.partition(":")[0], s, f, m) for n, spec in rescores.items() for s in seeds for f in folds
+              for m in base_methods(spec.partition(":")[0])])
 
     summary: dict = {}
     lines = [f"seeds {seeds}, folds {args.folds} (fold seed {args.fold_seed}), {'GPU' if args.gpu else 'CPU'}; "
              "each cell: mean over folds; last row of each block: mean over seeds (n fold runs)\n"]
     names = list(variants) + list(rescores)
     for name in names:
-        for method in (methods if name in variants and name not in extras else ["patchrank"]):
+        for method in base_methods(name if name in variants else rescores[name].partition(":")[0]):
             per_seed = {}
             for s in seeds:
                 parts = [p for f in folds if (p := out / "runs" / f"{name}_s{s}_f{f}_{method}" / "quality.json").exists()]
