@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         if _training_key(a, []) != _training_key(b, []):
             raise SystemExit(f"--rescore {name}: {cfg} trains differently from {base}; make it a --variant")
     out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     env = {"OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
 
     def job(name: str, cfg: str, models: str, seed: int, fold: int, method: str) -> tuple[str, int, float]:

@@ -57,12 +57,13 @@ def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append(a[3].name) or real_fit(*a, **k))
     out = tmp_path / "bench"
     rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--epochs", "1", "--folds", "2",
-               "--methods", "patchrank,no_context,percentile", "--out", str(out)])
+               "--methods", "patchrank,no_ranking,no_context,percentile", "--out", str(out)])
     assert rc == 0
-    assert trained == ["patchrank_fold0.pt", "patchrank_fold1.pt"]  # the scoring-only ablation reuses the weights
+    # the scoring-only ablation reuses the weights, and so does no_ranking: the default training loss is uniform
+    assert trained == ["patchrank_fold0.pt", "patchrank_fold1.pt"]
     res = json.loads((out / "quality.json").read_text())
-    assert len(res["runs"]) == 2 * 3 and len(res["folds"]) == 2
-    assert {r["method"] for r in res["runs"]} == {"patchrank", "no_context", "percentile"}
+    assert len(res["runs"]) == 2 * 4 and len(res["folds"]) == 2
+    assert {r["method"] for r in res["runs"]} == {"patchrank", "no_ranking", "no_context", "percentile"}
     assert not set(res["folds"][0]) & set(res["folds"][1])
     table = (out / "quality.md").read_text()
     assert "| patchrank |" in table and "| percentile |" in table and "±" in table and "command:" in table

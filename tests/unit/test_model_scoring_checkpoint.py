@@ -97,6 +97,22 @@ def test_discriminator_contrast_evidence_compares_the_image_with_its_reconstruct
     assert TrainConfig().scoring.to_model(64).disc_evidence == "contrast" and ScoringConfig().disc_evidence == "logit"
 
 
+def test_slice_gate_lowers_only_the_maps_of_normal_looking_slices():
+    x = torch.zeros(3, 1, 32, 32)
+    x[1, 0, 12:16, 20:24] = 2.0  # a weak finding: image score 2.0 x the top patch's rank weight
+    x[2, 0, 8:24, 8:24] = 4.0  # a strong one
+    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0)
+    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None)
+    gated = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0), stats=None)
+    z = plain.image_scores
+    assert float(z[0]) < 1.0 < float(z[2]) and torch.equal(gated.image_scores, z)  # scores untouched
+    shift = (gated.pixel_map - plain.pixel_map).flatten(1)
+    for i in range(3):  # one constant shift per slice: min(z - margin, 0) x weight
+        want = 0.5 * min(float(z[i]) - 1.0, 0.0)
+        assert torch.allclose(shift[i], torch.full_like(shift[i], want), atol=1e-5), i
+    assert float(shift[0, 0]) < 0 and float(shift[2, 0]) == 0.0  # a blank slice goes down, a clear finding stays
+
+
 def test_pixel_map_closing_fills_a_dark_core_and_never_lowers():
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 8:20, 8:20] = 2.0  # bright rim (oedema) ...
