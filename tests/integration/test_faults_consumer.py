@@ -98,4 +98,8 @@ def test_two_consumers_share_the_stream_without_duplicates(redis_url, tmp_path, 
     asyncio.run(drive([a, b], cfg, timeout_s=60))
     out = check_exactly_once(cfg, [m.scan_id for m in msgs])
     assert a.stats["ok"] > 0 and b.stats["ok"] > 0, "both consumers took work"
-    assert a.stats["duplicate"] + b.stats["duplicate"] + a.stats["ok"] + b.stats["ok"] == 12
+    events = a.stats["duplicate"] + b.stats["duplicate"] + a.stats["ok"] + b.stats["ok"]
+    # every message handled; a second handling only where one consumer reclaimed an entry the other
+    # was still finishing (idle > claim_idle_ms 300 ms on a loaded machine: a CI run saw 13 with one
+    # reclaim) -- the results stay exactly once, checked above
+    assert 12 <= events <= 12 + a.stats["claimed"] + b.stats["claimed"], (a.stats, b.stats)
