@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         with (run / "log.txt").open("w") as log:
             try:
                 rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout,
-                                    env={**__import__("os").environ, **env}).returncode
+                                    env={**os.environ, **env}).returncode
             except subprocess.TimeoutExpired:
                 rc = 124
         dt = time.perf_counter() - t0
