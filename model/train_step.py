@@ -22,10 +22,13 @@ class StepConfig:
     """Loss weights and switches of one training step (ablations flip these)."""
 
     masked_weight: float = 4.0  # extra L1 weight on hidden pixels
-    adv_weight: float = 0.05  # generator's adversarial term relative to L1
+    adv_weight: float = 0.01  # generator's adversarial term relative to L1
     adv_loss: str = "lsgan"  # "lsgan" or "bce"
     use_discriminator: bool = True  # False = "no discriminator" ablation
-    rank: RankConfig = RankConfig(k=16, decay=0.95, floor=1.0)
+    # rank weights of the per-patch losses (reconstructor and discriminator); uniform, as
+    # pipeline.settings.LossConfig's default (the top-k emphasis k=16, decay 0.95, floor 1
+    # cost pixel metrics on BraTS, docs/quality.md ninth pass)
+    rank: RankConfig = RankConfig(k=1_000_000, decay=1.0, floor=0.0)
 
 
 def _unwrap(m: nn.Module) -> nn.Module:

@@ -118,6 +118,6 @@ def test_training_reduces_reconstruction_loss():
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
     x = (1 - (xx**2 + yy**2)).clamp(min=0)[None, None].repeat(8, 1, 1, 1)  # smooth blobs
     first = gan_step(recon, disc, og, od, x, gen(8, 32, 32), StepConfig())["loss_rec"]
-    for _ in range(40):
+    for _ in range(80):
         last = gan_step(recon, disc, og, od, x, gen(8, 32, 32), StepConfig())["loss_rec"]
-    assert last < 0.5 * first
+    assert last < 0.5 * first  # uniform loss (the default): 0.35x after 80 steps
