@@ -26,6 +26,11 @@ class RankConfig:
         return ranked_sum(values, self.k, self.decay, self.floor, valid)
 
 
+# Every patch weighted the same (k beyond any patch count, no decay): the training losses'
+# default and the "no ranking" ablation.
+UNIFORM_RANK = RankConfig(k=1_000_000, decay=1.0, floor=0.0)
+
+
 def to_patches(pixel_map: torch.Tensor, patch: int) -> torch.Tensor:
     """pixel_map: (B, C, H, W) -> (B, H/patch, W/patch), channel-averaged patch means."""
     return F.avg_pool2d(pixel_map.mean(1, keepdim=True), patch)[:, 0]

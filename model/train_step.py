@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.losses import RankConfig, adversarial_patch_loss, reconstruction_patch_loss
+from model.losses import UNIFORM_RANK, RankConfig, adversarial_patch_loss, reconstruction_patch_loss
 from model.scoring import ScoringConfig, masked_composite
 
 
@@ -28,7 +28,7 @@ class StepConfig:
     # rank weights of the per-patch losses (reconstructor and discriminator); uniform, as
     # pipeline.settings.LossConfig's default (the top-k emphasis k=16, decay 0.95, floor 1
     # cost pixel metrics on BraTS, docs/quality.md ninth pass)
-    rank: RankConfig = RankConfig(k=1_000_000, decay=1.0, floor=0.0)
+    rank: RankConfig = UNIFORM_RANK
 
 
 def _unwrap(m: nn.Module) -> nn.Module:

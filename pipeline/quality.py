@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from model.losses import UNIFORM_RANK
 from pipeline.datasets import DatasetError, Record, build_slices, split_by_subject
 from pipeline.evaluation import PatchRankScorer, evaluate_scorer, load_test_scans, report
 from pipeline.settings import TrainConfig
@@ -25,7 +26,7 @@ from pipeline.settings import TrainConfig
 METRICS = ["image_auroc", "image_auprc", "small_lesion_auroc", "pixel_auroc", "best_dice"]
 
 # Ablations of PatchRank: (name, TrainConfig overrides merged into the run's config).
-NO_RANK = {"k": 1_000_000, "decay": 1.0, "floor": 0.0}
+NO_RANK = asdict(UNIFORM_RANK)
 ABLATIONS: dict[str, dict] = {
     "no_ranking": {"loss": {"rank": NO_RANK}, "scoring": {"rank": NO_RANK}},
     "no_masking": {"loss": {"use_masking": False}, "scoring": {"grid_period": 0}},

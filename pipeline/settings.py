@@ -5,11 +5,12 @@ plain keyword arguments and dataclasses that model/ takes.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from model.losses import RankConfig
+from model.losses import UNIFORM_RANK, RankConfig
 from model.scoring import ScoringConfig
 from model.train_step import StepConfig
 
@@ -65,7 +66,7 @@ class LossConfig(Strict):
     adv_loss: Literal["lsgan", "bce"] = "lsgan"
     use_discriminator: bool = True
     use_masking: bool = True
-    rank: RankSettings = Field(RankSettings(k=1_000_000, decay=1.0, floor=0.0), description="rank weights of the per-patch training loss. Default: uniform (every patch counts the same). The design's top-k emphasis (k=16, decay 0.95, floor 1 until the ninth pass) cost pixel AUROC 0.002 and small-lesion AUROC 0.005 over five BraTS training seeds (docs/quality.md ninth pass); the ranking that pays is the scores' (scoring.rank)")
+    rank: RankSettings = Field(RankSettings(**asdict(UNIFORM_RANK)), description="rank weights of the per-patch training loss. Default: uniform (every patch counts the same). The design's top-k emphasis (k=16, decay 0.95, floor 1 until the ninth pass) cost pixel AUROC 0.002 and small-lesion AUROC 0.005 over five BraTS training seeds (docs/quality.md ninth pass); the ranking that pays is the scores' (scoring.rank)")
 
     def to_model(self) -> StepConfig:
         return StepConfig(

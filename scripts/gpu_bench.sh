@@ -12,7 +12,7 @@
 set -u
 out=${1:?usage: gpu_bench.sh OUT BRATS_DIR [ISIC_DIR]}; brats=${2:?BRATS_DIR}; isic=${3:-}
 py=${PYTHON:-python3}
-mkdir -p "$out"; work=$(mktemp -d)
+mkdir -p "$out"; work=$(mktemp -d); trap 'rm -rf "$work"' EXIT  # fold checkpoints: not needed afterwards
 export PYTHONUNBUFFERED=1
 stage() { local name=$1 limit=$2; shift 2; local t0=$SECONDS
   timeout "$limit" "$@" >"$out/$name.log" 2>&1; local rc=$?

@@ -53,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.discover import discover, infer_channels
     from pipeline.quality import ALL_METHODS, markdown_table, merge, run_quality
     from pipeline.settings import TrainConfig
+    from pipeline.train_local import pick_device
 
     if args.merge:
         return merge_command(args)
@@ -70,8 +71,7 @@ def run(args: argparse.Namespace) -> int:
     base["seed"] = args.seed if args.train_seed is None else args.train_seed
     if args.epochs:
         base["epochs"] = args.epochs
-    if args.gpu and not torch.cuda.is_available():
-        raise DatasetError("--gpu given but torch sees no CUDA device")
+    pick_device(args.gpu)  # a clear error for --gpu without CUDA, before any data is read
     records = discover(args.data, modality=args.modality)
     base = merge(base, {"preprocess": {"channels": infer_channels(records)}})
     cfg = TrainConfig(**base)

@@ -35,15 +35,10 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.evaluation import PatchRankScorer, evaluate_scorer, load_test_scans, report
     from pipeline.plots import montage_png, roc_png
     from pipeline.preprocess import as_config
+    from pipeline.train_local import pick_device
 
     t0 = time.perf_counter()
-    device = "cpu"
-    if args.gpu:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise DatasetError("--gpu given but torch sees no CUDA device")
-        device = "cuda"
+    device = pick_device(args.gpu).type  # a clear error for --gpu without CUDA
     model = load_checkpoint(args.checkpoint, map_location=device)
     cfg = as_config(model.preprocess)
     records = discover(args.data, modality=args.modality)
