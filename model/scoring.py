@@ -34,7 +34,10 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     lesion keeps its own score. Volume score = the same ranking over slice scores.
  6. Pixel map (heatmaps, pixel AUROC, Dice; model.pixelmap) = the calibrated residual
     (`pixel_calibration`, plus 3b) box-smoothed, plus optionally the upsampled
-    discriminator evidence, a grey-scale closing and an edge-preserving guided filter.
+    discriminator evidence, a grey-scale closing and an edge-preserving guided filter;
+    then the slice gate (`slice_gate`): maps of slices whose ranked score is low are
+    lowered whole, using the scores with through-plane context when `pixel_slice_context`
+    (applied per scan by `gate_maps`, after `slice_context`).
 """
 from __future__ import annotations
 
@@ -70,6 +73,7 @@ class ScoringConfig:
     pixel_guide_eps: float = 0.1  # its edge threshold, in squared preprocessed-intensity units
     pixel_slice_weight: float = 0.0  # slice gate: the pixel map + this x min(slice z - pixel_slice_margin, 0) (0 = off)
     pixel_slice_margin: float = 2.0  # slice z-score below which a slice's whole map is lowered
+    pixel_slice_context: bool = False  # gate with the through-plane-context slice scores, per scan (`gate_maps`), not in score_images
     rec_weight: float = 1.0
     disc_weight: float = 0.5
     disc_evidence: str = "logit"  # "logit": -D(x); "contrast": D(composite) - D(x), see step 4
@@ -348,9 +352,25 @@ def score_images(
     shape = shape_evidence(x, foreground, position, stats, cfg.shape_weight)
     if shape is not None:  # image-level: the lesion's outline, not any one patch
         image = image + shape.to(image.device, image.dtype)
-    if cfg.pixel_slice_weight:  # the ranked slice score gates the map: slices that look normal are lowered whole
-        pixel = pixel + cfg.pixel_slice_weight * (image - cfg.pixel_slice_margin).clamp(max=0).to(pixel)[:, None, None]
+    if not cfg.pixel_slice_context:  # else the caller gates with the scan's context scores (gate_maps)
+        pixel = slice_gate(pixel, image, cfg)
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
+
+
+def slice_gate(pixel: torch.Tensor, slice_scores: torch.Tensor, cfg: ScoringConfig) -> torch.Tensor:
+    """Slice gate on pixel maps (B, H, W): the ranked slice score decides which slices' maps
+    count; a slice scoring below `pixel_slice_margin` has its whole map lowered by
+    `pixel_slice_weight` x the shortfall (scores untouched; weight 0 = off)."""
+    if not cfg.pixel_slice_weight:
+        return pixel
+    s = torch.as_tensor(slice_scores).to(pixel.device, pixel.dtype).reshape(-1)
+    return pixel + cfg.pixel_slice_weight * (s - cfg.pixel_slice_margin).clamp(max=0)[:, None, None]
+
+
+def gate_maps(pixel: torch.Tensor, context_scores: torch.Tensor, cfg: ScoringConfig) -> torch.Tensor:
+    """Pixel maps (S, H, W) of one scan and its slice scores after `slice_context` -> gated
+    maps when `pixel_slice_context` (score_images left them ungated); unchanged otherwise."""
+    return slice_gate(pixel, context_scores, cfg) if cfg.pixel_slice_context else pixel
 
 
 def slice_context(slice_scores: torch.Tensor, slice_index, cfg: ScoringConfig) -> torch.Tensor:

@@ -68,6 +68,12 @@ class PatchRankScorer:
 
         return in_context(torch.from_numpy(np.asarray(scores, dtype=np.float32)), prep, self.model.scoring).numpy()
 
+    def gate_maps(self, maps: np.ndarray, context_scores: np.ndarray) -> np.ndarray:
+        """A scan's pixel maps, gated by its slice scores with context (model.scoring.gate_maps)."""
+        from model.scoring import gate_maps
+
+        return gate_maps(torch.from_numpy(maps), torch.from_numpy(np.asarray(context_scores, dtype=np.float32)), self.model.scoring).numpy()
+
 
 @dataclass
 class EvalScan:
@@ -131,8 +137,10 @@ def evaluate_scorer(scorer: SliceScorer, scans: list[EvalScan], *, max_pixels: i
             res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
         else:  # context needs every slice of the scan (unlabelled ones are neighbours too)
             full = scorer.score(p.images, p.foreground, p.position)
-            res = SliceResult(context(full.scores, p)[keep], None if full.maps is None else full.maps[keep],
-                              None if full.patches is None else full.patches[keep])
+            ctx = context(full.scores, p)
+            gate = getattr(scorer, "gate_maps", None)  # PatchRank: maps gated by those scores
+            maps = full.maps if full.maps is None or gate is None else gate(full.maps, ctx)
+            res = SliceResult(ctx[keep], None if maps is None else maps[keep], None if full.patches is None else full.patches[keep])
         lab = t.labels[keep]
         vox = p.lesion_voxels[keep] if p.lesion_voxels is not None else np.zeros(keep.size)
         parts["scores"].append(np.asarray(res.scores, dtype=np.float64))

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from model.checkpoint import LoadedModel
-from model.scoring import ScoreOutput, ScoringConfig, score_images, slice_context, volume_score
+from model.scoring import ScoreOutput, ScoringConfig, gate_maps, score_images, slice_context, volume_score
 from pipeline.preprocess import Prepared
 
 
@@ -99,5 +99,5 @@ def score_prepared(model: LoadedModel, prep: Prepared, *, batch_size: int = 32, 
     slices = in_context(out.image_scores, prep, model.scoring)
     scan = volume_score(slices, model.scoring)
     hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n)
-    maps = out.pixel_map.numpy() if keep_maps else None
+    maps = gate_maps(out.pixel_map, slices, model.scoring).numpy() if keep_maps else None
     return ScanScore(scan, slices.numpy(), prep.slice_index, hits, maps)

@@ -4,6 +4,19 @@ from __future__ import annotations
 import torch
 
 
+class CopyRecon(torch.nn.Module):
+    """A 'perfect normal model' stand-in: predicts a constant normal intensity."""
+
+    in_channels, base_channels, depth = 1, 1, 1
+
+    def __init__(self, value: float = 0.0) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, mask):
+        return torch.full_like(x, self.value)
+
+
 class ZeroDisc(torch.nn.Module):
     """A discriminator with no opinion: zero logits on a 4-px patch grid."""
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from model import ScoringConfig
-from model.scoring import slice_context
+from model.scoring import gate_maps, score_images, slice_context
+from modeldoubles import CopyRecon, ZeroDisc
 from pipeline.datasets import Record
 from pipeline.evaluation import EvalScan, SliceResult, evaluate_scorer
 from pipeline.preprocess import Prepared
@@ -92,3 +93,41 @@ def test_evaluation_uses_unlabelled_slices_as_neighbours():
     assert base.scores.tolist() == pytest.approx([0.0, 1.0, 0.0])
     assert ctx.scores.tolist() == pytest.approx([7.0, 8.0, 6.0])  # slice 3 inherits 9 - 1 from the left-out slice 2
     assert ctx.names == ["s1:10", "s1:13", "s1:15"]
+
+
+class GatedFakeScorer(FakeScorer):
+    """FakeScorer with flat maps and PatchRank's per-scan gate (model.scoring.gate_maps)."""
+
+    def score(self, images, foreground, position=None):
+        res = super().score(images, foreground, position)
+        return SliceResult(res.scores, np.zeros((len(images), 8, 8), np.float32), None)
+
+    def gate_maps(self, maps, scores):
+        return gate_maps(torch.from_numpy(maps), torch.from_numpy(np.asarray(scores, np.float32)), self.cfg).numpy()
+
+
+def test_context_gate_uses_the_scan_scores_with_context():
+    prep = _prep(6, position=True, labels=[0, 0, 1, 16, 0, 0])
+    prep.images[:, 0, 0, 0] = [0.0, 0.2, 9.0, 1.0, 0.1, 0.0]
+    scan = EvalScan(Record(path="x", subject="s1"), prep, np.array([0, -1, -1, 1, -1, 0]))
+    gate = dict(pixel_slice_weight=0.5, pixel_slice_margin=8.5)
+    per_slice = evaluate_scorer(GatedFakeScorer(ScoringConfig(context_radius=3, context_decay=1.0, **gate)), [scan])
+    ctx = evaluate_scorer(GatedFakeScorer(ScoringConfig(context_radius=3, context_decay=1.0, pixel_slice_context=True, **gate)), [scan])
+    assert np.all(per_slice.maps == 0)  # without the flag score_images gates (here: a fake that does not), gate_maps passes through
+    # context scores 7, 8, 6 (test above) -> each labelled slice's map lowered by 0.5 x (score - 8.5)
+    assert ctx.maps[:, 0, 0].tolist() == pytest.approx([-0.75, -0.25, -1.25])
+    assert all(np.all(m == m[0, 0]) for m in ctx.maps)  # one constant shift per slice
+
+
+def test_score_images_leaves_the_context_gate_to_the_scan():
+    x = torch.zeros(2, 1, 32, 32)
+    x[1, 0, 8:24, 8:24] = 4.0
+    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0, pixel_slice_weight=0.5, pixel_slice_margin=1.0)
+    per_slice = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None)
+    later = ScoringConfig(**base, pixel_slice_context=True)
+    ungated = score_images(CopyRecon(), ZeroDisc(), x, cfg=later, stats=None)
+    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**{**base, "pixel_slice_weight": 0.0}), stats=None)
+    assert torch.equal(ungated.pixel_map, plain.pixel_map) and not torch.equal(per_slice.pixel_map, plain.pixel_map)
+    # gating later with the same scores gives exactly the per-slice gate
+    assert torch.allclose(gate_maps(ungated.pixel_map, ungated.image_scores, later), per_slice.pixel_map)
+    assert torch.equal(gate_maps(plain.pixel_map, plain.image_scores, ScoringConfig(**base)), plain.pixel_map)  # flag off: identity

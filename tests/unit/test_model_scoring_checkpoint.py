@@ -20,20 +20,7 @@ from model import (
     volume_score,
 )
 from model.checkpoint import CheckpointError
-from modeldoubles import ZeroDisc
-
-
-class CopyRecon(torch.nn.Module):
-    """A 'perfect normal model' stand-in: predicts a constant normal intensity."""
-
-    in_channels, base_channels, depth = 1, 1, 1
-
-    def __init__(self, value: float = 0.0) -> None:
-        super().__init__()
-        self.value = value
-
-    def forward(self, x, mask):
-        return torch.full_like(x, self.value)
+from modeldoubles import CopyRecon, ZeroDisc
 
 
 def test_score_shapes_and_hot_region():
