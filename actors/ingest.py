@@ -1,4 +1,4 @@
-"""Ingest: the stream consumer (pipeline.consumer.StreamConsumer) inside Ray.
+"""Ingest: the stream consumer (pipeline.service.consumer.StreamConsumer) inside Ray.
 
 `IngestDeployment` is the Serve deployment: a background asyncio task in the replica
 consumes the stream with the async Redis client and sends slice chunks to the scorer
@@ -9,20 +9,21 @@ deploy/autoscaling.py turns into a replica count.
 `IngestWorker` is a plain Ray actor with the same consumer and an in-process scorer,
 for running (and killing) a consumer without Serve.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Awaitable, Callable
 
 import ray
 from ray import serve
 
-from pipeline.consumer import StreamConsumer
-from pipeline.service_settings import ServiceConfig
-from pipeline.slice_scorer import ModelInfo, SliceChunk, SliceResult, SliceScorer, model_info
-from pipeline.streams import AsyncStreamClient
+from patchrank.pipeline.service.consumer import StreamConsumer
+from patchrank.pipeline.service.settings import ServiceConfig
+from patchrank.pipeline.service.slice_scorer import ModelInfo, SliceChunk, SliceResult, SliceScorer, model_info
+from patchrank.pipeline.service.streams import AsyncStreamClient
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,12 @@ def _log_to_stderr() -> None:
 class _ConsumerHost:
     """Runs one StreamConsumer as a background task of the current event loop."""
 
-    def _start(self, cfg: ServiceConfig, info: Callable[[], Awaitable[ModelInfo]], score: Callable[[SliceChunk], Awaitable[SliceResult]]) -> None:
+    def _start(
+        self,
+        cfg: ServiceConfig,
+        info: Callable[[], Awaitable[ModelInfo]],
+        score: Callable[[SliceChunk], Awaitable[SliceResult]],
+    ) -> None:
         self.cfg, self._info, self._score = cfg, info, score
         _log_to_stderr()
         self.consumer: StreamConsumer | None = None
@@ -88,7 +94,11 @@ class IngestDeployment(_ConsumerHost):
             raise RuntimeError(f"consumer task ended: {self._task.exception()!r}")
 
     async def __call__(self, request=None) -> dict:
-        return {"consumer": self.consumer.name if self.consumer else None, "stats": await self.stats(), "backlog": await self.backlog()}
+        return {
+            "consumer": self.consumer.name if self.consumer else None,
+            "stats": await self.stats(),
+            "backlog": await self.backlog(),
+        }
 
     def __del__(self):
         """Replica shutdown (scale-down, redeploy, serve.delete, SIGTERM of `serve run`): Serve
@@ -118,7 +128,9 @@ class IngestWorker(_ConsumerHost):
 
     async def __init__(self, config: dict) -> None:
         cfg = ServiceConfig(**config)
-        self.scorer = await asyncio.to_thread(SliceScorer, cfg.checkpoint, device=cfg.device, torch_threads=cfg.torch_threads)
+        self.scorer = await asyncio.to_thread(
+            SliceScorer, cfg.checkpoint, device=cfg.device, torch_threads=cfg.torch_threads
+        )
         self._start(cfg, self._local_info, self._local_score)
 
     async def _local_info(self) -> ModelInfo:

@@ -3,10 +3,11 @@
 A request is one SliceChunk (a few slices of one scan); `@serve.batch` gathers chunks
 from many concurrent scans up to `max_batch_size` *slices* (batch_size_fn counts
 slices) or `batch_wait_timeout_s`, and runs one forward of reconstructor +
-discriminator through pipeline.slice_scorer (-> model.scoring.score_images). Both knobs
+discriminator through pipeline.service.slice_scorer (-> model.scoring.score_images). Both knobs
 change at runtime through `user_config` (serve_config.yaml or `serve deploy` again).
 Placement (num_cpus / num_gpus) and autoscaling_config come from the app builder.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,7 @@ from dataclasses import asdict
 
 from ray import serve
 
-from pipeline.slice_scorer import SliceChunk, SliceResult, SliceScorer, chunk_size, model_info
+from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceResult, SliceScorer, chunk_size, model_info
 
 
 @serve.deployment(name="Scorer", max_ongoing_requests=256)

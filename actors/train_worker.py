@@ -1,4 +1,4 @@
-"""The Ray Train per-worker loop: `pipeline.training.fit_loop` on one rank of a TorchTrainer.
+"""The Ray Train per-worker loop: `pipeline.training.loop.fit_loop` on one rank of a TorchTrainer.
 
 Everything that is training logic lives in pipeline/training.py (fit_loop -> run_epoch ->
 model.train_step.gan_step); this module only plugs Ray Train in:
@@ -11,6 +11,7 @@ model.train_step.gan_step); this module only plugs Ray Train in:
   * start state: `ray.train.get_checkpoint()` (restart after a worker failure) or else the
     checkpoint bytes the launcher put in the object store for `--resume`.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoint import load_checkpoint
-from pipeline.settings import TrainConfig
-from pipeline.training import Place, Reporter, append_curve_row, epoch_line, fit_loop
+from patchrank.model.checkpoint import load_checkpoint
+from patchrank.pipeline.settings import TrainConfig
+from patchrank.pipeline.training.loop import Place, Reporter, append_curve_row, epoch_line, fit_loop
 
 CKPT_FILE = "model.pt"
 CURVE_FILE = "curve.csv"
@@ -44,8 +45,13 @@ def _reduce(m: dict, *, device: torch.device, world: int) -> dict:
     dist.all_reduce(secs, op=dist.ReduceOp.MAX)
     out = {k: float(v) / world for k, v in zip(keys, sums[:-2].tolist())}
     images, cpu, seconds = float(sums[-2]), float(sums[-1]), float(secs[0])
-    out.update(images=images, seconds=seconds, images_per_s=images / max(seconds, 1e-9), cpu_seconds=cpu,
-               images_per_cpu_s=images / max(cpu, 1e-9))
+    out.update(
+        images=images,
+        seconds=seconds,
+        images_per_s=images / max(seconds, 1e-9),
+        cpu_seconds=cpu,
+        images_per_cpu_s=images / max(cpu, 1e-9),
+    )
     return out
 
 
@@ -68,10 +74,21 @@ def _gather(state: dict, *, device: torch.device, world: int) -> list[dict]:
 class RayReporter(Reporter):
     """Rank 0: progress lines, checkpoint directory + ray.train.report. Other ranks: report only."""
 
-    def __init__(self, rank: int, world: int, cfg: TrainConfig, curve: str, *, progress_s: float, fail_after_epoch: int | None,
-                 attempt: dict) -> None:
+    def __init__(
+        self,
+        rank: int,
+        world: int,
+        cfg: TrainConfig,
+        curve: str,
+        *,
+        progress_s: float,
+        fail_after_epoch: int | None,
+        attempt: dict,
+    ) -> None:
         self.rank, self.world, self.cfg = rank, world, cfg
-        self.attempt = attempt  # {"epochs_before": epochs done when this worker group started, "restarted": after a failure}
+        self.attempt = (
+            attempt  # {"epochs_before": epochs done when this worker group started, "restarted": after a failure}
+        )
         self.curve = curve  # CSV text of the epochs before this run
         self.progress_s = progress_s
         self.fail_after_epoch = fail_after_epoch
@@ -88,8 +105,10 @@ class RayReporter(Reporter):
             self.last = now
             rate = self.done * self.cfg.batch_size * self.world / (now - self.t0)
             loss = f"loss_rec {m['loss_rec']:.4f}" if "loss_rec" in m else f"critic loss_d {m['loss_d']:.4f}"
-            _say(f"epoch {self.epoch + 1}/{self.total}  step {self.done}/{self.n_steps}  "
-                 f"{loss}  ~{rate:.1f} img/s (all workers)")
+            _say(
+                f"epoch {self.epoch + 1}/{self.total}  step {self.done}/{self.n_steps}  "
+                f"{loss}  ~{rate:.1f} img/s (all workers)"
+            )
 
     def end_epoch(self, epoch: int, row: dict, save) -> None:
         import ray.train
@@ -105,7 +124,9 @@ class RayReporter(Reporter):
                 save(tmp / CKPT_FILE)
                 (tmp / CURVE_FILE).write_text(self.curve)
                 _say(epoch_line(row, self.total))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name)
+                ray.train.report(
+                    metrics, checkpoint=ray.train.Checkpoint.from_directory(str(tmp)), checkpoint_dir_name=name
+                )
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         if self.fail_after_epoch == epoch + 1 and self.rank == self.world - 1:
@@ -158,8 +179,19 @@ def train_loop_per_worker(config: dict) -> None:
         _say(f"resuming from {src} after epoch {int(state.train_state['epoch']) + 1}")
     # Fault injection happens only in an attempt that did not itself restart from a checkpoint.
     fail = config.get("fail_after_epoch") if not restarted else None
-    attempt = {"epochs_before": int(state.train_state["epoch"]) + 1 if state is not None else 0, "restarted": int(restarted)}
-    reporter = RayReporter(rank, world, cfg, curve, progress_s=float(config.get("progress_s", 10.0)), fail_after_epoch=fail, attempt=attempt)
+    attempt = {
+        "epochs_before": int(state.train_state["epoch"]) + 1 if state is not None else 0,
+        "restarted": int(restarted),
+    }
+    reporter = RayReporter(
+        rank,
+        world,
+        cfg,
+        curve,
+        progress_s=float(config.get("progress_s", 10.0)),
+        fail_after_epoch=fail,
+        attempt=attempt,
+    )
     place = Place(
         rank=rank,
         world=world,

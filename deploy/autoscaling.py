@@ -16,6 +16,7 @@ churn replicas. Declared in serve_config.yaml as
 
 No Ray import: the policy is plain Python over the AutoscalingContext it is given.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,7 +31,9 @@ def desired_replicas(backlog: float, target_per_replica: float, lo: int, hi: int
 
 
 class BacklogPolicy:
-    def __init__(self, target_backlog_per_replica: float = 32.0, downscale_delay_s: float = 60.0, metric: str = "backlog") -> None:
+    def __init__(
+        self, target_backlog_per_replica: float = 32.0, downscale_delay_s: float = 60.0, metric: str = "backlog"
+    ) -> None:
         if target_backlog_per_replica <= 0:
             raise ValueError("target_backlog_per_replica must be > 0")
         self.target, self.delay, self.metric = float(target_backlog_per_replica), float(downscale_delay_s), metric

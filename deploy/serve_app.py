@@ -1,7 +1,7 @@
 """Serve application builder: Ingest (stream consumer) -> Scorer (@serve.batch).
 
     serve run deploy/serve_config.yaml             # or: serve deploy deploy/serve_config.yaml
-    serve run deploy.serve_app:build_app service.checkpoint=... (key=value args)
+    serve run patchrank.deploy.serve_app:build_app service.checkpoint=... (key=value args)
 
 `build_app(args)` takes the `AppArgs` dict (pipeline/service_settings.py): the
 ServiceConfig plus placement/autoscaling for each deployment. Scorer replicas
@@ -9,13 +9,14 @@ autoscale on ongoing requests (Serve's default policy); ingest replicas autoscal
 the stream backlog through deploy.autoscaling:BacklogPolicy. Batch size and wait time
 are the scorer's `user_config`, changeable at runtime without restarting replicas.
 """
+
 from __future__ import annotations
 
 from ray.serve import Application
 
-from actors.ingest import IngestDeployment
-from actors.scorer import ScorerDeployment
-from pipeline.service_settings import AppArgs, Placement
+from patchrank.actors.ingest import IngestDeployment
+from patchrank.actors.scorer import ScorerDeployment
+from patchrank.pipeline.service.settings import AppArgs, Placement
 
 APP_NAME = "patchrank"
 
@@ -71,8 +72,11 @@ def build_app(args: dict | AppArgs) -> Application:
         **_scaling(a.scorer, None),
     ).bind(s.checkpoint, s.device, s.torch_threads)
     policy = {
-        "policy_function": "deploy.autoscaling:BacklogPolicy",
-        "policy_kwargs": {"target_backlog_per_replica": a.ingest.target, "downscale_delay_s": a.ingest.downscale_delay_s},
+        "policy_function": "patchrank.deploy.autoscaling:BacklogPolicy",
+        "policy_kwargs": {
+            "target_backlog_per_replica": a.ingest.target,
+            "downscale_delay_s": a.ingest.downscale_delay_s,
+        },
     }
     ingest = IngestDeployment.options(ray_actor_options=_actor_options(a.ingest), **_scaling(a.ingest, policy))
     return ingest.bind(scorer, s.model_dump())

@@ -1,7 +1,7 @@
 """Launch `patchrank train --workers N`: a Ray Train TorchTrainer running
 actors.train_worker.train_loop_per_worker on N CPU or GPU workers.
 
-Data: the driver builds the in-memory SliceSets once (pipeline.train_local.prepare_data)
+Data: the driver builds the in-memory SliceSets once (pipeline.training.local.prepare_data)
 and `ray.put`s them; workers `ray.get` the object ref (numpy arrays are zero-copy from the
 object store on the same node), instead of shipping arrays inside train_loop_config.
 
@@ -15,6 +15,7 @@ Resume (--resume): start from the newest of --out and every run's reported model
 under STORAGE (a killed run leaves its per-epoch checkpoints there), passed to the
 workers through the object store, so any worker on any node can read it.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.datasets import SliceSet
-from pipeline.settings import TrainConfig
+from patchrank.pipeline.data.datasets import SliceSet
+from patchrank.pipeline.settings import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,8 +72,10 @@ def _check_resources(workers: int, gpu: bool, cpus_per_worker: float, local: boo
     short = {k: (v, have.get(k, 0)) for k, v in need.items() if have.get(k, 0) < v}
     if short and local:
         what = ", ".join(f"{k}: need {v:g}, have {h:g}" for k, (v, h) in short.items())
-        raise ValueError(f"not enough resources for {workers} worker(s) on this machine ({what}); "
-                         "lower --workers/--cpus-per-worker or pass --address of a cluster")
+        raise ValueError(
+            f"not enough resources for {workers} worker(s) on this machine ({what}); "
+            "lower --workers/--cpus-per-worker or pass --address of a cluster"
+        )
     if short:
         print(f"note: cluster has {dict(have)} now; waiting for the autoscaler to add {need}")
 
@@ -114,11 +117,11 @@ def launch(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from actors.train_worker import CKPT_FILE, CURVE_FILE, train_loop_per_worker
-    from model.checkpoint import load_checkpoint
+    from patchrank.actors.train_worker import CKPT_FILE, CURVE_FILE, train_loop_per_worker
+    from patchrank.model.checkpoint import load_checkpoint
 
     if workers < 1:
-        raise ValueError("launch() needs workers >= 1 (workers=0 is pipeline.train_local.fit_local)")
+        raise ValueError("launch() needs workers >= 1 (workers=0 is pipeline.training.local.fit_local)")
     out = Path(out).resolve()
     storage = str(storage or default_storage(out))
     started = _connect(address)
@@ -133,7 +136,9 @@ def launch(
                 ck = load_checkpoint(src)  # validate before shipping it to the workers
                 if not ck.train_state:
                     raise ValueError(f"{src} has no training state to resume from")
-                curve = src.with_name(CURVE_FILE) if src.name == CKPT_FILE and src != out else out.with_suffix(".curve.csv")
+                curve = (
+                    src.with_name(CURVE_FILE) if src.name == CKPT_FILE and src != out else out.with_suffix(".curve.csv")
+                )
                 print(f"resuming from {src} (after epoch {int(ck.train_state['epoch']) + 1})")
                 resume_ref = ray.put({"model": src.read_bytes(), "curve": curve.read_text() if curve.is_file() else ""})
         config = {
@@ -149,7 +154,9 @@ def launch(
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config=config,
-            scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus_per_worker}),
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": cpus_per_worker}
+            ),
             run_config=RunConfig(
                 name=name,
                 storage_path=storage,
@@ -162,9 +169,11 @@ def launch(
         if result.checkpoint is None:  # nothing left to train: --resume of a finished run
             if src is None:
                 raise RuntimeError(f"Ray Train run {result.path} reported no checkpoint")
-            from pipeline.training import critic_epochs, total_epochs
+            from patchrank.pipeline.training.loop import critic_epochs, total_epochs
 
-            print(f"{src} has already trained {total_epochs(cfg)} epoch(s) ({cfg.epochs} adversarial + {critic_epochs(cfg)} critic); raise --epochs to train more")
+            print(
+                f"{src} has already trained {total_epochs(cfg)} epoch(s) ({cfg.epochs} adversarial + {critic_epochs(cfg)} critic); raise --epochs to train more"
+            )
             if src != out:
                 _copy_atomic(src, out)
             return LaunchResult(load_checkpoint(out).model_version, out, {}, str(result.path))

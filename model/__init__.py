@@ -4,14 +4,15 @@ Masked reconstructor + PatchGAN discriminator + targeted patch ranking, the one
 scoring function shared by training, evaluation and serving, and the checkpoint
 format that alone rebuilds everything needed to score.
 """
-from model.checkpoint import CHECKPOINT_FORMAT, LoadedModel, build_networks, load_checkpoint, save_checkpoint
-from model.discriminator import PatchDiscriminator
-from model.masks import BoxMaskGenerator, complementary_masks
-from model.ranking import rank_weights, ranked_sum
-from model.reconstructor import MaskedReconstructor
-from model.losses import RankConfig
-from model.scoring import ScoreOutput, ScoreStats, ScoringConfig, fit_score_stats, score_images, volume_score
-from model.train_step import StepConfig, gan_step
+
+from .checkpoint import CHECKPOINT_FORMAT, LoadedModel, build_networks, load_checkpoint, save_checkpoint
+from .discriminator import PatchDiscriminator
+from .losses import RankConfig
+from .masks import BoxMaskGenerator, complementary_masks
+from .ranking import rank_weights, ranked_sum
+from .reconstructor import MaskedReconstructor
+from .scoring import ScoreOutput, ScoreStats, ScoringConfig, fit_score_stats, score_images, volume_score
+from .train_step import StepConfig, gan_step
 
 __all__ = [
     "CHECKPOINT_FORMAT",

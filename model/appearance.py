@@ -14,11 +14,12 @@ calibrated per position against normal images that the subspace was *not* fitted
 held-out error, as new images will. The final subspace is fitted on all the normal
 images. Measured on the ISIC folds in docs/quality.md.
 """
+
 from __future__ import annotations
 
 import torch
 
-from model.priors import on_volume
+from .priors import on_volume
 
 _EPS = 1e-6
 KEYS = ("app_mean", "app_basis", "app_cal_mean", "app_cal_std")
@@ -63,7 +64,12 @@ def fit_appearance(x: torch.Tensor, components: int) -> tuple[dict, torch.Tensor
     cal_mean = err.mean(0, keepdim=True)
     cal_std = err.std(0, keepdim=True).clamp_min(float(err.std(0).median()) * 0.5 + _EPS)
     mean, basis = _subspace(flat, components)
-    stats = {"app_mean": mean.reshape(1, *x.shape[1:]), "app_basis": basis, "app_cal_mean": cal_mean, "app_cal_std": cal_std}
+    stats = {
+        "app_mean": mean.reshape(1, *x.shape[1:]),
+        "app_basis": basis,
+        "app_cal_mean": cal_mean,
+        "app_cal_std": cal_std,
+    }
     return stats, err
 
 

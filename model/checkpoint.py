@@ -8,6 +8,7 @@ Contents (plain dicts, lists, numbers, strings and tensors only, so that
   scores (weights, architecture, preprocessing, scoring config, statistics), so two
   files score identically exactly when their versions match.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -22,9 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from model.discriminator import PatchDiscriminator
-from model.reconstructor import MaskedReconstructor
-from model.scoring import ScoreStats, ScoringConfig
+from .discriminator import PatchDiscriminator
+from .reconstructor import MaskedReconstructor
+from .scoring import ScoreStats, ScoringConfig
 
 CHECKPOINT_FORMAT = "patchrank-ckpt/1"
 
@@ -49,7 +50,7 @@ def arch_of(recon: nn.Module, disc: nn.Module) -> dict:
     }
 
 
-def _hash_update(h: "hashlib._Hash", obj: Any) -> None:
+def _hash_update(h: hashlib._Hash, obj: Any) -> None:
     if isinstance(obj, torch.Tensor):
         t = obj.detach().cpu().contiguous()
         h.update(str((t.dtype, tuple(t.shape))).encode())
@@ -134,12 +135,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption
-        raise CheckpointError(f"refusing to load {path}: not a safe PatchRank checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from exc
+        raise CheckpointError(
+            f"refusing to load {path}: not a safe PatchRank checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     version = content_version(payload)
     if version != payload.get("model_version"):
-        raise CheckpointError(f"{path}: content hash {version} does not match stored model_version {payload.get('model_version')}")
+        raise CheckpointError(
+            f"{path}: content hash {version} does not match stored model_version {payload.get('model_version')}"
+        )
     recon, disc = build_networks(payload["arch"])
     recon.load_state_dict(payload["recon_state"])
     disc.load_state_dict(payload["disc_state"])

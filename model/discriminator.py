@@ -8,6 +8,7 @@ at 128 x 128 and 8 x 8 at 64 x 64, so grid cell (i, j) sits over the pixel box
 logit at the defaults: 54 x 54 pixels (see `receptive_field`), centred on its cell.
 Outputs are logits: "real normal tissue" is high, "reconstruction / not normal" low.
 """
+
 from __future__ import annotations
 
 import torch

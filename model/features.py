@@ -17,6 +17,7 @@ images the score statistics are fitted on; the calibration splits those images i
 halves, each scored against the other half's bank, as a new image will be scored. The
 calibrated evidence is added, with its weight, to each patch's score before the ranking.
 """
+
 from __future__ import annotations
 
 import torch
@@ -78,7 +79,9 @@ def fit_features(feats: torch.Tensor, valid: torch.Tensor, seed: int = 0) -> tup
     return stats, torch.where(valid, (dist - cal[0]) / cal[1], torch.zeros_like(dist))
 
 
-def feature_evidence(recon: nn.Module, x: torch.Tensor, grid: tuple[int, int], stats, weight: float) -> torch.Tensor | None:
+def feature_evidence(
+    recon: nn.Module, x: torch.Tensor, grid: tuple[int, int], stats, weight: float
+) -> torch.Tensor | None:
     """x: (B, C, H, W) -> weight x calibrated nearest-normal-patch distance (B, h, w) on the
     patch grid; None when off or the statistics lack a bank (older checkpoints)."""
     if weight <= 0 or stats is None or stats.feat_bank is None:

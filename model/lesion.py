@@ -14,6 +14,7 @@ its mean distance to the `SHAPE_NEIGHBOURS` nearest normal descriptors, calibrat
 the bank's own leave-one-out distances (what a new normal image shows), so that it is a
 z-score added to the image score. Measured on the ISIC folds in docs/quality.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model.priors import on_volume
+from .priors import on_volume
 
 SHAPE_NEIGHBOURS = 5
 KEYS = ("shape_mean", "shape_std", "shape_bank", "shape_cal")
@@ -48,7 +49,11 @@ def dark_lesion(img: torch.Tensor) -> torch.Tensor | None:
     has no contrast. The one lesion rule: preprocessing dilates it into the foreground."""
     lum = img.float().mean(0)
     h, w = lum.shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32, device=lum.device), torch.arange(w, dtype=torch.float32, device=lum.device), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=torch.float32, device=lum.device),
+        torch.arange(w, dtype=torch.float32, device=lum.device),
+        indexing="ij",
+    )
     disc = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 0.8
     inside = lum[disc]
     if float(inside.max() - inside.min()) < 1e-3:
@@ -72,7 +77,9 @@ def _asymmetry(m: torch.Tensor) -> torch.Tensor:
     """m: (B, H, W) float mask -> (B, 2): fraction of the lesion whose mirror image about each
     principal axis (through the centroid) falls outside the lesion; 0 for a symmetric shape."""
     b, h, w = m.shape
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=m.dtype, device=m.device), torch.arange(w, dtype=m.dtype, device=m.device), indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(h, dtype=m.dtype, device=m.device), torch.arange(w, dtype=m.dtype, device=m.device), indexing="ij"
+    )
     n = m.sum((1, 2)).clamp_min(1.0)
     cy, cx = (m * yy).sum((1, 2)) / n, (m * xx).sum((1, 2)) / n
     dy, dx = yy - cy[:, None, None], xx - cx[:, None, None]
@@ -126,8 +133,9 @@ def fit_lesion_shape(x: torch.Tensor, foreground: torch.Tensor) -> dict:
     return {"shape_mean": mean, "shape_std": std, "shape_bank": bank, "shape_cal": cal}
 
 
-def shape_evidence(x: torch.Tensor, foreground: torch.Tensor | None, position: torch.Tensor | None, stats,
-                   weight: float) -> torch.Tensor | None:
+def shape_evidence(
+    x: torch.Tensor, foreground: torch.Tensor | None, position: torch.Tensor | None, stats, weight: float
+) -> torch.Tensor | None:
     """-> (B,) weight x calibrated kNN distance of each image's lesion descriptor from the normal
     bank, on 2D images (unknown axial position); zero on slices of volumes; None when off,
     without a foreground, or when the statistics lack a bank."""
@@ -139,7 +147,9 @@ def shape_evidence(x: torch.Tensor, foreground: torch.Tensor | None, position: t
     if flat_2d.any():
         sel = flat_2d.to(x.device)
         desc = lesion_descriptors(x[sel].float(), foreground[sel]).cpu()
-        z = (desc - stats.shape_mean.to(desc)) / stats.shape_std.to(desc)  # statistics live where the checkpoint was loaded
+        z = (desc - stats.shape_mean.to(desc)) / stats.shape_std.to(
+            desc
+        )  # statistics live where the checkpoint was loaded
         dist = _knn_distance(z, stats.shape_bank.to(desc))
         out[flat_2d] = weight * (dist - float(stats.shape_cal[0])) / float(stats.shape_cal[1])
     return out.to(x.device)

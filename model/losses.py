@@ -4,6 +4,7 @@ All patch maps live on the discriminator's logit grid: a pixel map (B, 1, H, W) 
 average-pooled with kernel = stride = P (the discriminator's patch size) to
 (B, 1, H/P, W/P), then flattened to (B, N) for ranking.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from model.ranking import ranked_sum
+from .ranking import ranked_sum
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,12 @@ outside the brain) is never hidden: `hideable` removes it from any mask, so the
 reconstructor always sees where the brain ends and does not "invent" tissue across
 the brain rim (which otherwise dominates the residuals of normal slices).
 """
+
 from __future__ import annotations
 
 import torch
 
-BACKGROUND = -1.0  # pipeline.preprocess.BACKGROUND: value of pixels outside the foreground
+BACKGROUND = -1.0  # pipeline.data.preprocess.BACKGROUND: value of pixels outside the foreground
 
 
 def hideable(x: torch.Tensor) -> torch.Tensor:

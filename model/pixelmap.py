@@ -11,6 +11,7 @@ then, in this order and each optional:
    (a lesion's border) while flat regions stay smooth;
  - background pixels set to the map's minimum.
 """
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,15 @@ def guided_filter(p: torch.Tensor, guide: torch.Tensor, radius: int, eps: float)
     return box_mean(a, k) * guide + box_mean(b, k)
 
 
-def pixel_map(pcal: torch.Tensor, disc_z: torch.Tensor, guide: torch.Tensor | None, foreground: torch.Tensor | None,
-              rec_mean: float, rec_std: float, cfg) -> torch.Tensor:
+def pixel_map(
+    pcal: torch.Tensor,
+    disc_z: torch.Tensor,
+    guide: torch.Tensor | None,
+    foreground: torch.Tensor | None,
+    rec_mean: float,
+    rec_std: float,
+    cfg,
+) -> torch.Tensor:
     """pcal: (B, 1, H, W) calibrated pixel evidence; disc_z: (B, h, w); guide: (B, C, H, W) the
     preprocessed input (None: no guided filter); foreground: (B, 1, H, W) or None -> (B, H, W)."""
     smooth = box_mean(pcal, cfg.pixel_smooth)

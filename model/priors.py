@@ -19,11 +19,12 @@ get neither, and their scores are the residual and discriminator evidence alone.
 Both are signed like the residual: "positive" counts only brighter-than-normal (FLAIR
 lesions), "abs" either direction. Measured on the BraTS folds in docs/quality.md.
 """
+
 from __future__ import annotations
 
 import torch
 
-from model.pixelmap import box_mean
+from .pixelmap import box_mean
 
 _EPS = 1e-6
 
@@ -69,7 +70,9 @@ def raw_priors(
     return xs, xs - xs.flip(-2), fg, fg & fg.flip(-2)
 
 
-def fit_prior_stats(xs: torch.Tensor, sym: torch.Tensor, fg: torch.Tensor, sym_ok: torch.Tensor, prior: float = 1.0) -> dict:
+def fit_prior_stats(
+    xs: torch.Tensor, sym: torch.Tensor, fg: torch.Tensor, sym_ok: torch.Tensor, prior: float = 1.0
+) -> dict:
     """Normal slices' raw priors -> {int_mean, int_std, sym_mean, sym_std} (1, 1, H, W);
     all None when no normal slice comes from a volume."""
     if not fg.any():
@@ -83,7 +86,9 @@ def _signed(z: torch.Tensor, residual: str) -> torch.Tensor:
     return z.clamp_min(0) if residual == "positive" else z.abs()
 
 
-def prior_evidence(raw: tuple, stats, intensity_weight: float, symmetry_weight: float, residual: str) -> torch.Tensor | None:
+def prior_evidence(
+    raw: tuple, stats, intensity_weight: float, symmetry_weight: float, residual: str
+) -> torch.Tensor | None:
     """raw_priors output + ScoreStats -> weighted calibrated evidence (B, 1, H, W), zero where a
     term is undefined; None when both terms are off or the statistics lack them (older
     checkpoints)."""

@@ -12,6 +12,7 @@ with Z chosen so that sum_r w_r = 1. So:
 Patches marked invalid (e.g. background outside the brain) are excluded: they sort
 last and receive weight 0.
 """
+
 from __future__ import annotations
 
 import torch

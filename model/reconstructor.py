@@ -6,12 +6,13 @@ original image. Background pixels (exactly -1 in every channel) are never hidden
 `model.masks.hideable`. GroupNorm (not BatchNorm) keeps a slice's output independent of
 whatever else shares its batch, which serving relies on.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from model.masks import hideable
+from .masks import hideable
 
 
 def _groups(ch: int) -> int:

@@ -39,6 +39,7 @@ Pipeline for a batch x: (B, C, H, W) of preprocessed slices:
     lowered whole, using the scores with through-plane context when `pixel_slice_context`
     (applied per scan by `gate_maps`, after `slice_context`).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
@@ -47,14 +48,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.losses import RankConfig
-from model.appearance import appearance_evidence, calibrated, fit_appearance
-from model.features import encoder_features, feature_evidence, fit_features
-from model.lesion import fit_lesion_shape, shape_evidence
-from model.pixelmap import box_mean, pixel_map
-from model.masks import complementary_masks, hideable
-from model.priors import fit_prior_stats, on_volume, position_stats, prior_evidence, raw_priors
-from model.ranking import ranked_sum
+from .appearance import appearance_evidence, calibrated, fit_appearance
+from .features import encoder_features, feature_evidence, fit_features
+from .lesion import fit_lesion_shape, shape_evidence
+from .losses import RankConfig
+from .masks import complementary_masks, hideable
+from .pixelmap import box_mean, pixel_map
+from .priors import fit_prior_stats, on_volume, position_stats, prior_evidence, raw_priors
+from .ranking import ranked_sum
 
 _EPS = 1e-6
 
@@ -67,13 +68,21 @@ class ScoringConfig:
     calibration: str = "position"  # "none" | "global" | "position" (patch / image scores)
     pixel_calibration: str = "global"  # same choices, for the per-pixel map only
     pixel_smooth: int = 3  # odd box size smoothing the calibrated per-pixel map (1 = none)
-    pixel_close: int = 0  # odd size of a grey-scale closing of the pixel map (fills low holes inside high regions; 0 = off)
-    pixel_disc_weight: float | None = None  # weight of the (coarse, upsampled) discriminator evidence in the pixel map; None = disc_weight
-    pixel_guide: int = 0  # radius of the guided filter (input image as guide) on the pixel map; 0 = off (model.pixelmap)
+    pixel_close: int = (
+        0  # odd size of a grey-scale closing of the pixel map (fills low holes inside high regions; 0 = off)
+    )
+    pixel_disc_weight: float | None = (
+        None  # weight of the (coarse, upsampled) discriminator evidence in the pixel map; None = disc_weight
+    )
+    pixel_guide: int = (
+        0  # radius of the guided filter (input image as guide) on the pixel map; 0 = off (model.pixelmap)
+    )
     pixel_guide_eps: float = 0.1  # its edge threshold, in squared preprocessed-intensity units
     pixel_slice_weight: float = 0.0  # slice gate: the pixel map + this x min(slice z - pixel_slice_margin, 0) (0 = off)
     pixel_slice_margin: float = 2.0  # slice z-score below which a slice's whole map is lowered
-    pixel_slice_context: bool = False  # gate with the through-plane-context slice scores, per scan (`gate_maps`), not in score_images
+    pixel_slice_context: bool = (
+        False  # gate with the through-plane-context slice scores, per scan (`gate_maps`), not in score_images
+    )
     rec_weight: float = 1.0
     disc_weight: float = 0.5
     disc_evidence: str = "logit"  # "logit": -D(x); "contrast": D(composite) - D(x), see step 4
@@ -87,9 +96,13 @@ class ScoringConfig:
     symmetry_weight: float = 0.0  # calibrated left-right asymmetry evidence, volumes only (model.priors)
     prior_smooth: int = 5  # odd box size smoothing the input before those two maps
     pixel_prior_scale: float = 1.0  # share of that evidence in the per-pixel map (1 = as in the patch scores)
-    appearance_weight: float = 0.0  # calibrated distance from the normal-appearance subspace, 2D images only (model.appearance)
+    appearance_weight: float = (
+        0.0  # calibrated distance from the normal-appearance subspace, 2D images only (model.appearance)
+    )
     appearance_components: int = 50  # principal components of that subspace
-    feature_weight: float = 0.0  # calibrated nearest-normal-patch distance of encoder features, added to patch scores (model.features)
+    feature_weight: float = (
+        0.0  # calibrated nearest-normal-patch distance of encoder features, added to patch scores (model.features)
+    )
     shape_weight: float = 0.0  # calibrated lesion-shape (ABCD) evidence added to 2D images' scores (model.lesion)
     context_radius: int = 0  # through-plane context: slices of distance up to this (0 = off, older checkpoints)
     context_decay: float = 0.25  # z-score units subtracted per slice of distance
@@ -100,7 +113,7 @@ class ScoringConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScoringConfig":
+    def from_dict(cls, d: dict) -> ScoringConfig:
         d = dict(d)
         for key in ("rank", "volume_rank"):
             if isinstance(d.get(key), dict):
@@ -143,18 +156,20 @@ class ScoreStats:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ScoreStats":
+    def from_dict(cls, d: dict) -> ScoreStats:
         return cls(**d)
 
     @classmethod
-    def identity(cls, height: int, width: int) -> "ScoreStats":
+    def identity(cls, height: int, width: int) -> ScoreStats:
         return cls(torch.zeros(1, 1, height, width), torch.ones(1, 1, height, width))
 
 
 LEVELS = 21  # axial positions 0, 0.05, ..., 1 at which per-level image statistics are stored
 
 
-def level_table(raw: torch.Tensor, pos: torch.Tensor, bandwidth: float, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
+def level_table(
+    raw: torch.Tensor, pos: torch.Tensor, bandwidth: float, prior: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Normal image scores raw (N,) at positions pos (N,) -> mean, std (LEVELS,).
 
     Local-linear Gaussian-kernel regression (unbiased at the lowest and highest slices,
@@ -347,7 +362,9 @@ def score_images(
     residual, evidence, composite = raw_maps(recon, disc, x, cfg)
     prior = _prior(x, foreground, position, stats, cfg)
     feats = feature_evidence(recon, x, tuple(evidence.shape[-2:]), stats, cfg.feature_weight)
-    scores, rec_z, disc_z, valid, image_raw, pixel = combine(residual, evidence, foreground, stats, cfg, prior, feats, x)
+    scores, rec_z, disc_z, valid, image_raw, pixel = combine(
+        residual, evidence, foreground, stats, cfg, prior, feats, x
+    )
     image = normalise_image(image_raw, stats, position)
     shape = shape_evidence(x, foreground, position, stats, cfg.shape_weight)
     if shape is not None:  # image-level: the lesion's outline, not any one patch
@@ -417,7 +434,9 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
             feats.append(encoder_features(recon, x, tuple(e.shape[-2:])).cpu())
         fgs.append(fg.cpu() if fg is not None else torch.ones_like(r, dtype=torch.bool).cpu())
         pos = rest[0] if rest and rest[0] is not None else None
-        poss.append(torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu())
+        poss.append(
+            torch.full((len(x),), float("nan")) if pos is None else torch.as_tensor(pos).float().reshape(-1).cpu()
+        )
         if use_priors:
             priors.append([t.cpu() for t in raw_priors(x, fg, poss[-1], cfg.prior_smooth)])
         if cfg.appearance_weight > 0 or cfg.shape_weight > 0:  # 2D images (unknown axial position)
@@ -438,7 +457,9 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     if cfg.stat_smooth > 1:  # few normal slices per position: average neighbouring positions
         pix_mean, pix_std = box_mean(pix_mean, cfg.stat_smooth), box_mean(pix_std, cfg.stat_smooth)
     stats = ScoreStats(pix_mean, pix_std, **(fit_prior_stats(*raw) if raw is not None else {}))
-    prior = prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual) if raw is not None else None
+    prior = (
+        prior_evidence(raw, stats, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual) if raw is not None else None
+    )
     position = torch.cat(poss)
     images_2d = torch.cat(flat) if flat else torch.empty(0)
     if cfg.shape_weight > 0 and len(images_2d):
@@ -469,5 +490,7 @@ def fit_score_stats(recon: nn.Module, disc: nn.Module, batches, cfg: ScoringConf
     stats.image_mean, stats.image_std = float(image_raw.mean()), _robust_std(image_raw)
     known = torch.isfinite(position)
     if cfg.position_bandwidth > 0 and int(known.sum()) > 1:
-        stats.level_mean, stats.level_std = level_table(image_raw[known], position[known], cfg.position_bandwidth, cfg.position_prior)
+        stats.level_mean, stats.level_std = level_table(
+            image_raw[known], position[known], cfg.position_bandwidth, cfg.position_prior
+        )
     return stats

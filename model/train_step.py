@@ -5,6 +5,7 @@ One `gan_step` = one reconstructor (generator) update + one discriminator update
 rank-weighted per-patch losses; one `critic_step` = one discriminator update against the
 frozen reconstructor's test-time composites. Both work on plain and DDP-wrapped modules.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -13,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from model.losses import UNIFORM_RANK, RankConfig, adversarial_patch_loss, reconstruction_patch_loss
-from model.scoring import ScoringConfig, masked_composite
+from .losses import UNIFORM_RANK, RankConfig, adversarial_patch_loss, reconstruction_patch_loss
+from .scoring import ScoringConfig, masked_composite
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,9 @@ def _backward_step(loss: torch.Tensor, opt: torch.optim.Optimizer) -> None:
     opt.step()
 
 
-def _disc_update(disc: nn.Module, opt_d: torch.optim.Optimizer, x: torch.Tensor, fake: torch.Tensor,
-                 cfg: StepConfig, amp: bool) -> float:
+def _disc_update(
+    disc: nn.Module, opt_d: torch.optim.Optimizer, x: torch.Tensor, fake: torch.Tensor, cfg: StepConfig, amp: bool
+) -> float:
     """One discriminator update on rank-weighted per-patch losses: real x (target 1) against
     `fake` (target 0), both in one concatenated forward (one DDP forward per backward)."""
     with _autocast(amp):

@@ -1,4 +1,5 @@
 """`patchrank` command line. Each subcommand lives in pipeline/commands/<name>.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f"pipeline.commands.{name}").register(sub)
+        importlib.import_module(f"patchrank.pipeline.commands.{name}").register(sub)
     return parser
 
 
@@ -29,9 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from pipeline.datasets import DatasetError
-    from pipeline.loaders import ScanError
-    from model.checkpoint import CheckpointError
+    from patchrank.model.checkpoint import CheckpointError
+    from patchrank.pipeline.data.datasets import DatasetError
+    from patchrank.pipeline.data.loaders import ScanError
 
     try:
         return int(args.func(args) or 0)

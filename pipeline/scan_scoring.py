@@ -4,6 +4,7 @@ Shared by `patchrank score`, evaluation and the Serve ingest deployment: slices 
 scored in batches, slice scores are ranked into a scan score, and the top patches of
 the scan are listed with their boxes in the scan's native pixel coordinates.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -11,9 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from model.checkpoint import LoadedModel
-from model.scoring import ScoreOutput, ScoringConfig, gate_maps, score_images, slice_context, volume_score
-from pipeline.preprocess import Prepared
+from patchrank.model.checkpoint import LoadedModel
+from patchrank.model.scoring import ScoreOutput, ScoringConfig, gate_maps, score_images, slice_context, volume_score
+from patchrank.pipeline.data.preprocess import Prepared
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,14 @@ class ScanScore:
     extras: dict = field(default_factory=dict)
 
 
-def score_slices(model: LoadedModel, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None,
-                 batch_size: int = 32, device: str = "cpu") -> ScoreOutput:
+def score_slices(
+    model: LoadedModel,
+    images: np.ndarray,
+    foreground: np.ndarray,
+    position: np.ndarray | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> ScoreOutput:
     """images: (S, C, H, W), foreground: (S, 1, H, W), position: (S,) relative axial level
     (None / NaN = unknown) -> ScoreOutput over all S slices."""
     outs = []
@@ -50,11 +57,15 @@ def score_slices(model: LoadedModel, images: np.ndarray, foreground: np.ndarray,
         x = torch.from_numpy(images[s : s + batch_size]).to(device)
         fg = torch.from_numpy(foreground[s : s + batch_size]).to(device)
         pos = None if position is None else torch.from_numpy(np.asarray(position[s : s + batch_size], dtype=np.float32))
-        outs.append(score_images(model.recon, model.disc, x, cfg=model.scoring, stats=model.stats, foreground=fg, position=pos))
+        outs.append(
+            score_images(model.recon, model.disc, x, cfg=model.scoring, stats=model.stats, foreground=fg, position=pos)
+        )
     return ScoreOutput(*(torch.cat([getattr(o, f).cpu() for o in outs]) for f in ScoreOutput.__dataclass_fields__))
 
 
-def patch_box(row: int, col: int, patch: int, image_size: int, native_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def patch_box(
+    row: int, col: int, patch: int, image_size: int, native_shape: tuple[int, int]
+) -> tuple[int, int, int, int]:
     """Grid cell -> (y0, x0, y1, x1) in the native slice (undoing square padding and resize)."""
     h0, w0 = native_shape
     side = max(h0, w0)
@@ -67,7 +78,9 @@ def patch_box(row: int, col: int, patch: int, image_size: int, native_shape: tup
     return y0, x0, y1, x1
 
 
-def rank_patches(out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[int, int], top_n: int) -> list[PatchHit]:
+def rank_patches(
+    out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[int, int], top_n: int
+) -> list[PatchHit]:
     """Top-n valid patches over all slices of one scan, most suspicious first."""
     s, h, w = out.patch_scores.shape
     image_size = out.pixel_map.shape[-1]
@@ -82,7 +95,21 @@ def rank_patches(out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[
         si, rem = divmod(flat, h * w)
         r, c = divmod(rem, w)
         y0, x0, y1, x1 = patch_box(r, c, patch, image_size, native_shape)
-        hits.append(PatchHit(rank, int(slice_index[si]), r, c, y0, x0, y1, x1, float(out.patch_scores[si, r, c]), float(out.rec[si, r, c]), float(out.disc[si, r, c])))
+        hits.append(
+            PatchHit(
+                rank,
+                int(slice_index[si]),
+                r,
+                c,
+                y0,
+                x0,
+                y1,
+                x1,
+                float(out.patch_scores[si, r, c]),
+                float(out.rec[si, r, c]),
+                float(out.disc[si, r, c]),
+            )
+        )
     return hits
 
 
@@ -94,7 +121,9 @@ def in_context(image_scores: torch.Tensor, prep: Prepared, cfg: ScoringConfig) -
     return slice_context(image_scores, torch.from_numpy(np.asarray(prep.slice_index)), cfg)
 
 
-def score_prepared(model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False) -> ScanScore:
+def score_prepared(
+    model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False
+) -> ScanScore:
     out = score_slices(model, prep.images, prep.foreground, prep.position, batch_size)
     slices = in_context(out.image_scores, prep, model.scoring)
     scan = volume_score(slices, model.scoring)

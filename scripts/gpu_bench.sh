@@ -25,24 +25,24 @@ stage check 150 $py scripts/gpu_check.py --threads 8 --out "$out/gpu_check.json"
 pids=()
 for m in patchrank no_ranking no_discriminator; do
   for f in 1 2 3; do
-    OMP_NUM_THREADS=1 stage "brain_${m}_$f" "${FULL_LIMIT:-330}" $py -m pipeline.cli bench quality --data "$brats" --folds 3 \
+    OMP_NUM_THREADS=1 stage "brain_${m}_$f" "${FULL_LIMIT:-330}" $py -m patchrank.pipeline.cli bench quality --data "$brats" --folds 3 \
       --seed 0 --only-folds $f --methods $m --gpu --models "$work/models" --out "$work/brain_${m}_$f" &
     pids+=($!)
   done
 done
 smoke_brain() {
-  OMP_NUM_THREADS=2 stage smoke_brain 150 $py -m pipeline.cli bench quality --quick --gpu --data "$brats" \
+  OMP_NUM_THREADS=2 stage smoke_brain 150 $py -m patchrank.pipeline.cli bench quality --quick --gpu --data "$brats" \
     --methods patchrank --models "$work/quick" --out "$out/quick_brain"
-  [ -f "$work/quick/patchrank_fold0.pt" ] && stage evaluate 90 $py -m pipeline.cli evaluate --gpu --quiet \
+  [ -f "$work/quick/patchrank_fold0.pt" ] && stage evaluate 90 $py -m patchrank.pipeline.cli evaluate --gpu --quiet \
     --checkpoint "$work/quick/patchrank_fold0.pt" --data "$brats" --out "$out/evaluate"
 }
 smoke_brain & pids+=($!)
 if [ -n "$isic" ]; then
-  OMP_NUM_THREADS=2 stage smoke_skin 200 $py -m pipeline.cli bench quality --quick --gpu --data "$isic" \
+  OMP_NUM_THREADS=2 stage smoke_skin 200 $py -m patchrank.pipeline.cli bench quality --quick --gpu --data "$isic" \
     --config docs/quality/skin_config.json --methods patchrank --out "$out/quick_skin" & pids+=($!)
 fi
 wait "${pids[@]}"
 parts=$(ls "$work"/brain_*/quality.json 2>/dev/null)
-[ -n "$parts" ] && $py -m pipeline.cli bench quality --merge $parts --out "$out/brain" >"$out/merge.log" 2>&1
+[ -n "$parts" ] && $py -m patchrank.pipeline.cli bench quality --merge $parts --out "$out/brain" >"$out/merge.log" 2>&1
 cat "$out/gpu_check.json" "$out/merge.log" 2>/dev/null
 echo "[gpu_bench] done"

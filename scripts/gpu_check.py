@@ -12,6 +12,7 @@
 
 Needs a CUDA device; exits 2 without one. Prints one JSON document and writes it to --out.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,31 +48,48 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="gpu_check.json")
     ap.add_argument("--threads", type=int, default=8, help="torch threads for the CPU side (default 8)")
     ap.add_argument("--images", type=int, default=256, help="synthetic training slices per epoch (default 256)")
-    ap.add_argument("--epochs", type=int, default=3, help="adversarial epochs per run; the first is warm-up (default 3)")
-    ap.add_argument("--smoke", action="store_true", help="no GPU: run the 'cuda' side on the CPU too, tiny sizes (tests this script)")
+    ap.add_argument(
+        "--epochs", type=int, default=3, help="adversarial epochs per run; the first is warm-up (default 3)"
+    )
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="no GPU: run the 'cuda' side on the CPU too, tiny sizes (tests this script)",
+    )
     args = ap.parse_args(argv)
 
     import numpy as np
     import torch
     from scipy.stats import spearmanr
 
-    from model.checkpoint import load_checkpoint
-    from pipeline.bench.train import _throughput, synthetic_slices
-    from pipeline.settings import TrainConfig
-    from pipeline.slice_scorer import SliceChunk, SliceScorer
-    from pipeline.train_local import fit_local
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.bench.train import _throughput, synthetic_slices
+    from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceScorer
+    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.training.local import fit_local
 
     gpu = "cpu" if args.smoke else "cuda"
     if gpu == "cuda" and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(epochs=args.epochs, critic_epochs=1, batch_size=16, max_val_slices=8,
-                      preprocess={"image_size": 32} if args.smoke else {})
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        critic_epochs=1,
+        batch_size=16,
+        max_val_slices=8,
+        preprocess={"image_size": 32} if args.smoke else {},
+    )
     size, ch = cfg.preprocess.image_size, cfg.preprocess.channels
     train, val = synthetic_slices(args.images, size, ch), synthetic_slices(64, size, ch, seed=1)
-    res: dict = {"torch": torch.__version__, "gpu": torch.cuda.get_device_name(0) if gpu == "cuda" else "none (--smoke)", "cpu_threads": args.threads,
-                 "image_size": size, "images_per_epoch": args.images, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    res: dict = {
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if gpu == "cuda" else "none (--smoke)",
+        "cpu_threads": args.threads,
+        "image_size": size,
+        "images_per_epoch": args.images,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
     with tempfile.TemporaryDirectory(prefix="patchrank-gpu-check-") as tmp:
         ckpt = {}
         for dev in ("cpu", "cuda"):
@@ -79,14 +97,20 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             version = fit_local(train, val, cfg, out, show=False, gpu=dev == "cuda" and gpu == "cuda")
             rate, _ = _throughput(out.with_suffix(".curve.csv"))
-            res[f"train_{dev}"] = {"images_per_s": round(rate, 1), "wall_s": round(time.perf_counter() - t0, 1), "model_version": version}
+            res[f"train_{dev}"] = {
+                "images_per_s": round(rate, 1),
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "model_version": version,
+            }
             ckpt[dev] = out
             print(f"train {dev}: {rate:.1f} img/s", flush=True)
         res["train_speedup"] = round(res["train_cuda"]["images_per_s"] / res["train_cpu"]["images_per_s"], 2)
         on_cpu = load_checkpoint(ckpt["cuda"], map_location="cpu")
         res["gpu_checkpoint_loads_on_cpu"] = on_cpu.model_version == res["train_cuda"]["model_version"]
 
-        scorers = {dev: SliceScorer(str(ckpt["cuda"]), device=gpu if dev == "cuda" else "cpu") for dev in ("cpu", "cuda")}
+        scorers = {
+            dev: SliceScorer(str(ckpt["cuda"]), device=gpu if dev == "cuda" else "cpu") for dev in ("cpu", "cuda")
+        }
         test = synthetic_slices(256, size, ch, seed=2)
         rng = np.random.default_rng(0)
         imgs = test.images.copy()
@@ -105,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         for bs in (32, 128):
             chunk = SliceChunk(imgs[:bs], test.foreground[:bs], full.position[:bs])
             r = {dev: _time_scoring(s, chunk, repeats=5) for dev, s in scorers.items()}
-            rows.append({"batch": bs, "cpu_slices_per_s": round(r["cpu"], 1), "cuda_slices_per_s": round(r["cuda"], 1),
-                         "speedup": round(r["cuda"] / r["cpu"], 2)})
+            rows.append(
+                {
+                    "batch": bs,
+                    "cpu_slices_per_s": round(r["cpu"], 1),
+                    "cuda_slices_per_s": round(r["cuda"], 1),
+                    "speedup": round(r["cuda"] / r["cpu"], 2),
+                }
+            )
             print(f"score batch {bs}: cpu {r['cpu']:.1f} cuda {r['cuda']:.1f} slices/s", flush=True)
         res["scoring"] = rows
     text = json.dumps(res, indent=2)

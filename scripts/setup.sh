@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.patchrank-installed
-want=$(cat pyproject.toml requirements-ci.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml setup.py requirements-ci.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing dependencies into .venv (first run takes a few minutes)" >&2
   log=.venv/setup.log
@@ -28,6 +28,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   run .venv/bin/python -m pip install --upgrade pip
   run .venv/bin/python -m pip install -r requirements-ci.txt
   run .venv/bin/python -m pip install -e '.[dev]'
-  .venv/bin/python -c "import torch, ray, redis, pyarrow, nibabel, pydantic, duckdb, model, pipeline" 
+  .venv/bin/python -c "import torch, ray, redis, pyarrow, nibabel, pydantic, duckdb, patchrank.model, patchrank.pipeline" 
   echo "$want" > "$stamp"
 fi

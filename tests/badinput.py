@@ -14,6 +14,7 @@ the service's code, so the same corpus drives the unit tests and the integration
 Header text fields carry PATIENT_MARKER so tests can assert it never leaks into logs
 or result rows.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -88,7 +89,9 @@ def png_bomb_header(path: Path, width: int, height: int) -> Path:
     """A tiny PNG whose header claims width x height 8-bit gray pixels (decompression bomb)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 1024)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -135,7 +138,9 @@ def write_file_cases(root: Path, outside: Path) -> list[FileCase]:
     add("garbage_header", p, "corrupt")
     add("vol_4d", write_nifti(root / "vol4d.nii.gz", np.stack([_phantom_volume()] * 3, -1)), "4D")
     add("vol_2d", write_nifti(root / "img2d.nii.gz", _phantom_volume()[..., 0]), "2D")
-    add("vol_5d", write_nifti(root / "vol5d.nii.gz", _phantom_volume()[..., None, None].repeat(2, 3).repeat(2, 4)), "5D")
+    add(
+        "vol_5d", write_nifti(root / "vol5d.nii.gz", _phantom_volume()[..., None, None].repeat(2, 3).repeat(2, 4)), "5D"
+    )
     nan = _phantom_volume().astype(np.float32)
     nan[10, 10, 5] = np.nan
     add("nan_voxels", write_nifti(root / "nan.nii.gz", nan), "non-finite")
@@ -182,7 +187,13 @@ def write_file_cases(root: Path, outside: Path) -> list[FileCase]:
 
 
 def _msg(**over) -> dict:
-    base = {"schema_version": 1, "scan_id": "0123456789abcdef0123456789abcdef", "uri": "/data/scan.nii.gz", "modality": "flair", "submitted_at": 1.0}
+    base = {
+        "schema_version": 1,
+        "scan_id": "0123456789abcdef0123456789abcdef",
+        "uri": "/data/scan.nii.gz",
+        "modality": "flair",
+        "submitted_at": 1.0,
+    }
     base.update(over)
     return {k: v for k, v in base.items() if v is not _DROP}
 

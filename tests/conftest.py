@@ -4,12 +4,12 @@ Neither depends on services already running on the machine: redis-server is star
 on a free port in a temp dir (its binary must be on PATH; scripts/setup.sh installs
 it), and Ray is started once with a fixed num_cpus.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
-
 from redisproc import RedisServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,13 @@ def ray_session():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+        )
     yield ray
     try:
         from ray import serve
@@ -63,21 +68,28 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def phantom_dir(tmp_path_factory) -> Path:
     """Small phantom dataset (4 normal + 4 abnormal subjects, 64x64x24)."""
-    from pipeline.phantom import PhantomSpec, write_phantom_dataset
+    from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
 
     root = tmp_path_factory.mktemp("phantom")
-    write_phantom_dataset(root, PhantomSpec(shape=(64, 64, 24), n_normal=4, n_abnormal=4, min_radius=3, max_radius=6, seed=1))
+    write_phantom_dataset(
+        root, PhantomSpec(shape=(64, 64, 24), n_normal=4, n_abnormal=4, min_radius=3, max_radius=6, seed=1)
+    )
     return root
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory, phantom_dir) -> Path:
     """A tiny model trained for one epoch at 32 px on the phantoms (seconds on CPU)."""
-    from pipeline.settings import TrainConfig
-    from pipeline.train_local import fit_local, prepare_data
+    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.training.local import fit_local, prepare_data
 
-    cfg = TrainConfig(epochs=1, critic_epochs=1, batch_size=8, preprocess={"image_size": 32},
-                      arch={"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2})
+    cfg = TrainConfig(
+        epochs=1,
+        critic_epochs=1,
+        batch_size=8,
+        preprocess={"image_size": 32},
+        arch={"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
+    )
     train, val = prepare_data(phantom_dir, cfg, show=False)
     out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
     fit_local(train, val, cfg, out, show=False)

@@ -1,5 +1,6 @@
 """Seeded synthetic RGB 'dermoscopy' images (a dark blob on skin tone), shared by the checkpoint-upgrade test
 and the script that made tests/data/legacy_v0_skin.pt with the pre-consolidation code."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Tiny stand-ins for the networks, shared by the scoring tests (importable like servicekit)."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """A private redis-server process for tests (started on a free port, restartable)."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.embedded_redis import free_port, stop_process, wait_listening
+from patchrank.pipeline.service.embedded_redis import free_port, stop_process, wait_listening
 
 __all__ = ["RedisServer", "free_port"]
 

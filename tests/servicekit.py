@@ -8,6 +8,7 @@ redis-server, inject faults, and check the one invariant that matters:
 Also runnable as a script (`python tests/servicekit.py CONFIG_JSON [--crash-after-write]`)
 to host a consumer in a child process that a test can SIGTERM or SIGKILL.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,15 +29,23 @@ if str(ROOT) not in sys.path:
 
 import pyarrow.parquet as pq  # noqa: E402
 
-from pipeline.consumer import StreamConsumer  # noqa: E402
-from pipeline.messages import ScanMessage, message_for  # noqa: E402
-from pipeline.query import ResultStore  # noqa: E402
-from pipeline.service_settings import ServiceConfig  # noqa: E402
-from pipeline.sink import part_files  # noqa: E402
-from pipeline.slice_scorer import SliceChunk, SliceResult, SliceScorer, model_info  # noqa: E402
-from pipeline.streams import AsyncStreamClient, StreamClient  # noqa: E402
+from patchrank.pipeline.service.consumer import StreamConsumer  # noqa: E402
+from patchrank.pipeline.service.messages import ScanMessage, message_for  # noqa: E402
+from patchrank.pipeline.service.results import ResultStore  # noqa: E402
+from patchrank.pipeline.service.settings import ServiceConfig  # noqa: E402
+from patchrank.pipeline.service.sink import part_files  # noqa: E402
+from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceResult, SliceScorer, model_info  # noqa: E402
+from patchrank.pipeline.service.streams import AsyncStreamClient, StreamClient  # noqa: E402
 
-FAST = dict(claim_idle_ms=300, claim_every_s=0.2, block_ms=50, flush_interval_s=0.1, flush_scans=8, max_inflight_scans=4, read_count=8)
+FAST = dict(
+    claim_idle_ms=300,
+    claim_every_s=0.2,
+    block_ms=50,
+    flush_interval_s=0.1,
+    flush_scans=8,
+    max_inflight_scans=4,
+    read_count=8,
+)
 
 
 def phantom_archive(phantom_dir: Path, root: Path, n: int) -> Path:
@@ -152,7 +161,8 @@ def check_exactly_once(cfg: ServiceConfig, scan_ids: list[str], *, model_version
     by_id = {r["scan_id"]: r for r in logical}
     assert len(by_id) == len(logical), "two logical results for one key"
     assert sorted(by_id) == sorted(set(scan_ids)), (
-        f"missing {sorted(set(scan_ids) - set(by_id))[:5]}, unexpected {sorted(set(by_id) - set(scan_ids))[:5]}")
+        f"missing {sorted(set(scan_ids) - set(by_id))[:5]}, unexpected {sorted(set(by_id) - set(scan_ids))[:5]}"
+    )
     physical = store.sql(f"SELECT count(*) FROM scans_all {where}")[1][0][0]
     client = StreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
     try:

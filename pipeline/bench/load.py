@@ -15,6 +15,7 @@ dead-letter stream is empty.
 Output: OUT/load.json (summary + per-process peak RSS), OUT/load_timeseries.csv,
 OUT/load.md (the table for docs/guarantees.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,12 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("load", help="N queued scans drained with bounded memory while a producer runs", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "load",
+        help="N queued scans drained with bounded memory while a producer runs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--scans", type=int, default=10_000, help="scans to generate and enqueue (default 10000)")
     p.add_argument("--size", type=int, default=48, help="side of the generated PNG images in pixels (default 48)")
     p.add_argument("--image-size", type=int, default=32, help="model input side of the fresh model (default 32)")
@@ -73,11 +78,11 @@ def write_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
 
 def _produce(url: str, namespace: str, folder: str, n: int, rate: float, batch: int, started: float) -> None:
     """Producer process: enqueue folder/img_*.png in pipelined batches, optionally at `rate`/s."""
-    from pipeline.keys import StreamKeys
-    from pipeline.messages import message_for
-    from pipeline.streams import StreamClient
-
     import psutil
+
+    from patchrank.pipeline.service.keys import StreamKeys
+    from patchrank.pipeline.service.messages import message_for
+    from patchrank.pipeline.service.streams import StreamClient
 
     client = StreamClient.from_url(url, StreamKeys(namespace))
     files = sorted(Path(folder).glob("img_*.png"))[:n]
@@ -152,8 +157,16 @@ class Monitor(threading.Thread):
                 if role in label or (role == "redis" and "redis-server" in label):
                     roles[role] += rss
         used = int(self.client.r.info("memory").get("used_memory", 0)) / 2**20
-        s = {"t": round(t, 2), "xlen": b.length, "lag": b.lag, "pending": b.pending, "done": b.length - b.total,
-             "rss_total_mib": round(total_rss, 1), "redis_used_mib": round(used, 2), **{f"rss_{k}_mib": round(v, 1) for k, v in roles.items()}}
+        s = {
+            "t": round(t, 2),
+            "xlen": b.length,
+            "lag": b.lag,
+            "pending": b.pending,
+            "done": b.length - b.total,
+            "rss_total_mib": round(total_rss, 1),
+            "redis_used_mib": round(used, 2),
+            **{f"rss_{k}_mib": round(v, 1) for k, v in roles.items()},
+        }
         self.samples.append(s)
         return s
 
@@ -186,30 +199,57 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from pipeline.bench.serve import fresh_checkpoint
-    from pipeline.query import ResultStore
-    from pipeline.screening import deploy, services, undeploy
-    from pipeline.service_settings import AppArgs, Placement, ServiceConfig
-    from pipeline.streams import StreamClient
+    from patchrank.pipeline.bench.serve import fresh_checkpoint
+    from patchrank.pipeline.service.results import ResultStore
+    from patchrank.pipeline.service.screening import deploy, services, undeploy
+    from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
+    from patchrank.pipeline.service.streams import StreamClient
 
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="patchrank-bench-load-"))
     files = write_images(work / "images", args.scans, args.size)
-    ckpt = str(Path(args.checkpoint).resolve()) if args.checkpoint else str(fresh_checkpoint(work / "model.pt", args.image_size))
+    ckpt = (
+        str(Path(args.checkpoint).resolve())
+        if args.checkpoint
+        else str(fresh_checkpoint(work / "model.pt", args.image_size))
+    )
     results = out / f"results-{int(time.time())}"
-    print(f"bench load: {len(files)} scans ({args.size}x{args.size} PNG), {os.cpu_count()} CPUs, results in {results}", flush=True)
+    print(
+        f"bench load: {len(files)} scans ({args.size}x{args.size} PNG), {os.cpu_count()} CPUs, results in {results}",
+        flush=True,
+    )
     with services(args.redis_url, None, args.num_cpus) as url:
         ns = f"load-{int(time.time())}"
         threads = max(1, (os.cpu_count() or 1) // args.replicas)
-        cfg = ServiceConfig(redis_url=url, namespace=ns, checkpoint=ckpt, output_dir=str(results), allowed_roots=[str(work / "images")],
-                            max_batch_size=args.batch_size, chunk_slices=1, max_inflight_scans=args.inflight, read_count=min(args.inflight, 64),
-                            flush_scans=256, flush_interval_s=0.5, torch_threads=threads)
+        cfg = ServiceConfig(
+            redis_url=url,
+            namespace=ns,
+            checkpoint=ckpt,
+            output_dir=str(results),
+            allowed_roots=[str(work / "images")],
+            max_batch_size=args.batch_size,
+            chunk_slices=1,
+            max_inflight_scans=args.inflight,
+            read_count=min(args.inflight, 64),
+            flush_scans=256,
+            flush_interval_s=0.5,
+            torch_threads=threads,
+        )
         client = StreamClient.from_url(url, cfg.keys, **cfg.redis_kwargs())
         client.ensure_group()
-        deploy(AppArgs(service=cfg, scorer=Placement(num_cpus=0.5, min_replicas=args.replicas, max_replicas=args.replicas), ingest=Placement(num_cpus=0.1)))
+        deploy(
+            AppArgs(
+                service=cfg,
+                scorer=Placement(num_cpus=0.5, min_replicas=args.replicas, max_replicas=args.replicas),
+                ingest=Placement(num_cpus=0.1),
+            )
+        )
         roles = {os.getpid(): "driver"}
-        producer = mp.get_context("spawn").Process(target=_produce, args=(url, ns, str(work / "images"), len(files), args.rate, args.producer_batch, time.time()))
+        producer = mp.get_context("spawn").Process(
+            target=_produce,
+            args=(url, ns, str(work / "images"), len(files), args.rate, args.producer_batch, time.time()),
+        )
         mon = Monitor(client, roles, args.sample_s)
         t0 = time.monotonic()
         producer.start()
@@ -239,7 +279,11 @@ def run(args: argparse.Namespace) -> int:
             dead = client.dead_letters()
             client.close()
             undeploy()
-            prod = json.loads((work / "images" / "producer.json").read_text()) if (work / "images" / "producer.json").exists() else {"seconds": float("nan"), "peak_rss_mib": float("nan")}
+            prod = (
+                json.loads((work / "images" / "producer.json").read_text())
+                if (work / "images" / "producer.json").exists()
+                else {"seconds": float("nan"), "peak_rss_mib": float("nan")}
+            )
             shutil.rmtree(work, ignore_errors=True)  # the generated images and model
     store = ResultStore(results)
     logical, distinct = store.sql("SELECT count(*), count(DISTINCT scan_id) FROM scans")[1][0]
@@ -250,13 +294,28 @@ def run(args: argparse.Namespace) -> int:
     mon.peak_rss["producer (self-measured)"] = prod["peak_rss_mib"]
     growth = _rss_growth(mon, len(files))
     summary = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.platform()}",
-        "scans": len(files), "image": f"{args.size}x{args.size} PNG", "model_input": args.image_size, "scorer_replicas": args.replicas,
-        "max_batch_size": args.batch_size, "inflight": args.inflight, "producer_rate": args.rate or "unlimited",
-        "seconds": round(seconds, 1), "scans_per_s": round(len(files) / seconds, 1), "steady_scans_per_s_median": round(rate_med, 1),
-        "steady_rate_cv": round(rate_cv, 3), "peak_queue_depth": peak_depth, "results_logical": logical, "results_distinct": distinct,
-        "results_physical": physical, "status_counts": counts, "dead_letters": len(dead), "lost": len(files) - distinct,
-        "producer_seconds": round(prod["seconds"], 2), "redis_used_mib_peak": max(s["redis_used_mib"] for s in mon.samples),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{os.cpu_count()} CPUs, {platform.machine()}, {platform.platform()}",
+        "scans": len(files),
+        "image": f"{args.size}x{args.size} PNG",
+        "model_input": args.image_size,
+        "scorer_replicas": args.replicas,
+        "max_batch_size": args.batch_size,
+        "inflight": args.inflight,
+        "producer_rate": args.rate or "unlimited",
+        "seconds": round(seconds, 1),
+        "scans_per_s": round(len(files) / seconds, 1),
+        "steady_scans_per_s_median": round(rate_med, 1),
+        "steady_rate_cv": round(rate_cv, 3),
+        "peak_queue_depth": peak_depth,
+        "results_logical": logical,
+        "results_distinct": distinct,
+        "results_physical": physical,
+        "status_counts": counts,
+        "dead_letters": len(dead),
+        "lost": len(files) - distinct,
+        "producer_seconds": round(prod["seconds"], 2),
+        "redis_used_mib_peak": max(s["redis_used_mib"] for s in mon.samples),
         "peak_rss_mib": dict(sorted(((k, round(v, 1)) for k, v in mon.peak_rss.items()), key=lambda kv: -kv[1])),
         "rss_growth_mib_10pct_to_end": growth,
     }
@@ -284,20 +343,36 @@ def _rss_growth(mon: Monitor, n: int) -> dict[str, float]:
 
 
 def _markdown(s: dict, samples: list[dict]) -> str:
-    lines = [f"Load: {s['scans']} scans ({s['image']}) on {s['machine']}, {s['date']}", "",
-             "| scans | total s | scans/s overall | steady scans/s (median, CV) | peak queue depth | results (logical / physical) | lost | dead letters |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| {s['scans']} | {s['seconds']} | {s['scans_per_s']} | {s['steady_scans_per_s_median']} ({s['steady_rate_cv']}) | {s['peak_queue_depth']} | "
-             f"{s['results_logical']} / {s['results_physical']} | {s['lost']} | {s['dead_letters']} |", "",
-             "Peak RSS per process (MiB):", "", "| process | peak RSS MiB |", "|---|---|"]
+    lines = [
+        f"Load: {s['scans']} scans ({s['image']}) on {s['machine']}, {s['date']}",
+        "",
+        "| scans | total s | scans/s overall | steady scans/s (median, CV) | peak queue depth | results (logical / physical) | lost | dead letters |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {s['scans']} | {s['seconds']} | {s['scans_per_s']} | {s['steady_scans_per_s_median']} ({s['steady_rate_cv']}) | {s['peak_queue_depth']} | "
+        f"{s['results_logical']} / {s['results_physical']} | {s['lost']} | {s['dead_letters']} |",
+        "",
+        "Peak RSS per process (MiB):",
+        "",
+        "| process | peak RSS MiB |",
+        "|---|---|",
+    ]
     top = [(k, v) for k, v in s["peak_rss_mib"].items() if v >= 20 or "redis" in k or "producer" in k][:16]
     growth = s["rss_growth_mib_10pct_to_end"]
     lines[-1] = "|---|---|---|"
     lines[-2] = "| process | peak RSS MiB | growth from 10% done to end (MiB) |"
     lines += [f"| {k} | {v} | {growth.get(k, '')} |" for k, v in top]
-    lines += ["", f"Redis used_memory peak: {s['redis_used_mib_peak']} MiB (the stream keeps acknowledged entries; see limits). "
-              f"Producer enqueued all {s['scans']} in {s['producer_seconds']} s."]
-    lines += ["", "Queue depth over time (lag + pending, every ~10% of the run):", "", "| t (s) | enqueued (XLEN) | waiting (lag) | in flight (pending) | done |", "|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"Redis used_memory peak: {s['redis_used_mib_peak']} MiB (the stream keeps acknowledged entries; see limits). "
+        f"Producer enqueued all {s['scans']} in {s['producer_seconds']} s.",
+    ]
+    lines += [
+        "",
+        "Queue depth over time (lag + pending, every ~10% of the run):",
+        "",
+        "| t (s) | enqueued (XLEN) | waiting (lag) | in flight (pending) | done |",
+        "|---|---|---|---|---|",
+    ]
     step = max(1, len(samples) // 10)
     for x in samples[::step] + ([samples[-1]] if (len(samples) - 1) % step else []):
         lines.append(f"| {x['t']} | {x['xlen']} | {x['lag']} | {x['pending']} | {x['done']} |")

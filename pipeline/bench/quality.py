@@ -1,4 +1,5 @@
 """`patchrank bench quality`: PatchRank vs ablations vs baselines on the same subject-level folds."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ QUICK = {"epochs": 2, "preprocess": {"image_size": 64}}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pipeline.quality import ALL_METHODS
+    from patchrank.pipeline.evaluation.folds import ALL_METHODS
 
     p = sub.add_parser(
         "quality",
@@ -25,35 +26,54 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", help="BraTS-style folder, ISIC-style folder or manifest CSV (required unless --merge)")
     p.add_argument("--folds", type=int, default=3, help="leave-subjects-out folds (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the folds, and of training unless --train-seed is given")
-    p.add_argument("--train-seed", type=int, help="seed of everything but the folds (validation split, weights, masks, "
-                   "batch order): the same folds trained again, to measure training noise (docs/quality.md seventh pass)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the folds, and of training unless --train-seed is given"
+    )
+    p.add_argument(
+        "--train-seed",
+        type=int,
+        help="seed of everything but the folds (validation split, weights, masks, "
+        "batch order): the same folds trained again, to measure training noise (docs/quality.md seventh pass)",
+    )
     p.add_argument("--quick", action="store_true", help=f"development mode: {json.dumps(QUICK)}, 2 folds")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset (default: all)")
     p.add_argument("--config", help="JSON TrainConfig for PatchRank (ablations derive from it)")
     p.add_argument("--epochs", type=int, help="override epochs for every trained method")
     p.add_argument("--modality", default="flair")
     p.add_argument("--out", default="bench_quality", help="output folder (default bench_quality)")
-    p.add_argument("--models", metavar="DIR", help="keep the fold checkpoints in DIR (default: a temporary folder); a later "
-                   "run with the same DIR, folds and training configuration re-scores them under the current scoring "
-                   "settings instead of training again")
-    p.add_argument("--gpu", action="store_true", help="train (bf16 autocast) and score PatchRank and its ablations on the "
-                   "CUDA device; the baselines stay on the CPU. GPU-trained weights differ from CPU-trained ones, so "
-                   "--models keeps them apart and --merge refuses to mix the two")
+    p.add_argument(
+        "--models",
+        metavar="DIR",
+        help="keep the fold checkpoints in DIR (default: a temporary folder); a later "
+        "run with the same DIR, folds and training configuration re-scores them under the current scoring "
+        "settings instead of training again",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="train (bf16 autocast) and score PatchRank and its ablations on the "
+        "CUDA device; the baselines stay on the CPU. GPU-trained weights differ from CPU-trained ones, so "
+        "--models keeps them apart and --merge refuses to mix the two",
+    )
     p.add_argument("--only-folds", help="comma-separated 1-based folds to run (e.g. one process per fold)")
-    p.add_argument("--merge", nargs="+", metavar="QUALITY_JSON", help="instead of running: merge quality.json files "
-                   "of runs with the same folds and config into OUT/quality.md + quality.json")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="QUALITY_JSON",
+        help="instead of running: merge quality.json files "
+        "of runs with the same folds and config into OUT/quality.md + quality.json",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pipeline.datasets import DatasetError
-    from pipeline.discover import discover, infer_channels
-    from pipeline.quality import ALL_METHODS, markdown_table, merge, run_quality
-    from pipeline.settings import TrainConfig
-    from pipeline.train_local import pick_device
+    from patchrank.pipeline.data.datasets import DatasetError
+    from patchrank.pipeline.data.discover import discover, infer_channels
+    from patchrank.pipeline.evaluation.folds import ALL_METHODS, markdown_table, merge, run_quality
+    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.training.local import pick_device
 
     if args.merge:
         return merge_command(args)
@@ -77,15 +97,36 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(**base)
     t0 = time.perf_counter()
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
-    res = run_quality(records, cfg, folds=folds, methods=methods, out=Path(args.out), only=only, fold_seed=args.seed,
-                      models=Path(args.models) if args.models else None, gpu=args.gpu)
+    res = run_quality(
+        records,
+        cfg,
+        folds=folds,
+        methods=methods,
+        out=Path(args.out),
+        only=only,
+        fold_seed=args.seed,
+        models=Path(args.models) if args.models else None,
+        gpu=args.gpu,
+    )
     wall = time.perf_counter() - t0
-    flags = [("data", args.data), ("folds", args.folds), ("seed", args.seed), ("train-seed", args.train_seed),
-             ("config", args.config), ("epochs", args.epochs),
-             ("only-folds", args.only_folds), ("models", args.models), ("out", args.out)]
+    flags = [
+        ("data", args.data),
+        ("folds", args.folds),
+        ("seed", args.seed),
+        ("train-seed", args.train_seed),
+        ("config", args.config),
+        ("epochs", args.epochs),
+        ("only-folds", args.only_folds),
+        ("models", args.models),
+        ("out", args.out),
+    ]
     if args.methods != ",".join(ALL_METHODS):
         flags.append(("methods", args.methods))
-    cmd = "patchrank bench quality " + " ".join(f"--{k} {v}" for k, v in flags if v is not None) + (" --gpu" if args.gpu else "")
+    cmd = (
+        "patchrank bench quality "
+        + " ".join(f"--{k} {v}" for k, v in flags if v is not None)
+        + (" --gpu" if args.gpu else "")
+    )
     header = (
         f"command: `{cmd}{' --quick' if args.quick else ''}`  \n"
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
@@ -102,14 +143,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def merge_command(args: argparse.Namespace) -> int:
-    from pipeline.quality import markdown_table, merge_results
+    from patchrank.pipeline.evaluation.folds import markdown_table, merge_results
 
     res = merge_results([Path(p) for p in args.merge])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(res, indent=2))
     done = sorted({r["fold"] + 1 for r in res["runs"]})
-    table = f"merged from {', '.join(args.merge)}; folds with results: {done} of {len(res['folds'])}\n\n" + markdown_table(res["summary"])
+    table = (
+        f"merged from {', '.join(args.merge)}; folds with results: {done} of {len(res['folds'])}\n\n"
+        + markdown_table(res["summary"])
+    )
     (out / "quality.md").write_text(table)
     print(table)
     return 0

@@ -1,7 +1,7 @@
 """`patchrank bench serve`: end-to-end scoring throughput through Redis -> Serve -> Parquet
 versus the bare batched model forward, in the same run on the same machine.
 
-Data: phantom NIfTI volumes (pipeline.phantom) written to a temp dir, or --data PATHS.
+Data: phantom NIfTI volumes (pipeline.data.phantom) written to a temp dir, or --data PATHS.
 Model: --checkpoint, or a freshly initialised model of the default architecture saved as
 a checkpoint (throughput does not depend on the weights).
 Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images) over the same
@@ -12,6 +12,7 @@ one warm-up scan; per configuration (scorer replicas x max batch size).
 Latency per scan: `latency_s` (dequeue -> result row) and `queue_s + latency_s`
 (enqueue -> result row; all scans are enqueued at once, so this includes queueing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,14 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def fresh_checkpoint(path: Path, image_size: int) -> Path:
     import torch
 
-    from model.scoring import ScoreStats
-    from pipeline.settings import TrainConfig
-    from pipeline.training import build_models, save_trained
+    from patchrank.model.scoring import ScoreStats
+    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.training.loop import build_models, save_trained
 
     cfg = TrainConfig(preprocess={"image_size": image_size})
     torch.manual_seed(0)
     recon, disc = build_models(cfg)
-    save_trained(path, recon, disc, cfg, ScoreStats.identity(image_size, image_size), {"note": "untrained, benchmark only"}, None)
+    save_trained(
+        path, recon, disc, cfg, ScoreStats.identity(image_size, image_size), {"note": "untrained, benchmark only"}, None
+    )
     return path
 
 
@@ -58,8 +61,8 @@ def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float,
     import numpy as np
     import torch
 
-    from pipeline.consumer import load_prepared
-    from pipeline.slice_scorer import SliceChunk, SliceScorer
+    from patchrank.pipeline.service.consumer import load_prepared
+    from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceScorer
 
     scorer = SliceScorer(checkpoint)
     preps = [load_prepared(f.resolve(), scorer.preprocess) for f in files]
@@ -89,18 +92,35 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def serve_run(url: str, checkpoint: str, files: list[Path], out: Path, roots: list[str], replicas: int, batch: int, args) -> dict:
-    from pipeline.commands.enqueue import enqueue_paths
-    from pipeline.query import ResultStore
-    from pipeline.screening import deploy, undeploy, wait_drained
-    from pipeline.service_settings import AppArgs, Placement, ServiceConfig
-    from pipeline.streams import StreamClient
+def serve_run(
+    url: str, checkpoint: str, files: list[Path], out: Path, roots: list[str], replicas: int, batch: int, args
+) -> dict:
+    from patchrank.pipeline.commands.enqueue import enqueue_paths
+    from patchrank.pipeline.service.results import ResultStore
+    from patchrank.pipeline.service.screening import deploy, undeploy, wait_drained
+    from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
+    from patchrank.pipeline.service.streams import StreamClient
 
     ns = f"bench-{replicas}-{batch}-{int(time.time())}"
-    cfg = ServiceConfig(redis_url=url, namespace=ns, checkpoint=checkpoint, output_dir=str(out), allowed_roots=roots,
-                        max_batch_size=batch, chunk_slices=min(args.chunk, batch), max_inflight_scans=args.inflight,
-                        torch_threads=args.threads or max(1, (os.cpu_count() or 1) // replicas), flush_interval_s=0.2)
-    deploy(AppArgs(service=cfg, scorer=Placement(num_cpus=0.5, min_replicas=replicas, max_replicas=replicas), ingest=Placement(num_cpus=0.1)))
+    cfg = ServiceConfig(
+        redis_url=url,
+        namespace=ns,
+        checkpoint=checkpoint,
+        output_dir=str(out),
+        allowed_roots=roots,
+        max_batch_size=batch,
+        chunk_slices=min(args.chunk, batch),
+        max_inflight_scans=args.inflight,
+        torch_threads=args.threads or max(1, (os.cpu_count() or 1) // replicas),
+        flush_interval_s=0.2,
+    )
+    deploy(
+        AppArgs(
+            service=cfg,
+            scorer=Placement(num_cpus=0.5, min_replicas=replicas, max_replicas=replicas),
+            ingest=Placement(num_cpus=0.1),
+        )
+    )
     client = StreamClient.from_url(url, cfg.keys)
     try:
         enqueue_paths(client, files[:1], show=False)  # warm-up: one scan through every stage
@@ -113,34 +133,54 @@ def serve_run(url: str, checkpoint: str, files: list[Path], out: Path, roots: li
         client.close()
         undeploy()
     store = ResultStore(out)
-    rows = store.sql(f"SELECT n_slices, latency_s, queue_s FROM scans WHERE status = 'ok' ORDER BY scored_at OFFSET 1")[1]
+    rows = store.sql("SELECT n_slices, latency_s, queue_s FROM scans WHERE status = 'ok' ORDER BY scored_at OFFSET 1")[
+        1
+    ]
     slices = sum(r[0] for r in rows)
     proc = [r[1] for r in rows]
     e2e = [r[1] + r[2] for r in rows]
-    return {"replicas": replicas, "max_batch_size": batch, "scans": len(rows), "slices": slices, "seconds": seconds,
-            "slices_per_s": slices / seconds, "scans_per_s": len(rows) / seconds,
-            "latency_p50": _pct(proc, 50), "latency_p95": _pct(proc, 95), "e2e_p50": _pct(e2e, 50), "e2e_p95": _pct(e2e, 95)}
+    return {
+        "replicas": replicas,
+        "max_batch_size": batch,
+        "scans": len(rows),
+        "slices": slices,
+        "seconds": seconds,
+        "slices_per_s": slices / seconds,
+        "scans_per_s": len(rows) / seconds,
+        "latency_p50": _pct(proc, 50),
+        "latency_p95": _pct(proc, 95),
+        "e2e_p50": _pct(e2e, 50),
+        "e2e_p95": _pct(e2e, 95),
+    }
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.commands.enqueue import collect
-    from pipeline.phantom import PhantomSpec, write_phantom_dataset
-    from pipeline.screening import services
+    from patchrank.pipeline.commands.enqueue import collect
+    from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
+    from patchrank.pipeline.service.screening import services
 
     work = Path(tempfile.mkdtemp(prefix="patchrank-bench-serve-"))
     if args.data:
         files, _ = collect(args.data)
         roots = sorted({str(Path(p).resolve() if Path(p).is_dir() else Path(p).resolve().parent) for p in args.data})
     else:
-        write_phantom_dataset(work / "data", PhantomSpec(n_normal=args.scans // 2, n_abnormal=args.scans - args.scans // 2, seed=7))
+        write_phantom_dataset(
+            work / "data", PhantomSpec(n_normal=args.scans // 2, n_abnormal=args.scans - args.scans // 2, seed=7)
+        )
         files, _ = collect([work / "data"])
         roots = [str((work / "data").resolve())]
     if len(files) < 2:
         raise ValueError("need at least 2 scans (one is the warm-up)")
-    ckpt = str(Path(args.checkpoint).resolve()) if args.checkpoint else str(fresh_checkpoint(work / "model.pt", args.image_size))
+    ckpt = (
+        str(Path(args.checkpoint).resolve())
+        if args.checkpoint
+        else str(fresh_checkpoint(work / "model.pt", args.image_size))
+    )
     replicas = [int(x) for x in args.replicas.split(",")]
     batches = [int(x) for x in args.batch_sizes.split(",")]
-    print(f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load {_load()}")
+    print(
+        f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load {_load()}"
+    )
     results = []
     with services() as url:
         for r in replicas:
@@ -152,14 +192,23 @@ def run(args: argparse.Namespace) -> int:
                 res.update(bare_slices_per_s=bare, bare_before=before, bare_after=after, load=_load())
                 res["ratio"] = res["slices_per_s"] / bare
                 results.append(res)
-                print(f"  replicas {r} batch {b}: {res['slices_per_s']:.1f} slices/s ({res['scans_per_s']:.2f} scans/s) "
-                      f"vs bare {bare:.1f} ({before:.1f} before, {after:.1f} after) -> ratio {res['ratio']:.2f}; "
-                      f"latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; load {res['load']}", flush=True)
-    print("\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / p95 (s) | enqueue->result p50 / p95 (s) | load avg |")
+                print(
+                    f"  replicas {r} batch {b}: {res['slices_per_s']:.1f} slices/s ({res['scans_per_s']:.2f} scans/s) "
+                    f"vs bare {bare:.1f} ({before:.1f} before, {after:.1f} after) -> ratio {res['ratio']:.2f}; "
+                    f"latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; load {res['load']}",
+                    flush=True,
+                )
+    print(
+        "\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / p95 (s) | enqueue->result p50 / p95 (s) | load avg |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for x in results:
-        print(f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | {x['bare_slices_per_s']:.1f} | "
-              f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / {x['e2e_p95']:.2f} | {x['load']} |")
+        print(
+            f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | {x['bare_slices_per_s']:.1f} | "
+            f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / {x['e2e_p95']:.2f} | {x['load']} |"
+        )
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps({"files": len(files), "checkpoint": ckpt, "results": results}, indent=2))
+        Path(args.json_out).write_text(
+            json.dumps({"files": len(files), "checkpoint": ckpt, "results": results}, indent=2)
+        )
     return 0

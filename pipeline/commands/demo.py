@@ -5,6 +5,7 @@ abnormal phantoms through the embedded service (private redis-server + local Ray
 Ray Serve -> Parquet) -> query the ranking, with the ground truth beside it, and write a
 heatmap PNG of the top scan.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,37 +14,57 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="end-to-end demo on built-in phantom data: train -> screen (Redis + Ray Serve) -> query")
+    p = sub.add_parser(
+        "demo", help="end-to-end demo on built-in phantom data: train -> screen (Redis + Ray Serve) -> query"
+    )
     p.add_argument("--workdir", help="keep data, checkpoint and results here (default: a temp dir)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--train-subjects", type=int, default=8, help="normal phantoms to train on (default 8)")
-    p.add_argument("--min-area", type=float, default=0.5,
-                   help="keep slices whose brain area is >= this x the largest (default 0.5: the small polar slices are "
-                        "poorly calibrated after a short training and would outrank lesions)")
-    p.add_argument("--lesion-radius", type=float, nargs=2, default=(6.0, 12.0), metavar=("MIN", "MAX"),
-                   help="lesion radius range in voxels of the 96^3 phantoms (default 6 12; smaller lesions need a longer training)")
+    p.add_argument(
+        "--min-area",
+        type=float,
+        default=0.5,
+        help="keep slices whose brain area is >= this x the largest (default 0.5: the small polar slices are "
+        "poorly calibrated after a short training and would outrank lesions)",
+    )
+    p.add_argument(
+        "--lesion-radius",
+        type=float,
+        nargs=2,
+        default=(6.0, 12.0),
+        metavar=("MIN", "MAX"),
+        help="lesion radius range in voxels of the 96^3 phantoms (default 6 12; smaller lesions need a longer training)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.phantom import PhantomSpec, write_phantom_dataset
-    from pipeline.settings import TrainConfig
-    from pipeline.train_local import fit_local, prepare_data
+    from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
+    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.training.local import fit_local, prepare_data
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="patchrank-demo-")).resolve()
     train_dir, archive = work / "train", work / "archive"
     print(f"[1/4] writing phantom data under {work}")
     write_phantom_dataset(train_dir, PhantomSpec(n_normal=args.train_subjects, n_abnormal=0, seed=args.seed))
     lo, hi = args.lesion_radius
-    cases = write_phantom_dataset(archive, PhantomSpec(n_normal=4, n_abnormal=4, min_radius=lo, max_radius=hi, seed=args.seed + 1000))
+    cases = write_phantom_dataset(
+        archive, PhantomSpec(n_normal=4, n_abnormal=4, min_radius=lo, max_radius=hi, seed=args.seed + 1000)
+    )
     truth = {str((c / f"{c.name}_flair.nii.gz").resolve()): _has_lesion(c) for c in cases}
     print(f"      archive: 4 normal + 4 abnormal phantoms (lesion radius {lo:g}-{hi:g} voxels), never seen in training")
-    print(f"[2/4] training {args.epochs} epochs at {args.image_size}px on {args.train_subjects} normal phantoms "
-          f"(slices with >= {args.min_area:g} x the largest brain area; 1 torch thread: reproducible on this machine)")
-    cfg = TrainConfig(epochs=args.epochs, batch_size=16, seed=args.seed,
-                      preprocess={"image_size": args.image_size, "min_area_fraction": args.min_area})
+    print(
+        f"[2/4] training {args.epochs} epochs at {args.image_size}px on {args.train_subjects} normal phantoms "
+        f"(slices with >= {args.min_area:g} x the largest brain area; 1 torch thread: reproducible on this machine)"
+    )
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        batch_size=16,
+        seed=args.seed,
+        preprocess={"image_size": args.image_size, "min_area_fraction": args.min_area},
+    )
     train, val = prepare_data(train_dir, cfg)
     ckpt = work / "model.pt"
     import torch
@@ -70,8 +91,8 @@ def _has_lesion(case: Path) -> bool:
 
 
 def _screen(archive: Path, ckpt: Path, results: Path) -> None:
-    from pipeline.commands.screen import add_service_args, app_args
-    from pipeline.screening import screen, services
+    from patchrank.pipeline.commands.screen import add_service_args, app_args
+    from patchrank.pipeline.service.screening import screen, services
 
     p = argparse.ArgumentParser()
     add_service_args(p)
@@ -83,8 +104,8 @@ def _screen(archive: Path, ckpt: Path, results: Path) -> None:
 
 
 def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> int:
-    from pipeline.heatmap import render_scan_png
-    from pipeline.query import ResultStore, format_ranking
+    from patchrank.pipeline.service.heatmap import render_scan_png
+    from patchrank.pipeline.service.results import ResultStore, format_ranking
 
     store = ResultStore(results)
     rows = store.top_scans(len(truth), model_version=version, patches=2)
@@ -100,5 +121,5 @@ def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> 
     if rows:
         png = render_scan_png(store, rows[0]["scan_id"], work / "top_scan.png", model_version=version)
         print(f"heatmap of the top scan: {png}")
-    print(f"more: patchrank query {results} --top 8   |   --sql \"SELECT status, count(*) FROM scans GROUP BY 1\"")
+    print(f'more: patchrank query {results} --top 8   |   --sql "SELECT status, count(*) FROM scans GROUP BY 1"')
     return 0

@@ -1,4 +1,5 @@
 """`patchrank enqueue`: add one stream entry per scan file (JSON reference, never pixels)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipeline.files import walk_scans
+from patchrank.pipeline.data.files import walk_scans
 
 
 @dataclass
@@ -41,9 +42,11 @@ def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]
     return files, skipped
 
 
-def enqueue_paths(client, paths: list[str | Path], *, modality: str | None = None, show: bool = True, batch: int = 256) -> EnqueueReport:
+def enqueue_paths(
+    client, paths: list[str | Path], *, modality: str | None = None, show: bool = True, batch: int = 256
+) -> EnqueueReport:
     """Walk paths, validate one ScanMessage per file, XADD them (pipelined, in batches)."""
-    from pipeline.messages import message_for
+    from patchrank.pipeline.service.messages import message_for
 
     files, skipped = collect(paths)
     report = EnqueueReport(skipped=skipped)
@@ -78,20 +81,26 @@ def enqueue_paths(client, paths: list[str | Path], *, modality: str | None = Non
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enqueue", help="queue scan files on the Redis stream for the scoring service")
     p.add_argument("paths", nargs="+", help="scan files or folders (.nii, .nii.gz, .png, .jpg); folders are walked")
-    p.add_argument("--redis-url", default=os.environ.get("PATCHRANK_REDIS_URL"), help="redis://[:password@]host:port/db or rediss:// (TLS); default $PATCHRANK_REDIS_URL")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("PATCHRANK_REDIS_URL"),
+        help="redis://[:password@]host:port/db or rediss:// (TLS); default $PATCHRANK_REDIS_URL",
+    )
     p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
     p.add_argument("--modality", help="modality tag stored in each message (e.g. flair)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.keys import StreamKeys
-    from pipeline.service_settings import ServiceConfig, redact_url
-    from pipeline.streams import StreamClient
+    from patchrank.pipeline.service.keys import StreamKeys
+    from patchrank.pipeline.service.settings import ServiceConfig, redact_url
+    from patchrank.pipeline.service.streams import StreamClient
 
     if not args.redis_url:
         raise ValueError("--redis-url (or $PATCHRANK_REDIS_URL) is required")
-    kw = ServiceConfig(redis_url=args.redis_url, namespace=args.namespace, checkpoint="-", output_dir="-").redis_kwargs()
+    kw = ServiceConfig(
+        redis_url=args.redis_url, namespace=args.namespace, checkpoint="-", output_dir="-"
+    ).redis_kwargs()
     client = StreamClient.from_url(args.redis_url, StreamKeys(args.namespace), **kw)
     try:
         report = enqueue_paths(client, args.paths, modality=args.modality)

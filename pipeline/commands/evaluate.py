@@ -1,4 +1,5 @@
 """`patchrank evaluate`: score a labelled dataset with a checkpoint and report metrics + figures."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,13 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from model.checkpoint import load_checkpoint
-    from pipeline.datasets import DatasetError
-    from pipeline.discover import discover
-    from pipeline.evaluation import PatchRankScorer, evaluate_scorer, load_test_scans, report
-    from pipeline.plots import montage_png, roc_png
-    from pipeline.preprocess import as_config
-    from pipeline.train_local import pick_device
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.data.datasets import DatasetError
+    from patchrank.pipeline.data.discover import discover
+    from patchrank.pipeline.data.preprocess import as_config
+    from patchrank.pipeline.evaluation.harness import PatchRankScorer, evaluate_scorer, load_test_scans, report
+    from patchrank.pipeline.evaluation.plots import montage_png, roc_png
+    from patchrank.pipeline.training.local import pick_device
 
     t0 = time.perf_counter()
     device = pick_device(args.gpu).type  # a clear error for --gpu without CUDA
@@ -52,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
     data = evaluate_scorer(PatchRankScorer(model, device=device), scans)
     rep = report(data)
     if not rep["n_normal"] or not rep["n_abnormal"]:
-        raise DatasetError(f"evaluation needs normal and abnormal examples; {args.data} gave "
-                           f"{rep['n_normal']} normal and {rep['n_abnormal']} abnormal (labels from _seg masks, labels.csv or a manifest)")
+        raise DatasetError(
+            f"evaluation needs normal and abnormal examples; {args.data} gave "
+            f"{rep['n_normal']} normal and {rep['n_abnormal']} abnormal (labels from _seg masks, labels.csv or a manifest)"
+        )
     rep.update(
         checkpoint=str(args.checkpoint),
         model_version=model.model_version,

@@ -1,9 +1,10 @@
 """`patchrank phantom OUT`: write the built-in brain-like phantom dataset as NIfTI."""
+
 from __future__ import annotations
 
 import argparse
 
-from pipeline.phantom import PhantomSpec, write_phantom_dataset
+from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,12 +1,16 @@
 """`patchrank query`: ranked scans, SQL, and heatmaps over the Parquet result dataset."""
+
 from __future__ import annotations
 
 import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("query", help="query scoring results (Parquet): top scans, SQL, per-scan heatmap PNG",
-                       description="Tables: scans, patches (deduplicated logical results) and scans_all, patches_all (every row).")
+    p = sub.add_parser(
+        "query",
+        help="query scoring results (Parquet): top scans, SQL, per-scan heatmap PNG",
+        description="Tables: scans, patches (deduplicated logical results) and scans_all, patches_all (every row).",
+    )
     p.add_argument("dir", help="result dataset directory (the --out of `patchrank screen`)")
     p.add_argument("--top", type=int, default=10, help="list the N most suspicious scans (default 10)")
     p.add_argument("--patches", type=int, default=3, help="top patches listed per scan (default 3)")
@@ -28,14 +32,19 @@ def _print_table(cols: list[str], rows: list[tuple], limit: int = 200) -> None:
 
 
 def _resolve(store, prefix: str) -> str:
-    ids = [r[0] for r in store.con.execute("SELECT DISTINCT scan_id FROM scans WHERE starts_with(scan_id, ?)", [prefix]).fetchall()]
+    ids = [
+        r[0]
+        for r in store.con.execute(
+            "SELECT DISTINCT scan_id FROM scans WHERE starts_with(scan_id, ?)", [prefix]
+        ).fetchall()
+    ]
     if len(ids) != 1:
         raise ValueError(f"scan id prefix {prefix!r} matches {len(ids)} scans")
     return ids[0]
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.query import ResultStore, format_ranking
+    from patchrank.pipeline.service.results import ResultStore, format_ranking
 
     store = ResultStore(args.dir)
     if args.sql:
@@ -50,12 +59,24 @@ def run(args: argparse.Namespace) -> int:
     if args.scan:
         scan_id = _resolve(store, args.scan)
         row = store.scan(scan_id, args.model_version)
-        for k in ("scan_id", "uri", "status", "error", "scan_score", "n_slices", "model_version", "latency_s", "scored_at"):
+        for k in (
+            "scan_id",
+            "uri",
+            "status",
+            "error",
+            "scan_score",
+            "n_slices",
+            "model_version",
+            "latency_s",
+            "scored_at",
+        ):
             print(f"{k:>14}: {row[k]}")
         for p in store.patches_of(row["result_id"], args.patches):
-            print(f"  #{p['rank']} slice {p['slice_index']} rows {p['y0']}:{p['y1']} cols {p['x0']}:{p['x1']} score {p['score']:.3f} (rec {p['rec']:.2f}, disc {p['disc']:.2f})")
+            print(
+                f"  #{p['rank']} slice {p['slice_index']} rows {p['y0']}:{p['y1']} cols {p['x0']}:{p['x1']} score {p['score']:.3f} (rec {p['rec']:.2f}, disc {p['disc']:.2f})"
+            )
         if args.png:
-            from pipeline.heatmap import render_scan_png
+            from patchrank.pipeline.service.heatmap import render_scan_png
 
             print(f"wrote {render_scan_png(store, scan_id, args.png, model_version=args.model_version)}")
         return 0

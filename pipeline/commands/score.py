@@ -1,4 +1,5 @@
 """`patchrank score`: score scans in-process (no Redis/Ray) and print them ranked."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipeline.files import walk_scans
+from patchrank.pipeline.data.files import walk_scans
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from model.checkpoint import load_checkpoint
-    from pipeline.loaders import ScanError, load_scan
-    from pipeline.preprocess import as_config, preprocess_scan
-    from pipeline.scan_scoring import score_prepared
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.data.loaders import ScanError, load_scan
+    from patchrank.pipeline.data.preprocess import as_config, preprocess_scan
+    from patchrank.pipeline.scan_scoring import score_prepared
 
     model = load_checkpoint(args.checkpoint)
     pre = as_config(model.preprocess)
@@ -33,9 +34,18 @@ def run(args: argparse.Namespace) -> int:
         try:
             prep = preprocess_scan(load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels), pre)
             s = score_prepared(model, prep, top_n=args.top)
-            results.append({"uri": str(path), "status": "ok", "scan_score": s.scan_score, "top_patches": [p.__dict__ for p in s.patches]})
+            results.append(
+                {
+                    "uri": str(path),
+                    "status": "ok",
+                    "scan_score": s.scan_score,
+                    "top_patches": [p.__dict__ for p in s.patches],
+                }
+            )
         except ScanError as exc:
-            results.append({"uri": str(path), "status": "failed", "error": str(exc), "scan_score": None, "top_patches": []})
+            results.append(
+                {"uri": str(path), "status": "failed", "error": str(exc), "scan_score": None, "top_patches": []}
+            )
     ok = sorted((r for r in results if r["status"] == "ok"), key=lambda r: -r["scan_score"])
     print(f"{'rank':>4}  {'score':>8}  scan  [top patches: slice (row,col) score]")
     for i, r in enumerate(ok, 1):

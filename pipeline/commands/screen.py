@@ -3,6 +3,7 @@
 With nothing configured it starts a private redis-server and a local Ray, and stops
 both when done (also on Ctrl-C). --redis-url / --address use existing services.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,8 +12,16 @@ from pathlib import Path
 
 
 def add_service_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--redis-url", default=os.environ.get("PATCHRANK_REDIS_URL"), help="existing Redis (redis:// or rediss://); default: start a private one")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="existing Ray cluster (e.g. auto); default: start a local Ray")
+    p.add_argument(
+        "--redis-url",
+        default=os.environ.get("PATCHRANK_REDIS_URL"),
+        help="existing Redis (redis:// or rediss://); default: start a private one",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="existing Ray cluster (e.g. auto); default: start a local Ray",
+    )
     p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
     p.add_argument("--scorer-replicas", type=int, default=1)
     p.add_argument("--scorer-gpus", type=float, default=0.0, help="GPUs per scorer replica (> 0 implies --device cuda)")
@@ -24,13 +33,21 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
 
 
 def app_args(args: argparse.Namespace, *, redis_url: str, checkpoint: str, out: str, roots: list[str]):
-    from pipeline.service_settings import AppArgs, Placement, ServiceConfig
+    from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
 
     threads = max(1, (os.cpu_count() or 1) // max(1, args.scorer_replicas))
     service = ServiceConfig(
-        redis_url=redis_url, namespace=args.namespace, checkpoint=str(Path(checkpoint).resolve()), output_dir=str(Path(out).resolve()),
-        allowed_roots=roots, max_batch_size=args.batch_size, batch_wait_timeout_s=args.batch_wait, chunk_slices=min(args.chunk, args.batch_size),
-        max_inflight_scans=args.inflight, device="cuda" if args.scorer_gpus > 0 else "cpu", torch_threads=threads,
+        redis_url=redis_url,
+        namespace=args.namespace,
+        checkpoint=str(Path(checkpoint).resolve()),
+        output_dir=str(Path(out).resolve()),
+        allowed_roots=roots,
+        max_batch_size=args.batch_size,
+        batch_wait_timeout_s=args.batch_wait,
+        chunk_slices=min(args.chunk, args.batch_size),
+        max_inflight_scans=args.inflight,
+        device="cuda" if args.scorer_gpus > 0 else "cpu",
+        torch_threads=threads,
     )
     n = args.scorer_replicas
     scorer = Placement(num_cpus=0.5, num_gpus=args.scorer_gpus, min_replicas=n, max_replicas=n)
@@ -39,12 +56,16 @@ def app_args(args: argparse.Namespace, *, redis_url: str, checkpoint: str, out: 
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("screen", help="score scans through the streaming service (Redis -> Ray Serve -> Parquet) and rank them")
+    p = sub.add_parser(
+        "screen", help="score scans through the streaming service (Redis -> Ray Serve -> Parquet) and rank them"
+    )
     p.add_argument("paths", nargs="+", help="scan files or folders")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="Parquet result dataset directory (created; appended to)")
     p.add_argument("--top", type=int, default=10, help="scans to list in the summary")
-    p.add_argument("--timeout", type=float, default=6 * 3600, help="give up if the stream is not drained after this many seconds")
+    p.add_argument(
+        "--timeout", type=float, default=6 * 3600, help="give up if the stream is not drained after this many seconds"
+    )
     add_service_args(p)
     p.set_defaults(func=run)
 
@@ -59,8 +80,8 @@ def allowed_roots(paths: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.query import ResultStore, format_ranking
-    from pipeline.screening import screen, services
+    from patchrank.pipeline.service.results import ResultStore, format_ranking
+    from patchrank.pipeline.service.screening import screen, services
 
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")

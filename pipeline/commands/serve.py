@@ -4,6 +4,7 @@ Consumes an existing Redis stream (filled by `patchrank enqueue` or any producer
 the Serve app of deploy/serve_app.py; prints the backlog and counters periodically.
 For a cluster deployment from YAML use `serve deploy deploy/serve_config.yaml` instead.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,23 +12,25 @@ import time
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from pipeline.commands.screen import add_service_args
+    from patchrank.pipeline.commands.screen import add_service_args
 
     p = sub.add_parser("serve", help="run the scoring service on an existing Redis stream until Ctrl-C")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="Parquet result dataset directory")
     p.add_argument("--roots", nargs="+", required=True, help="folders the service may read scans from")
     p.add_argument("--every", type=float, default=10.0, help="status line every N seconds (default 10)")
-    p.add_argument("--detach", action="store_true", help="deploy to the cluster at --address and exit (the app keeps running)")
+    p.add_argument(
+        "--detach", action="store_true", help="deploy to the cluster at --address and exit (the app keeps running)"
+    )
     add_service_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.commands.screen import app_args
-    from pipeline.screening import deploy, scorer_info, services, undeploy
-    from pipeline.service_settings import redact_url
-    from pipeline.streams import StreamClient
+    from patchrank.pipeline.commands.screen import app_args
+    from patchrank.pipeline.service.screening import deploy, scorer_info, services, undeploy
+    from patchrank.pipeline.service.settings import redact_url
+    from patchrank.pipeline.service.streams import StreamClient
 
     if not args.redis_url:
         raise ValueError("--redis-url (or $PATCHRANK_REDIS_URL) is required: the service consumes an existing stream")
@@ -37,7 +40,9 @@ def run(args: argparse.Namespace) -> int:
         app = app_args(args, redis_url=url, checkpoint=args.checkpoint, out=args.out, roots=args.roots)
         deploy(app)
         info = scorer_info()
-        print(f"serving {redact_url(url)} stream {app.service.keys.stream} with model {info.model_version}; results in {app.service.output_dir}")
+        print(
+            f"serving {redact_url(url)} stream {app.service.keys.stream} with model {info.model_version}; results in {app.service.output_dir}"
+        )
         if args.detach:
             print("deployed; stop with `serve shutdown` or `serve delete patchrank`")
             return 0
@@ -45,7 +50,10 @@ def run(args: argparse.Namespace) -> int:
         try:
             while True:
                 b = client.backlog()
-                print(f"{time.strftime('%H:%M:%S')} backlog {b.total} (lag {b.lag}, pending {b.pending}), consumers {b.consumers}, stream length {b.length}", flush=True)
+                print(
+                    f"{time.strftime('%H:%M:%S')} backlog {b.total} (lag {b.lag}, pending {b.pending}), consumers {b.consumers}, stream length {b.length}",
+                    flush=True,
+                )
                 time.sleep(args.every)
         except KeyboardInterrupt:
             print("stopping: unacknowledged entries stay pending and are reclaimed by the next consumer")

@@ -1,11 +1,12 @@
 """`patchrank train`: fit the Patch-GAN on normal slices and write a checkpoint."""
+
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-from pipeline.settings import TrainConfig
+from patchrank.pipeline.settings import TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,17 +25,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, help="model input side, multiple of 16 (default 128)")
     p.add_argument("--batch-size", type=int, help="per-worker batch size (default 16)")
     p.add_argument("--seed", type=int, help="seeds weights, data order, flips and masks (default 0)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the newest saved state (--out, or a killed Ray run's last epoch under --storage): "
-                        "weights, optimizer state, mask RNG and epoch; raise --epochs to train further")
-    p.add_argument("--workers", type=int, default=0,
-                   help="Ray Train workers (DDP); 0 = train in this process without Ray or torch.distributed (default 0)")
-    p.add_argument("--gpu", action="store_true", help="one GPU per worker (or this process with --workers 0), bf16 autocast")
-    p.add_argument("--address", help="Ray cluster to train on: 'auto' (ray start'ed here) or ray://HEAD:10001; default a local Ray")
-    p.add_argument("--storage", help="Ray Train storage_path for per-epoch checkpoints (default <out>.ray next to --out; "
-                                     "on a multi-node cluster a shared path: NFS or s3://...)")
-    p.add_argument("--max-failures", type=int, default=2, help="restart a failed worker group this many times from its latest checkpoint (default 2)")
-    p.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray worker = torch threads (default 1)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest saved state (--out, or a killed Ray run's last epoch under --storage): "
+        "weights, optimizer state, mask RNG and epoch; raise --epochs to train further",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="Ray Train workers (DDP); 0 = train in this process without Ray or torch.distributed (default 0)",
+    )
+    p.add_argument(
+        "--gpu", action="store_true", help="one GPU per worker (or this process with --workers 0), bf16 autocast"
+    )
+    p.add_argument(
+        "--address", help="Ray cluster to train on: 'auto' (ray start'ed here) or ray://HEAD:10001; default a local Ray"
+    )
+    p.add_argument(
+        "--storage",
+        help="Ray Train storage_path for per-epoch checkpoints (default <out>.ray next to --out; "
+        "on a multi-node cluster a shared path: NFS or s3://...)",
+    )
+    p.add_argument(
+        "--max-failures",
+        type=int,
+        default=2,
+        help="restart a failed worker group this many times from its latest checkpoint (default 2)",
+    )
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray worker = torch threads (default 1)"
+    )
     p.add_argument("--val-data", help="labelled dataset (normal + abnormal subjects) for a validation AUROC per epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -54,7 +76,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.train_local import fit_local, prepare_data, prepare_labelled
+    from patchrank.pipeline.training.local import fit_local, prepare_data, prepare_labelled
 
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
@@ -62,27 +84,43 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--address trains on a Ray cluster: give --workers N (N >= 1) too")
     cfg = config_from_args(args)
     if "channels" not in cfg.preprocess.model_fields_set:  # auto: 3 for RGB images (ISIC), else 1 per modality
-        from pipeline.discover import discover, infer_channels
+        from patchrank.pipeline.data.discover import discover, infer_channels
 
-        pre = cfg.preprocess.model_copy(update={"channels": infer_channels(discover(args.data, modality=args.modality))})
+        pre = cfg.preprocess.model_copy(
+            update={"channels": infer_channels(discover(args.data, modality=args.modality))}
+        )
         cfg = cfg.model_copy(update={"preprocess": pre})
     show = not args.quiet
     train, val = prepare_data(args.data, cfg, args.modality, show=show)
     labelled = prepare_labelled(args.val_data, cfg, args.modality, show=show) if args.val_data else None
-    print(f"training on {len(train)} normal slices ({len(set(train.subjects))} subjects); "
-          f"score statistics from {len(val)} held-out normal slices ({len(set(val.subjects))} subjects)"
-          + (" + the training slices" if cfg.stats_from == "train+val" and val is not train else "")
-          + (f"; val AUROC on {len(labelled)} labelled slices" if labelled is not None else ""))
+    print(
+        f"training on {len(train)} normal slices ({len(set(train.subjects))} subjects); "
+        f"score statistics from {len(val)} held-out normal slices ({len(set(val.subjects))} subjects)"
+        + (" + the training slices" if cfg.stats_from == "train+val" and val is not train else "")
+        + (f"; val AUROC on {len(labelled)} labelled slices" if labelled is not None else "")
+    )
     out = Path(args.out)
     if args.workers == 0:
         version = fit_local(train, val, cfg, out, resume=args.resume, show=show, gpu=args.gpu, labelled=labelled)
         where = "in-process"
     else:
-        from deploy.train_launcher import launch
+        from patchrank.deploy.train_launcher import launch
 
-        res = launch(train, val, cfg, out, workers=args.workers, gpu=args.gpu, address=args.address, resume=args.resume,
-                     storage=args.storage, max_failures=args.max_failures, cpus_per_worker=args.cpus_per_worker,
-                     labelled=labelled, progress_s=10.0 if show else 0.0)
+        res = launch(
+            train,
+            val,
+            cfg,
+            out,
+            workers=args.workers,
+            gpu=args.gpu,
+            address=args.address,
+            resume=args.resume,
+            storage=args.storage,
+            max_failures=args.max_failures,
+            cpus_per_worker=args.cpus_per_worker,
+            labelled=labelled,
+            progress_s=10.0 if show else 0.0,
+        )
         version, where = res.model_version, f"Ray Train x{args.workers}, run {res.run_path}"
     print(f"done: checkpoint {out} (model_version {version}, {where}); learning curve {out.with_suffix('.curve.csv')}")
     return 0

@@ -1,12 +1,13 @@
 """Fixtures shared by the service fault tests: one in-process scorer per module and the
 phantom volumes copied under an allowed input root."""
+
 from __future__ import annotations
 
 import shutil
 
 import pytest
 
-from pipeline.slice_scorer import SliceScorer
+from patchrank.pipeline.service.slice_scorer import SliceScorer
 
 
 @pytest.fixture(scope="module")

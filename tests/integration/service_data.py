@@ -1,4 +1,5 @@
 """Test archive for the service tests: 20 scans, 12 readable and 8 broken in known ways."""
+
 from __future__ import annotations
 
 import gzip
@@ -53,7 +54,7 @@ def write_archive(root: Path, phantom_dir: Path, outside: Path) -> dict[str, str
 
 def missing_message(root: Path):
     """A message for a file that does not exist (deleted after it was queued)."""
-    from pipeline.messages import ScanMessage
+    from patchrank.pipeline.service.messages import ScanMessage
 
     uri = str((root / "missing.nii.gz").resolve())
     return ScanMessage(scan_id=hashlib.sha256(uri.encode()).hexdigest()[:32], uri=uri, submitted_at=0.0)

@@ -1,17 +1,23 @@
 """`patchrank evaluate` end to end on the tiny phantom model, and a quick quality bench."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from pipeline.cli import main
+from patchrank.pipeline.cli import main
 
 
 @pytest.mark.timeout(120)
 def test_evaluate_writes_report_and_figures(tiny_checkpoint, phantom_dir, tmp_path):
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_dir), "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(phantom_dir), "--out", str(out), "--quiet"]
+        )
+        == 0
+    )
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_normal"] > 0 and rep["n_abnormal"] > 0 and rep["n_scans"] == 8
     for key in ("image_auroc", "image_auprc", "small_lesion_auroc", "pixel_auroc", "best_dice"):
@@ -30,7 +36,18 @@ def test_evaluate_clear_error_without_labels(tiny_checkpoint, tmp_path, capsys):
 
     (tmp_path / "imgs").mkdir()
     Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "imgs" / "a.png")
-    rc = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "o"), "--quiet"])
+    rc = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--data",
+            str(tmp_path / "imgs"),
+            "--out",
+            str(tmp_path / "o"),
+            "--quiet",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
@@ -42,7 +59,7 @@ def test_gpu_flag_without_cuda_is_a_clear_error(cmd, tiny_checkpoint, phantom_di
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = (["evaluate", "--checkpoint", str(tiny_checkpoint)] if cmd == "evaluate" else ["bench", "quality", "--quick"])
+    args = ["evaluate", "--checkpoint", str(tiny_checkpoint)] if cmd == "evaluate" else ["bench", "quality", "--quick"]
     rc = main([*args, "--gpu", "--data", str(phantom_dir), "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert rc == 2 and "no CUDA device" in err and "Traceback" not in err
@@ -50,14 +67,29 @@ def test_gpu_flag_without_cuda_is_a_clear_error(cmd, tiny_checkpoint, phantom_di
 
 @pytest.mark.timeout(180)
 def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path, monkeypatch):
-    import pipeline.train_local as tl
+    import patchrank.pipeline.training.local as tl
 
     trained = []
     real_fit = tl.fit_local
     monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append(a[3].name) or real_fit(*a, **k))
     out = tmp_path / "bench"
-    rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--epochs", "1", "--folds", "2",
-               "--methods", "patchrank,no_ranking,no_context,percentile", "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "quality",
+            "--data",
+            str(phantom_dir),
+            "--quick",
+            "--epochs",
+            "1",
+            "--folds",
+            "2",
+            "--methods",
+            "patchrank,no_ranking,no_context,percentile",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     # the scoring-only ablation reuses the weights, and so does no_ranking: the default training loss is uniform
     assert trained == ["patchrank_fold0.pt", "patchrank_fold1.pt"]
@@ -72,15 +104,33 @@ def test_bench_quality_quick_on_phantoms(phantom_dir, tmp_path, monkeypatch):
 @pytest.mark.timeout(120)
 def test_bench_quality_train_seed_keeps_the_folds(phantom_dir, tmp_path):
     """--train-seed reseeds training (config seed) but the folds and pixel subsample stay --seed's."""
-    from pipeline.discover import discover
-    from pipeline.quality import make_folds
+    from patchrank.pipeline.data.discover import discover
+    from patchrank.pipeline.evaluation.folds import make_folds
 
     records = discover(str(phantom_dir))
     runs = {}
-    for name, seeds in (("seed0", ["--seed", "0"]), ("train7", ["--seed", "0", "--train-seed", "7"]), ("seed7", ["--seed", "7"])):
+    for name, seeds in (
+        ("seed0", ["--seed", "0"]),
+        ("train7", ["--seed", "0", "--train-seed", "7"]),
+        ("seed7", ["--seed", "7"]),
+    ):
         out = tmp_path / name
-        rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--folds", "2", *seeds,
-                   "--methods", "percentile", "--out", str(out)])
+        rc = main(
+            [
+                "bench",
+                "quality",
+                "--data",
+                str(phantom_dir),
+                "--quick",
+                "--folds",
+                "2",
+                *seeds,
+                "--methods",
+                "percentile",
+                "--out",
+                str(out),
+            ]
+        )
         assert rc == 0
         runs[name] = json.loads((out / "quality.json").read_text())
     assert runs["train7"]["folds"] == runs["seed0"]["folds"] == make_folds(records, 2, 0)
@@ -95,18 +145,40 @@ def test_bench_quality_models_dir_reuses_only_the_same_training(phantom_dir, tmp
     them (same numbers, nothing trained), a changed scoring setting is applied without training,
     adding the critic phase continues the kept model (resume), and a changed adversarial
     setting trains again."""
-    import pipeline.train_local as tl
+    import patchrank.pipeline.training.local as tl
 
     trained = []
     real_fit = tl.fit_local
-    monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append((a[3].name, k.get("resume", False))) or real_fit(*a, **k))
+    monkeypatch.setattr(
+        tl, "fit_local", lambda *a, **k: trained.append((a[3].name, k.get("resume", False))) or real_fit(*a, **k)
+    )
     models = tmp_path / "models"
 
     def bench(name: str, config: dict) -> dict:
         (tmp_path / f"{name}.json").write_text(json.dumps(config))
-        rc = main(["bench", "quality", "--data", str(phantom_dir), "--quick", "--epochs", "1", "--folds", "2",
-                   "--only-folds", "1", "--methods", "patchrank", "--config", str(tmp_path / f"{name}.json"),
-                   "--models", str(models), "--out", str(tmp_path / name)])
+        rc = main(
+            [
+                "bench",
+                "quality",
+                "--data",
+                str(phantom_dir),
+                "--quick",
+                "--epochs",
+                "1",
+                "--folds",
+                "2",
+                "--only-folds",
+                "1",
+                "--methods",
+                "patchrank",
+                "--config",
+                str(tmp_path / f"{name}.json"),
+                "--models",
+                str(models),
+                "--out",
+                str(tmp_path / name),
+            ]
+        )
         assert rc == 0
         return json.loads((tmp_path / name / "quality.json").read_text())["runs"][0]
 
@@ -116,7 +188,9 @@ def test_bench_quality_models_dir_reuses_only_the_same_training(phantom_dir, tmp
     assert len(trained) == 1  # nothing trained
     assert again["image_auroc"] == pytest.approx(first["image_auroc"], abs=1e-6)
     assert again["pixel_auroc"] == pytest.approx(first["pixel_auroc"], abs=1e-6)
-    rescored = bench("rescored", {"critic_epochs": 0, "scoring": {"pixel_smooth": 1, "pixel_guide": 0, "pixel_close": 0}})
+    rescored = bench(
+        "rescored", {"critic_epochs": 0, "scoring": {"pixel_smooth": 1, "pixel_guide": 0, "pixel_close": 0}}
+    )
     assert len(trained) == 1  # scoring only: same weights, new statistics and map
     assert rescored["pixel_auroc"] != pytest.approx(first["pixel_auroc"], abs=1e-6)
     bench("critic", {"critic_epochs": 1})

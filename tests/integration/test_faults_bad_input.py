@@ -6,6 +6,7 @@ scans around them are scored, nothing is pending, none of it counts as an
 infrastructure error, and the consumer keeps running throughout. Logs and rows carry
 scan ids, never the patient name planted in the NIfTI header text fields.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -20,10 +21,10 @@ import pytest
 from badinput import PATIENT_MARKER, good_volume, message_cases, write_file_cases, write_png
 from servicekit import LocalScorer, check_exactly_once, drive, make_consumer, service_config
 
-from pipeline.messages import ScanMessage, message_for
-from pipeline.sink import part_files
-from pipeline.slice_scorer import SliceScorer
-from pipeline.streams import StreamClient
+from patchrank.pipeline.service.messages import ScanMessage, message_for
+from patchrank.pipeline.service.sink import part_files
+from patchrank.pipeline.service.slice_scorer import SliceScorer
+from patchrank.pipeline.service.streams import StreamClient
 
 pytestmark = pytest.mark.integration
 

@@ -4,13 +4,13 @@ Each test enqueues real scans, breaks something mid-run, and then checks the inv
 (tests/servicekit.check_exactly_once): every enqueued scan has exactly one logical
 result, nothing is pending, every visible Parquet part is complete.
 """
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 from servicekit import LocalScorer, check_exactly_once, drive, enqueue, make_consumer, service_config
-
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +52,20 @@ def test_scorer_down_for_good_gives_up_with_reason(redis_url, tmp_path, tiny_che
     asyncio.run(drive([make_consumer(cfg, local)], cfg, timeout_s=60))
     out = check_exactly_once(cfg, ids)
     for r in out.rows.values():
-        assert r["status"] == "failed" and "gave up after 2 deliveries" in r["error"] and "scorer unreachable" in r["error"], r["error"]
+        assert (
+            r["status"] == "failed"
+            and "gave up after 2 deliveries" in r["error"]
+            and "scorer unreachable" in r["error"]
+        ), r["error"]
     assert len(out.dead) == 3 and all("scorer unreachable" in d["reason"] for d in out.dead)
 
 
 @pytest.mark.timeout(90)
 def test_graceful_stop_drains_in_flight_scans(redis_url, tmp_path, tiny_checkpoint, scorer, scans):
     """stop (what SIGTERM / replica shutdown trigger) finishes, writes and acks what is in flight."""
-    cfg = _cfg(redis_url, tmp_path, tiny_checkpoint, max_inflight_scans=2, read_count=2, flush_interval_s=30, flush_scans=100)
+    cfg = _cfg(
+        redis_url, tmp_path, tiny_checkpoint, max_inflight_scans=2, read_count=2, flush_interval_s=30, flush_scans=100
+    )
     ids = [m.scan_id for m in enqueue(cfg, scans)]
     local = LocalScorer(scorer)
     local.fail = lambda n, c: __import__("time").sleep(0.15)

@@ -5,6 +5,7 @@ The consumer runs in-process (fast) or, where the fault is a signal or a hard ki
 child process (`python tests/servicekit.py CONFIG`). Invariant after every fault: each
 enqueued scan has exactly one logical result, nothing is pending, parts are complete.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ import pytest
 from redisproc import RedisServer
 from servicekit import LocalScorer, backlog, check_exactly_once, drive, enqueue, make_consumer, service_config
 
-from pipeline.sink import part_files
+from patchrank.pipeline.service.sink import part_files
 
 pytestmark = pytest.mark.integration
 KIT = Path(__file__).resolve().parents[1] / "servicekit.py"
@@ -28,7 +29,12 @@ KIT = Path(__file__).resolve().parents[1] / "servicekit.py"
 def _child(cfg, tmp_path: Path, *extra: str, slow_s: float = 0.0) -> subprocess.Popen:
     spec = tmp_path / "child.json"
     spec.write_text(json.dumps({"service": cfg.model_dump(), "slow_s": slow_s, "name": "child"}))
-    proc = subprocess.Popen([sys.executable, str(KIT), str(spec), *extra], stderr=subprocess.PIPE, text=True, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    proc = subprocess.Popen(
+        [sys.executable, str(KIT), str(spec), *extra],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+    )
     assert "READY" in proc.stderr.readline() or proc.poll() is None
     return proc
 
@@ -77,7 +83,9 @@ def test_redis_restarted_mid_run(tmp_path, tiny_checkpoint, scorer, scans):
     server = RedisServer(tmp_path, durable=True)  # AOF: the restart keeps the stream
     server.start()
     try:
-        cfg = service_config(server.url, tmp_path, tiny_checkpoint, max_deliveries=10, read_count=1, max_inflight_scans=1)
+        cfg = service_config(
+            server.url, tmp_path, tiny_checkpoint, max_deliveries=10, read_count=1, max_inflight_scans=1
+        )
         ids = [m.scan_id for m in enqueue(cfg, scans)]
         local = LocalScorer(scorer)
         local.fail = lambda n, c: time.sleep(0.05)
@@ -143,6 +151,8 @@ def test_output_unwritable_for_good_dead_letters_with_reason(redis_url, tmp_path
     client = StreamClient.from_url(cfg.redis_url, cfg.keys)
     dead = [{k.decode(): v.decode(errors="replace") for k, v in f.items()} for _, f in client.dead_letters()]
     client.close()
-    assert sorted(json.loads(d["msg"])["scan_id"] for d in dead) == sorted(m.scan_id for m in msgs), "every scan is on the dead-letter stream"
+    assert sorted(json.loads(d["msg"])["scan_id"] for d in dead) == sorted(m.scan_id for m in msgs), (
+        "every scan is on the dead-letter stream"
+    )
     for d in dead:
         assert "gave up after 2 deliveries" in d["reason"] and "result write failed" in d["reason"], d["reason"]

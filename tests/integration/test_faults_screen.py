@@ -1,6 +1,7 @@
 """`patchrank screen` (embedded default) interrupted with Ctrl-C or SIGTERM mid-run: it exits
 promptly, stops every process it started (private redis-server, local Ray), and leaves
 no half-written files; every visible part is a complete Parquet file."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from servicekit import phantom_archive
 
-from pipeline.sink import part_files
+from patchrank.pipeline.service.sink import part_files
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,8 +28,30 @@ def test_screen_interrupted_stops_everything(tmp_path, phantom_dir, tiny_checkpo
     data = phantom_archive(phantom_dir, tmp_path / "data", 200)
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "screen", str(data), "--checkpoint", str(tiny_checkpoint), "--out", str(out),
-                             "--num-cpus", "2", "--inflight", "2", "--chunk", "4"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "patchrank.pipeline.cli",
+            "screen",
+            str(data),
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--out",
+            str(out),
+            "--num-cpus",
+            "2",
+            "--inflight",
+            "2",
+            "--chunk",
+            "4",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     me = psutil.Process(proc.pid)
     deadline = time.monotonic() + 120
     while not part_files(out, "scans"):

@@ -2,6 +2,7 @@
 replica is killed mid-run. Serve restarts both; entries in flight are reclaimed with
 XAUTOCLAIM; every scan still ends as exactly one result and nothing stays pending.
 """
+
 from __future__ import annotations
 
 import time
@@ -9,10 +10,10 @@ import time
 import pytest
 from servicekit import backlog, check_exactly_once, phantom_archive
 
-from pipeline.messages import scan_id_for
-from pipeline.service_settings import AppArgs, Placement, ServiceConfig
-from pipeline.sink import part_files
-from pipeline.streams import StreamClient
+from patchrank.pipeline.service.messages import scan_id_for
+from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
+from patchrank.pipeline.service.sink import part_files
+from patchrank.pipeline.service.streams import StreamClient
 
 pytestmark = pytest.mark.integration
 
@@ -40,13 +41,26 @@ def _wait(cond, timeout_s: float, what: str) -> None:
 def test_scorer_and_ingest_replicas_killed_mid_run(ray_session, redis_url, phantom_dir, tiny_checkpoint, tmp_path):
     import ray
 
-    from pipeline import screening
-    from pipeline.commands.enqueue import enqueue_paths
+    from patchrank.pipeline.commands.enqueue import enqueue_paths
+    from patchrank.pipeline.service import screening
 
     root = phantom_archive(phantom_dir, tmp_path / "archive", 24)
-    cfg = ServiceConfig(redis_url=redis_url, namespace="t-serve-faults", checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path / "out"),
-                        allowed_roots=[str(root)], max_inflight_scans=2, flush_scans=2, flush_interval_s=0.1, chunk_slices=4,
-                        max_batch_size=8, claim_idle_ms=1500, claim_every_s=0.3, max_deliveries=10, torch_threads=1)
+    cfg = ServiceConfig(
+        redis_url=redis_url,
+        namespace="t-serve-faults",
+        checkpoint=str(tiny_checkpoint),
+        output_dir=str(tmp_path / "out"),
+        allowed_roots=[str(root)],
+        max_inflight_scans=2,
+        flush_scans=2,
+        flush_interval_s=0.1,
+        chunk_slices=4,
+        max_batch_size=8,
+        claim_idle_ms=1500,
+        claim_every_s=0.3,
+        max_deliveries=10,
+        torch_threads=1,
+    )
     client = StreamClient.from_url(redis_url, cfg.keys)
     client.ensure_group()
     screening.deploy(AppArgs(service=cfg, scorer=Placement(num_cpus=0.5), ingest=Placement(num_cpus=0.1)))
@@ -81,15 +95,27 @@ def test_serve_shutdown_drains_in_flight_scans(ray_session, redis_url, phantom_d
     """serve.delete / redeploy / scale-down (what SIGTERM of `serve run` does): the ingest
     replica stops reading and writes + acknowledges what it has scored; scans it cannot
     finish (the scorer is shutting down too) stay pending and are redelivered later."""
-    from pipeline import screening
-    from pipeline.commands.enqueue import enqueue_paths
+    from patchrank.pipeline.commands.enqueue import enqueue_paths
+    from patchrank.pipeline.service import screening
 
     root = phantom_archive(phantom_dir, tmp_path / "archive", 24)
     # results are buffered (long flush interval) and never reclaimed during the test (long idle):
     # only a graceful drain writes rows before the shutdown
-    cfg = ServiceConfig(redis_url=redis_url, namespace="t-serve-drain", checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path / "out"),
-                        allowed_roots=[str(root)], max_inflight_scans=3, flush_scans=100, flush_interval_s=30, chunk_slices=4,
-                        max_batch_size=8, claim_idle_ms=600_000, drain_timeout_s=2, torch_threads=1)
+    cfg = ServiceConfig(
+        redis_url=redis_url,
+        namespace="t-serve-drain",
+        checkpoint=str(tiny_checkpoint),
+        output_dir=str(tmp_path / "out"),
+        allowed_roots=[str(root)],
+        max_inflight_scans=3,
+        flush_scans=100,
+        flush_interval_s=30,
+        chunk_slices=4,
+        max_batch_size=8,
+        claim_idle_ms=600_000,
+        drain_timeout_s=2,
+        torch_threads=1,
+    )
     client = StreamClient.from_url(redis_url, cfg.keys)
     client.ensure_group()
     app = AppArgs(service=cfg, scorer=Placement(num_cpus=0.5), ingest=Placement(num_cpus=0.1))
@@ -103,13 +129,19 @@ def test_serve_shutdown_drains_in_flight_scans(ray_session, redis_url, phantom_d
         assert b.lag > 0, "the stream drained before the shutdown; the test proved nothing"
         assert not list((tmp_path / "out").rglob(".*.tmp"))
         done = len(ids) - b.lag - b.pending
-        from pipeline.query import ResultStore
+        from patchrank.pipeline.service.results import ResultStore
 
         # nothing was flushed during the run (30 s interval): every row here was written by the drain
         assert done >= 1, "scored results buffered at shutdown were dropped instead of written and acknowledged"
-        assert ResultStore(cfg.output_dir).sql("SELECT count(*) FROM scans_all")[1][0][0] == done, "every acknowledged scan has its row"
+        assert ResultStore(cfg.output_dir).sql("SELECT count(*) FROM scans_all")[1][0][0] == done, (
+            "every acknowledged scan has its row"
+        )
         # scans still in flight when the scorer went away stay pending and are redelivered
-        app = AppArgs(service=cfg.model_copy(update={"claim_idle_ms": 1000, "flush_interval_s": 0.2}), scorer=app.scorer, ingest=app.ingest)
+        app = AppArgs(
+            service=cfg.model_copy(update={"claim_idle_ms": 1000, "flush_interval_s": 0.2}),
+            scorer=app.scorer,
+            ingest=app.ingest,
+        )
         screening.deploy(app)
         screening.wait_drained(client, timeout_s=150, show=False)
         out = check_exactly_once(cfg, ids)

@@ -1,4 +1,5 @@
 """Train a tiny model on generated phantoms, save, load, score: in-process and via the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -7,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from model import load_checkpoint, score_images
-from pipeline.cli import main
-from pipeline.datasets import build_slices
-from pipeline.discover import discover
-from pipeline.preprocess import as_config
+from patchrank.model import load_checkpoint, score_images
+from patchrank.pipeline.cli import main
+from patchrank.pipeline.data.datasets import build_slices
+from patchrank.pipeline.data.discover import discover
+from patchrank.pipeline.data.preprocess import as_config
 
 
 @pytest.mark.timeout(120)
@@ -35,8 +36,23 @@ def test_train_save_load_score(tiny_checkpoint, phantom_dir):
 def test_cli_train_resume_and_score(tmp_path, phantom_dir, capsys):
     ckpt = tmp_path / "m.pt"
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2}, "critic_epochs": 1}))
-    common = ["train", "--data", str(phantom_dir), "--out", str(ckpt), "--config", str(cfg), "--image-size", "32", "--batch-size", "8", "--quiet"]
+    cfg.write_text(
+        json.dumps({"arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2}, "critic_epochs": 1})
+    )
+    common = [
+        "train",
+        "--data",
+        str(phantom_dir),
+        "--out",
+        str(ckpt),
+        "--config",
+        str(cfg),
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--quiet",
+    ]
     assert main([*common, "--epochs", "1"]) == 0
     v1 = load_checkpoint(ckpt)
     assert main([*common, "--epochs", "2", "--resume"]) == 0
@@ -46,11 +62,29 @@ def test_cli_train_resume_and_score(tmp_path, phantom_dir, capsys):
     assert v2.train_state["epoch"] == 3 and v2.meta["epochs_done"] == 4 and v2.train_state["gan_epochs"] == 2
     assert v2.model_version != v1.model_version
     rows = ckpt.with_suffix(".curve.csv").read_text().splitlines()
-    assert [tuple(r.split(",")[:2]) for r in rows[1:]] == [("1", "gan"), ("2", "critic"), ("3", "gan"), ("4", "critic")]  # continued
+    assert [tuple(r.split(",")[:2]) for r in rows[1:]] == [
+        ("1", "gan"),
+        ("2", "critic"),
+        ("3", "gan"),
+        ("4", "critic"),
+    ]  # continued
 
     out_json = tmp_path / "scores.json"
     (tmp_path / "junk.nii.gz").write_bytes(b"not a nifti")
-    assert main(["score", str(phantom_dir), str(tmp_path / "junk.nii.gz"), "--checkpoint", str(ckpt), "--json", str(out_json)]) == 0
+    assert (
+        main(
+            [
+                "score",
+                str(phantom_dir),
+                str(tmp_path / "junk.nii.gz"),
+                "--checkpoint",
+                str(ckpt),
+                "--json",
+                str(out_json),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out_json.read_text())["results"]
     assert sum(r["status"] == "ok" for r in res) == 8
     failed = [r for r in res if r["status"] == "failed"]

@@ -1,6 +1,7 @@
 """Ray Train (TorchTrainer, 2 CPU workers, DDP over gloo) on tiny phantom data:
 a worker crash is survived from the latest checkpoint, the checkpoint loads and scores
 like the workers' in-memory model, and --resume continues from the saved epoch."""
+
 from __future__ import annotations
 
 import csv
@@ -10,13 +11,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
-from pipeline.settings import TrainConfig
-from pipeline.training import score_stats
+from patchrank.model.checkpoint import load_checkpoint
+from patchrank.pipeline.settings import TrainConfig
+from patchrank.pipeline.training.loop import score_stats
 
 HALF_CPU = 0.5  # per worker: 2 workers fit even if another test's actor still holds a CPU
-TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
-        "critic_epochs": 0}  # the resume test adds a critic phase (DDP discriminator-only epochs)
+TINY = {
+    "batch_size": 8,
+    "preprocess": {"image_size": 32},
+    "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
+    "critic_epochs": 0,
+}  # the resume test adds a critic phase (DDP discriminator-only epochs)
 
 
 def _wait_for_cpus(ray, n: float, timeout: float = 30.0) -> None:
@@ -29,7 +34,7 @@ def _wait_for_cpus(ray, n: float, timeout: float = 30.0) -> None:
 
 @pytest.fixture(scope="module")
 def data(phantom_dir):
-    from pipeline.train_local import prepare_data, prepare_labelled
+    from patchrank.pipeline.training.local import prepare_data, prepare_labelled
 
     cfg = TrainConfig(**TINY)
     train, val = prepare_data(phantom_dir, cfg, show=False)
@@ -39,13 +44,23 @@ def data(phantom_dir):
 @pytest.fixture(scope="module")
 def two_worker_run(ray_session, data, tmp_path_factory):
     """2 epochs on 2 workers; rank 1 crashes once after epoch 1 (FailureConfig restarts it)."""
-    from deploy.train_launcher import launch
+    from patchrank.deploy.train_launcher import launch
 
     _wait_for_cpus(ray_session, 2 * HALF_CPU)
     train, val, labelled = data
     out = tmp_path_factory.mktemp("raytrain") / "model.pt"
-    res = launch(train, val, TrainConfig(epochs=2, **TINY), out, workers=2, cpus_per_worker=HALF_CPU, max_failures=1, labelled=labelled,
-                 progress_s=0, fail_after_epoch=1)
+    res = launch(
+        train,
+        val,
+        TrainConfig(epochs=2, **TINY),
+        out,
+        workers=2,
+        cpus_per_worker=HALF_CPU,
+        max_failures=1,
+        labelled=labelled,
+        progress_s=0,
+        fail_after_epoch=1,
+    )
     return out, res
 
 
@@ -76,7 +91,7 @@ def test_two_workers_survive_a_crash_and_checkpoint_scores_like_memory(two_worke
 
 @pytest.mark.timeout(240)
 def test_resume_continues_from_saved_epoch(two_worker_run, data):
-    from deploy.train_launcher import launch
+    from patchrank.deploy.train_launcher import launch
 
     out, first = two_worker_run
     train, val, _ = data
@@ -89,7 +104,10 @@ def test_resume_continues_from_saved_epoch(two_worker_run, data):
     assert res.metrics["epoch"] == 4 and ck.model_version != before.model_version
     assert res.metrics["epochs_before"] == 2 and res.metrics["restarted"] == 0
     # Only epochs 3-4 ran in the resumed run (a restart would have reported epochs 1..4).
-    assert sorted(p.name for p in Path(res.run_path).glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0003", "checkpoint_epoch_0004"]
+    assert sorted(p.name for p in Path(res.run_path).glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_0003",
+        "checkpoint_epoch_0004",
+    ]
     rows = list(csv.DictReader(out.with_suffix(".curve.csv").open()))
     assert [(r["epoch"], r["phase"]) for r in rows] == [("1", "gan"), ("2", "gan"), ("3", "gan"), ("4", "critic")]
     # Resuming with nothing left to train keeps the checkpoint as it is.
@@ -101,10 +119,19 @@ def test_resume_continues_from_saved_epoch(two_worker_run, data):
 def test_crash_restart_is_bitwise_the_uninterrupted_run(two_worker_run, data, tmp_path):
     """Restarting from checkpoint 1 restores weights, both optimizers and every rank's mask RNG:
     the crashed-and-restarted run ends with the same model as a run that never failed."""
-    from deploy.train_launcher import launch
+    from patchrank.deploy.train_launcher import launch
 
     _, crashed = two_worker_run
     train, val, labelled = data
-    clean = launch(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "clean.pt", workers=2, cpus_per_worker=HALF_CPU, labelled=labelled, progress_s=0)
+    clean = launch(
+        train,
+        val,
+        TrainConfig(epochs=2, **TINY),
+        tmp_path / "clean.pt",
+        workers=2,
+        cpus_per_worker=HALF_CPU,
+        labelled=labelled,
+        progress_s=0,
+    )
     assert clean.metrics["restarted"] == 0
     assert clean.model_version == crashed.model_version

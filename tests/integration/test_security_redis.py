@@ -3,6 +3,7 @@
 The TLS server is a real redis-server started with --tls-port and certificates made
 here with `openssl` (skipped if the binary lacks TLS or openssl is missing).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +19,9 @@ import redis
 from redisproc import RedisServer, free_port
 from servicekit import LocalScorer, check_exactly_once, drive, make_consumer, service_config
 
-from pipeline.cli import main as cli
-from pipeline.messages import message_for
-from pipeline.slice_scorer import SliceScorer
+from patchrank.pipeline.cli import main as cli
+from patchrank.pipeline.service.messages import message_for
+from patchrank.pipeline.service.slice_scorer import SliceScorer
 
 pytestmark = pytest.mark.integration
 PASSWORD = "Tr0ub4dor-and-3-horses"
@@ -79,10 +80,40 @@ def _make_certs(d: Path) -> tuple[Path, Path, Path]:
         pytest.skip("openssl not installed")
     d.mkdir(parents=True, exist_ok=True)
     run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=patchrank-test-ca")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=patchrank-test-ca",
+    )
     run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost")
     (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    )
     return d / "ca.crt", d / "server.crt", d / "server.key"
 
 
@@ -90,9 +121,31 @@ def _make_certs(d: Path) -> tuple[Path, Path, Path]:
 def tls_redis(tmp_path):
     ca, crt, key = _make_certs(tmp_path / "tls")
     port = free_port()
-    args = [shutil.which("redis-server"), "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(tmp_path), "--tls-cert-file", str(crt), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
-            "--tls-auth-clients", "no", "--requirepass", PASSWORD]
+    args = [
+        shutil.which("redis-server"),
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+        "--tls-cert-file",
+        str(crt),
+        "--tls-key-file",
+        str(key),
+        "--tls-ca-cert-file",
+        str(ca),
+        "--tls-auth-clients",
+        "no",
+        "--requirepass",
+        PASSWORD,
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 10
     while time.time() < deadline:

@@ -1,4 +1,5 @@
 """The stream consumer without Serve: retries, dead-lettering, malformed entries (real Redis)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -6,20 +7,32 @@ import shutil
 
 import pytest
 
-from pipeline.consumer import StreamConsumer, check_uri
-from pipeline.loaders import ScanError
-from pipeline.messages import message_for
-from pipeline.query import ResultStore
-from pipeline.service_settings import ServiceConfig
-from pipeline.slice_scorer import SliceScorer, model_info
-from pipeline.streams import AsyncStreamClient, StreamClient
+from patchrank.pipeline.data.loaders import ScanError
+from patchrank.pipeline.service.consumer import StreamConsumer, check_uri
+from patchrank.pipeline.service.messages import message_for
+from patchrank.pipeline.service.results import ResultStore
+from patchrank.pipeline.service.settings import ServiceConfig
+from patchrank.pipeline.service.slice_scorer import SliceScorer, model_info
+from patchrank.pipeline.service.streams import AsyncStreamClient, StreamClient
 
 pytestmark = pytest.mark.integration
 
 
 def _cfg(redis_url, ckpt, out, root, **kw) -> ServiceConfig:
-    base = dict(redis_url=redis_url, namespace="t-consumer", checkpoint=str(ckpt), output_dir=str(out), allowed_roots=[str(root)],
-                claim_idle_ms=100, claim_every_s=0.1, block_ms=50, flush_interval_s=0.1, max_deliveries=2, chunk_slices=4, max_batch_size=8)
+    base = dict(
+        redis_url=redis_url,
+        namespace="t-consumer",
+        checkpoint=str(ckpt),
+        output_dir=str(out),
+        allowed_roots=[str(root)],
+        claim_idle_ms=100,
+        claim_every_s=0.1,
+        block_ms=50,
+        flush_interval_s=0.1,
+        max_deliveries=2,
+        chunk_slices=4,
+        max_batch_size=8,
+    )
     return ServiceConfig(**{**base, **kw})
 
 
@@ -93,7 +106,9 @@ def test_plain_consumer_scores_and_skips_known_results(redis_url, phantom_dir, t
         consumer = StreamConsumer(cfg, AsyncStreamClient.from_url(redis_url, cfg.keys), local, model_info(scorer))
         asyncio.run(_run_until_drained(consumer, sync))
     assert consumer.stats["duplicate"] == 3 and consumer.stats["ok"] == 0
-    assert ResultStore(cfg.output_dir).sql("SELECT count(*), count(DISTINCT scan_id), min(status) FROM scans_all")[1] == [(3, 3, "ok")]
+    assert ResultStore(cfg.output_dir).sql("SELECT count(*), count(DISTINCT scan_id), min(status) FROM scans_all")[
+        1
+    ] == [(3, 3, "ok")]
     sync.close()
 
 
@@ -104,8 +119,12 @@ def test_check_uri_refuses_escapes(tmp_path):
     (outside / "x.nii").write_bytes(b"x")
     (root / "link.nii").symlink_to(outside / "x.nii")
     roots = [root.resolve()]
-    for uri, why in [(str(root / ".." / "outside" / "x.nii"), "outside"), (str(root / "link.nii"), "outside"),
-                     ("relative/x.nii", "absolute"), (str(root / "a\x00b"), "NUL")]:
+    for uri, why in [
+        (str(root / ".." / "outside" / "x.nii"), "outside"),
+        (str(root / "link.nii"), "outside"),
+        ("relative/x.nii", "absolute"),
+        (str(root / "a\x00b"), "NUL"),
+    ]:
         with pytest.raises(ScanError, match=why):
             check_uri(uri, roots)
     with pytest.raises(ScanError, match="no allowed input roots"):

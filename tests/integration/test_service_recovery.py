@@ -1,4 +1,5 @@
 """Kill the consumer mid-batch, start another: nothing lost, nothing duplicated."""
+
 from __future__ import annotations
 
 import time
@@ -6,10 +7,10 @@ import time
 import pytest
 from servicekit import phantom_archive
 
-from pipeline.query import ResultStore
-from pipeline.service_settings import ServiceConfig
-from pipeline.sink import part_files
-from pipeline.streams import StreamClient
+from patchrank.pipeline.service.results import ResultStore
+from patchrank.pipeline.service.settings import ServiceConfig
+from patchrank.pipeline.service.sink import part_files
+from patchrank.pipeline.service.streams import StreamClient
 
 pytestmark = pytest.mark.integration
 
@@ -18,13 +19,25 @@ pytestmark = pytest.mark.integration
 def test_kill_consumer_mid_batch_then_restart(ray_session, redis_url, phantom_dir, tiny_checkpoint, tmp_path):
     import ray
 
-    from actors.ingest import IngestWorker
-    from pipeline.commands.enqueue import enqueue_paths
+    from patchrank.actors.ingest import IngestWorker
+    from patchrank.pipeline.commands.enqueue import enqueue_paths
 
     root = phantom_archive(phantom_dir, tmp_path / "archive", 16)  # 16 distinct files (distinct scan ids)
-    cfg = ServiceConfig(redis_url=redis_url, namespace="t-recovery", checkpoint=str(tiny_checkpoint), output_dir=str(tmp_path / "out"),
-                        allowed_roots=[str(root)], max_inflight_scans=3, flush_scans=1, flush_interval_s=0.05, chunk_slices=4,
-                        max_batch_size=8, claim_idle_ms=1500, claim_every_s=0.3, torch_threads=1)
+    cfg = ServiceConfig(
+        redis_url=redis_url,
+        namespace="t-recovery",
+        checkpoint=str(tiny_checkpoint),
+        output_dir=str(tmp_path / "out"),
+        allowed_roots=[str(root)],
+        max_inflight_scans=3,
+        flush_scans=1,
+        flush_interval_s=0.05,
+        chunk_slices=4,
+        max_batch_size=8,
+        claim_idle_ms=1500,
+        claim_every_s=0.3,
+        torch_threads=1,
+    )
     client = StreamClient.from_url(redis_url, cfg.keys)
     report = enqueue_paths(client, [root], show=False)
     assert len(report.queued) == 16
@@ -47,7 +60,9 @@ def test_kill_consumer_mid_batch_then_restart(ray_session, redis_url, phantom_di
     assert (drained.lag, drained.pending) == (0, 0)
 
     store = ResultStore(cfg.output_dir)
-    assert store.sql("SELECT count(*), count(DISTINCT scan_id), min(status), max(status) FROM scans")[1] == [(16, 16, "ok", "ok")]
+    assert store.sql("SELECT count(*), count(DISTINCT scan_id), min(status), max(status) FROM scans")[1] == [
+        (16, 16, "ok", "ok")
+    ]
     physical = store.sql("SELECT count(*) FROM scans_all")[1][0][0]
     assert physical == 16, f"{physical} physical rows for 16 scans"
     if after_kill.pending:

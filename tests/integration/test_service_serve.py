@@ -2,33 +2,43 @@
 
 One Serve app is deployed for the module (real redis-server, local Ray from ray_session).
 """
+
 from __future__ import annotations
 
 import pyarrow.parquet as pq
 import pytest
-
-from pipeline.messages import scan_id_for
-from pipeline.query import ResultStore
-from pipeline.service_settings import AppArgs, Placement, ServiceConfig
-from pipeline.sink import part_files
-from pipeline.streams import StreamClient
-from pipeline.tables import SCANS_SCHEMA
-
 from service_data import EXPECTED_BAD, missing_message, write_archive
+
+from patchrank.pipeline.service.messages import scan_id_for
+from patchrank.pipeline.service.results import ResultStore
+from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
+from patchrank.pipeline.service.sink import part_files
+from patchrank.pipeline.service.streams import StreamClient
+from patchrank.pipeline.service.tables import SCANS_SCHEMA
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def service(ray_session, redis_server, phantom_dir, tiny_checkpoint, tmp_path_factory):
-    from pipeline import screening
+    from patchrank.pipeline.service import screening
 
     base = tmp_path_factory.mktemp("service")
     root, out = base / "archive", base / "results"
     expected = write_archive(root, phantom_dir, base / "outside")
-    cfg = ServiceConfig(redis_url=redis_server.url, namespace="t-serve", checkpoint=str(tiny_checkpoint), output_dir=str(out),
-                        allowed_roots=[str(root)], max_batch_size=16, chunk_slices=4, flush_scans=4, flush_interval_s=0.3,
-                        claim_idle_ms=5000, torch_threads=1)
+    cfg = ServiceConfig(
+        redis_url=redis_server.url,
+        namespace="t-serve",
+        checkpoint=str(tiny_checkpoint),
+        output_dir=str(out),
+        allowed_roots=[str(root)],
+        max_batch_size=16,
+        chunk_slices=4,
+        flush_scans=4,
+        flush_interval_s=0.3,
+        claim_idle_ms=5000,
+        torch_threads=1,
+    )
     client = StreamClient.from_url(cfg.redis_url, cfg.keys)
     for k in (cfg.keys.stream, cfg.keys.dead_letter, cfg.keys.errors):
         client.r.delete(k)
@@ -41,7 +51,7 @@ def service(ray_session, redis_server, phantom_dir, tiny_checkpoint, tmp_path_fa
 
 
 def _enqueue_all(svc) -> int:
-    from pipeline.commands.enqueue import enqueue_paths
+    from patchrank.pipeline.commands.enqueue import enqueue_paths
 
     files = sorted(p for p in svc["root"].iterdir() if p.name != "missing.nii.gz")
     report = enqueue_paths(svc["client"], files, show=False)
@@ -51,7 +61,7 @@ def _enqueue_all(svc) -> int:
 
 @pytest.fixture(scope="module")
 def screened(service):
-    from pipeline.screening import wait_drained
+    from patchrank.pipeline.service.screening import wait_drained
 
     assert _enqueue_all(service) == 20
     wait_drained(service["client"], timeout_s=120, show=False)
@@ -77,13 +87,15 @@ def test_twenty_scans_one_row_each_with_right_status(screened):
     for p in part_files(svc["out"], "scans"):
         assert pq.read_schema(p).equals(SCANS_SCHEMA)
     assert not list(svc["out"].rglob(".*.tmp"))
-    n_patches = store.sql("SELECT count(*) FROM patches p JOIN scans s USING (result_id) WHERE s.status = 'ok'")[1][0][0]
+    n_patches = store.sql("SELECT count(*) FROM patches p JOIN scans s USING (result_id) WHERE s.status = 'ok'")[1][0][
+        0
+    ]
     assert n_patches > 0
 
 
 @pytest.mark.timeout(240)
 def test_reenqueue_adds_no_duplicate_results(screened):
-    from pipeline.screening import wait_drained
+    from patchrank.pipeline.service.screening import wait_drained
 
     svc = screened
     before = ResultStore(svc["out"]).sql("SELECT count(*) FROM scans_all")[1][0][0]
@@ -98,10 +110,10 @@ def test_reenqueue_adds_no_duplicate_results(screened):
 @pytest.mark.timeout(240)
 def test_service_scores_match_in_process_scoring_and_query_ranks_top(screened):
     """The known answer: the same checkpoint scored in-process (pipeline.scan_scoring)."""
-    from model.checkpoint import load_checkpoint
-    from pipeline.loaders import load_scan
-    from pipeline.preprocess import preprocess_scan
-    from pipeline.scan_scoring import score_prepared
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.data.loaders import load_scan
+    from patchrank.pipeline.data.preprocess import preprocess_scan
+    from patchrank.pipeline.scan_scoring import score_prepared
 
     svc = screened
     model = load_checkpoint(svc["cfg"].checkpoint)
@@ -118,18 +130,24 @@ def test_service_scores_match_in_process_scoring_and_query_ranks_top(screened):
     best = max(direct, key=lambda k: direct[k].scan_score)
     assert top["scan_id"] == best
     hit = direct[best].patches[0]
-    assert (top["patches"][0]["slice_index"], top["patches"][0]["row"], top["patches"][0]["col"]) == (hit.slice_index, hit.row, hit.col)
+    assert (top["patches"][0]["slice_index"], top["patches"][0]["row"], top["patches"][0]["col"]) == (
+        hit.slice_index,
+        hit.row,
+        hit.col,
+    )
 
 
 @pytest.mark.timeout(240)
 def test_query_cli_and_heatmap(screened, tmp_path, capsys):
-    from pipeline.cli import main
+    from patchrank.pipeline.cli import main
 
     svc = screened
     assert main(["query", str(svc["out"]), "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert "20 results: 8 failed, 12 ok" in text
-    assert main(["query", str(svc["out"]), "--sql", "SELECT status, count(*) AS n FROM scans GROUP BY 1 ORDER BY 1"]) == 0
+    assert (
+        main(["query", str(svc["out"]), "--sql", "SELECT status, count(*) AS n FROM scans GROUP BY 1 ORDER BY 1"]) == 0
+    )
     assert "failed" in capsys.readouterr().out
     top = ResultStore(svc["out"]).top_scans(1)[0]["scan_id"]
     png = tmp_path / "top.png"
@@ -143,10 +161,26 @@ def test_screen_command_embedded_redis(service, phantom_dir, tiny_checkpoint, tm
     """`patchrank screen` with no --redis-url: private redis-server, started and stopped."""
     import psutil
 
-    from pipeline.cli import main
+    from patchrank.pipeline.cli import main
 
     out = tmp_path / "screen"
-    assert main(["screen", str(phantom_dir), "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--top", "3", "--chunk", "4"]) == 0
+    assert (
+        main(
+            [
+                "screen",
+                str(phantom_dir),
+                "--checkpoint",
+                str(tiny_checkpoint),
+                "--out",
+                str(out),
+                "--top",
+                "3",
+                "--chunk",
+                "4",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "8 ok" in text and "private redis-server" in text
     assert ResultStore(out).counts() == {"ok": 8}

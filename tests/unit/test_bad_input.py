@@ -3,6 +3,7 @@
 The corpus lives in tests/badinput.py; the same cases drive the integration test that
 pushes them through the running consumer (tests/integration/test_faults_bad_input.py).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -13,10 +14,10 @@ from pathlib import Path
 import pytest
 from badinput import PATIENT_MARKER, good_volume, message_cases, nifti_header_only, write_file_cases
 
-from pipeline.consumer import check_uri, load_prepared
-from pipeline.loaders import ScanError, load_nifti
-from pipeline.messages import MessageError, ScanMessage, message_for
-from pipeline.settings import PreprocessConfig
+from patchrank.pipeline.data.loaders import ScanError, load_nifti
+from patchrank.pipeline.service.consumer import check_uri, load_prepared
+from patchrank.pipeline.service.messages import MessageError, ScanMessage, message_for
+from patchrank.pipeline.settings import PreprocessConfig
 
 PRE = PreprocessConfig(image_size=32).model_dump()
 
@@ -56,8 +57,8 @@ def test_control_good_volume_and_png_score(corpus, tmp_path):
     root, _ = corpus
     prep = _score_path(str(root / "source_good.nii.gz"), root)
     assert prep.images.shape[1:] == (1, 32, 32) and len(prep.images) > 0
-    from badinput import write_png
     import numpy as np
+    from badinput import write_png
 
     png = write_png(root / "ok.png", (np.arange(64 * 64).reshape(64, 64) % 251).astype(np.uint8))
     assert _score_path(str(png), root).images.shape == (1, 1, 32, 32)
@@ -125,7 +126,7 @@ def test_scan_id_is_stable_and_changes_with_content(tmp_path):
 def test_scoring_settings_reject_even_smoothing_and_negative_weights():
     from pydantic import ValidationError
 
-    from pipeline.settings import ScoringSettings
+    from patchrank.pipeline.settings import ScoringSettings
 
     for bad in ({"prior_smooth": 4}, {"pixel_smooth": 8}, {"symmetry_weight": -1.0}, {"intensity_weight": -0.5}):
         with pytest.raises(ValidationError):

@@ -1,4 +1,5 @@
 """Slice inclusion/labelling on a hand-made volume, dataset discovery in every layout, folds."""
+
 from __future__ import annotations
 
 import nibabel as nib
@@ -6,13 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.datasets import DatasetError, Record, slice_labels, split_by_subject
-from pipeline.discover import discover, infer_channels
-from pipeline.evaluation import EvalScan, evaluate_scorer, SliceResult
-from pipeline.loaders import Scan
-from pipeline.preprocess import preprocess_scan
-from pipeline.quality import make_folds
-from pipeline.settings import PreprocessConfig
+from patchrank.pipeline.data.datasets import DatasetError, Record, slice_labels, split_by_subject
+from patchrank.pipeline.data.discover import discover, infer_channels
+from patchrank.pipeline.data.loaders import Scan
+from patchrank.pipeline.data.preprocess import preprocess_scan
+from patchrank.pipeline.evaluation.folds import make_folds
+from patchrank.pipeline.evaluation.harness import EvalScan, SliceResult, evaluate_scorer
+from patchrank.pipeline.settings import PreprocessConfig
 
 
 def _hand_made(side: int = 240) -> Scan:
@@ -30,7 +31,7 @@ def _hand_made(side: int = 240) -> Scan:
         fg[..., z].flat[np.flatnonzero(np.ones((side, side)))[:n]] = True  # first n pixels in row order
     fg[..., 1:7] = False
     a = int(200 * f)
-    fg[20:20 + a, 20:20 + a, 1:7] = True
+    fg[20 : 20 + a, 20 : 20 + a, 1:7] = True
     for z, vox in {3: 16, 4: 20, 5: 600, 6: 604}.items():
         n = int(round(vox * f * f))
         lab[30:130, 30:130, z].flat[:n] = 2
@@ -60,7 +61,9 @@ def test_inclusion_and_labels_follow_the_protocol(side):
 
 
 def test_image_labels_without_masks():
-    prep = preprocess_scan(Scan(np.ones((3, 16, 16, 1), np.float32) * 0.5, "image"), PreprocessConfig(image_size=16, channels=3))
+    prep = preprocess_scan(
+        Scan(np.ones((3, 16, 16, 1), np.float32) * 0.5, "image"), PreprocessConfig(image_size=16, channels=3)
+    )
     assert list(slice_labels(prep, 1)) == [1] and list(slice_labels(prep, None)) == [-1]
 
 
@@ -74,7 +77,9 @@ def _png(path, rgb=True):
 def test_isic_folder_and_official_csvs(tmp_path):
     for i in range(4):
         _png(tmp_path / "isic" / "images" / f"ISIC_000000{i}.jpg")
-    (tmp_path / "isic" / "labels.csv").write_text("image_id,label\nISIC_0000000,benign\nISIC_0000001,malignant\nISIC_0000002,benign\nISIC_0000003,malignant\n")
+    (tmp_path / "isic" / "labels.csv").write_text(
+        "image_id,label\nISIC_0000000,benign\nISIC_0000001,malignant\nISIC_0000002,benign\nISIC_0000003,malignant\n"
+    )
     recs = discover(tmp_path / "isic")
     assert [r.label for r in recs] == [0, 1, 0, 1] and recs[1].subject == "ISIC_0000001"
     assert infer_channels(recs) == 3
@@ -82,7 +87,9 @@ def test_isic_folder_and_official_csvs(tmp_path):
     off = tmp_path / "official"
     for i in range(3):
         _png(off / "ISBI2016_ISIC_Part3_Test_Data" / f"ISIC_000001{i}.jpg")
-    (off / "ISBI2016_ISIC_Part3_Test_GroundTruth.csv").write_text("ISIC_0000010,0.0\nISIC_0000011,1.0\nISIC_0000012,0.0\n")
+    (off / "ISBI2016_ISIC_Part3_Test_GroundTruth.csv").write_text(
+        "ISIC_0000010,0.0\nISIC_0000011,1.0\nISIC_0000012,0.0\n"
+    )
     assert [r.label for r in discover(off)] == [0, 1, 0]
     (off / "GroundTruth2017.csv").write_text("image_id,melanoma,seborrheic_keratosis\nISIC_0000010,1.0,0.0\n")
     assert [r.label for r in discover(off / "GroundTruth2017.csv")] == [1]
@@ -92,7 +99,9 @@ def test_manifest_and_plain_folder(tmp_path):
     _png(tmp_path / "scans" / "a.png", rgb=False)
     _png(tmp_path / "scans" / "b.png", rgb=False)
     nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.float32), np.eye(4)), str(tmp_path / "scans" / "c.nii.gz"))
-    (tmp_path / "m.csv").write_text("path,subject,label,mask\nscans/a.png,p1,normal,\nscans/b.png,p1,1,scans/a.png\nscans/c.nii.gz,p2,,\n")
+    (tmp_path / "m.csv").write_text(
+        "path,subject,label,mask\nscans/a.png,p1,normal,\nscans/b.png,p1,1,scans/a.png\nscans/c.nii.gz,p2,,\n"
+    )
     recs = discover(tmp_path / "m.csv")
     assert [(r.subject, r.label) for r in recs] == [("p1", 0), ("p1", 1), ("p2", None)]
     assert recs[1].labels_path.endswith("a.png") and recs[0].labels_path is None
@@ -124,7 +133,7 @@ def test_discovery_errors(tmp_path):
 
 
 def test_brats_namings_and_modality(tmp_path):
-    from pipeline.datasets import discover_brats
+    from patchrank.pipeline.data.datasets import discover_brats
 
     vol = nib.Nifti1Image(np.ones((8, 8, 4), np.int16), np.eye(4))
     for case, names in {
@@ -143,7 +152,11 @@ def test_brats_namings_and_modality(tmp_path):
 
 
 def test_splits_and_folds_are_by_subject():
-    recs = [Record(f"{s}_{i}.png", s, int(s.startswith("m"))) for s in [f"b{j}" for j in range(7)] + [f"m{j}" for j in range(5)] for i in range(2)]
+    recs = [
+        Record(f"{s}_{i}.png", s, int(s.startswith("m")))
+        for s in [f"b{j}" for j in range(7)] + [f"m{j}" for j in range(5)]
+        for i in range(2)
+    ]
     tr, va = split_by_subject(recs, 0.25, seed=3)
     assert not {r.subject for r in tr} & {r.subject for r in va} and len({r.subject for r in va}) == 3
     folds = make_folds(recs, 3, seed=0)
@@ -158,10 +171,13 @@ def test_splits_and_folds_are_by_subject():
 def test_merge_fold_results_and_table(tmp_path):
     import json
 
-    from pipeline.quality import markdown_table, merge_results
+    from patchrank.pipeline.evaluation.folds import markdown_table, merge_results
 
     def part(fold, auc):
-        runs = [{"method": m, "fold": fold, "image_auroc": auc + d, "pixel_auroc": None, "fit_seconds": 1.0} for m, d in (("patchrank", 0.1), ("cae", 0.0))]
+        runs = [
+            {"method": m, "fold": fold, "image_auroc": auc + d, "pixel_auroc": None, "fit_seconds": 1.0}
+            for m, d in (("patchrank", 0.1), ("cae", 0.0))
+        ]
         return {"config": {"seed": 0}, "fold_seed": 0, "folds": [["a"], ["b"]], "runs": runs}
 
     for i, auc in enumerate((0.5, 0.7)):
@@ -187,8 +203,8 @@ def test_merge_fold_results_and_table(tmp_path):
 
 
 def test_training_key_tells_gpu_from_cpu_weights():
-    from pipeline.quality import _training_key
-    from pipeline.settings import TrainConfig
+    from patchrank.pipeline.evaluation.folds import _training_key
+    from patchrank.pipeline.settings import TrainConfig
 
     cpu, gpu = _training_key(TrainConfig(), ["a"]), _training_key(TrainConfig(), ["a"], gpu=True)
     assert cpu != gpu and "gpu" not in cpu  # CPU keys as before: kept CPU checkpoints stay reusable

@@ -1,4 +1,5 @@
 """Loaders on small generated NIfTI/PNG files, their clear errors, and the shared data when present."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.loaders import ScanError, load_image, load_nifti, load_scan
-from pipeline.preprocess import preprocess_scan
-from pipeline.settings import PreprocessConfig
+from patchrank.pipeline.data.loaders import ScanError, load_image, load_nifti, load_scan
+from patchrank.pipeline.data.preprocess import preprocess_scan
+from patchrank.pipeline.settings import PreprocessConfig
 
 
 def _brain(shape=(40, 48, 12), seed=0) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +59,9 @@ def test_relative_axial_position(tmp_path):
     k = prep.slice_index
     assert prep.position[0] == 0.0 and prep.position[-1] == 1.0 and np.all(np.diff(prep.position) > 0)
     np.testing.assert_allclose(prep.position, (k - k[0]) / (k[-1] - k[0]))
-    every = preprocess_scan(load_scan(_save(tmp_path / "v.nii.gz", vol)), PreprocessConfig(image_size=32), all_slices=True)
+    every = preprocess_scan(
+        load_scan(_save(tmp_path / "v.nii.gz", vol)), PreprocessConfig(image_size=32), all_slices=True
+    )
     kept = np.isin(every.slice_index, k)
     np.testing.assert_allclose(every.position[kept], prep.position)  # same levels whichever slices are returned
     assert (every.position[~kept] < 0).any() or (every.position[~kept] > 1).any()
@@ -83,7 +86,7 @@ def test_images_gray_and_rgb(tmp_path):
 
 
 def test_dark_lesion_foreground_for_dermoscopy(tmp_path):
-    from pipeline.preprocess import dark_foreground
+    from patchrank.pipeline.data.preprocess import dark_foreground
 
     h = w = 60
     yy, xx = np.mgrid[0:h, 0:w]
@@ -134,8 +137,8 @@ def test_clear_errors(tmp_path):
 
 def test_shared_brats_2015_and_2023_are_comparable(shared_data):
     """Pre-normalised BraTS 2015 and raw int16 BraTS 2023 land in the same value range."""
-    from pipeline.datasets import load_record
-    from pipeline.discover import discover
+    from patchrank.pipeline.data.datasets import load_record
+    from patchrank.pipeline.data.discover import discover
 
     cfg = PreprocessConfig(image_size=64)
     stats = []
@@ -150,7 +153,7 @@ def test_shared_brats_2015_and_2023_are_comparable(shared_data):
 
 
 def test_shared_isic_images(shared_data):
-    from pipeline.discover import discover, infer_channels
+    from patchrank.pipeline.data.discover import discover, infer_channels
 
     recs = discover(shared_data / "isic2016_train")
     assert len(recs) == 349 and sum(r.label for r in recs) == 147

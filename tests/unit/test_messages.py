@@ -1,4 +1,5 @@
 """ScanMessage: JSON on the wire, strict validation, size limits, stable scan ids."""
+
 from __future__ import annotations
 
 import os
@@ -6,9 +7,9 @@ import pickle
 
 import pytest
 
-from pipeline.keys import MESSAGE_FIELD, StreamKeys
-from pipeline.messages import MAX_MESSAGE_BYTES, MessageError, ScanMessage, message_for, scan_id_for
-from pipeline.service_settings import ServiceConfig, redact_url
+from patchrank.pipeline.service.keys import MESSAGE_FIELD, StreamKeys
+from patchrank.pipeline.service.messages import MAX_MESSAGE_BYTES, MessageError, ScanMessage, message_for, scan_id_for
+from patchrank.pipeline.service.settings import ServiceConfig, redact_url
 
 
 def _msg(**kw) -> ScanMessage:
@@ -63,7 +64,12 @@ def test_scan_id_is_stable_and_changes_with_content(tmp_path):
 def test_keys_namespace_and_service_config():
     k = StreamKeys("tests-1")
     assert {k.stream, k.group, k.dead_letter, k.errors, k.done("v1")} == {
-        "tests-1:scans", "tests-1:scorers", "tests-1:scans:dead", "tests-1:errors", "tests-1:done:v1"}
+        "tests-1:scans",
+        "tests-1:scorers",
+        "tests-1:scans:dead",
+        "tests-1:errors",
+        "tests-1:done:v1",
+    }
     with pytest.raises(ValueError):
         StreamKeys("bad name with spaces")
     cfg = ServiceConfig(redis_url="rediss://:pw@host:6380/0", redis_ca_certs="/ca.pem", checkpoint="c", output_dir="o")

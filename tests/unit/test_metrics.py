@@ -1,11 +1,12 @@
 """Metric functions against scikit-learn on known and random inputs (with ties)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from pipeline import metrics
+from patchrank.pipeline.evaluation import metrics
 
 
 def _cases():

@@ -1,15 +1,16 @@
 """Normal-appearance evidence for 2D images (model.appearance) inside the one scoring function."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 import torch
-
-from model import ScoringConfig, fit_score_stats, score_images
-from model.appearance import appearance_evidence, fit_appearance, subspace_error
-from model.scoring import ScoreStats
 from modeldoubles import Mean, ZeroDisc
+
+from patchrank.model import ScoringConfig, fit_score_stats, score_images
+from patchrank.model.appearance import appearance_evidence, fit_appearance, subspace_error
+from patchrank.model.scoring import ScoreStats
 
 NAN = float("nan")
 
@@ -76,21 +77,25 @@ def test_volumes_store_no_subspace():
 def test_mixed_batches_fit_on_the_2d_images_only(n2d):
     x = _normal_images(16)
     pos = torch.cat([torch.full((n2d,), NAN), torch.linspace(0, 1, 16 - n2d)])
-    stats = fit_score_stats(Mean(), ZeroDisc(), [(x, None, pos)], ScoringConfig(grid_cell=4, appearance_weight=1.0, appearance_components=3))
+    stats = fit_score_stats(
+        Mean(), ZeroDisc(), [(x, None, pos)], ScoringConfig(grid_cell=4, appearance_weight=1.0, appearance_components=3)
+    )
     assert (stats.app_basis is not None) == (n2d > 0)
 
 
 def test_checkpoint_carries_the_subspace(tmp_path):
-    from model.checkpoint import load_checkpoint, save_checkpoint
-    from model.discriminator import PatchDiscriminator
-    from model.reconstructor import MaskedReconstructor
+    from patchrank.model.checkpoint import load_checkpoint, save_checkpoint
+    from patchrank.model.discriminator import PatchDiscriminator
+    from patchrank.model.reconstructor import MaskedReconstructor
 
     torch.manual_seed(0)
     recon, disc = MaskedReconstructor(3, base_channels=4, depth=2), PatchDiscriminator(3, base_channels=4, n_layers=2)
     cfg = ScoringConfig(grid_cell=4, appearance_weight=4.0, appearance_components=5)
     x = _normal_images(12)
     stats = fit_score_stats(recon.eval(), disc.eval(), [(x, None)], cfg)
-    save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32, "channels": 3}, scoring=cfg, stats=stats)
+    save_checkpoint(
+        tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32, "channels": 3}, scoring=cfg, stats=stats
+    )
     m = load_checkpoint(tmp_path / "m.pt")
     assert m.stats.app_basis.shape == (5, 3 * 32 * 32)
     a = score_images(recon, disc, x, cfg=cfg, stats=stats)
@@ -101,7 +106,9 @@ def test_checkpoint_carries_the_subspace(tmp_path):
 def test_new_normal_images_score_like_the_calibration_images():
     """The statistics use each fitting image's held-out error, so new normal images get image
     z-scores centred on 0 (with in-sample errors they would all look abnormal)."""
-    cfg = ScoringConfig(grid_cell=4, disc_weight=0.0, min_foreground=0.0, appearance_weight=4.0, appearance_components=20)
+    cfg = ScoringConfig(
+        grid_cell=4, disc_weight=0.0, min_foreground=0.0, appearance_weight=4.0, appearance_components=20
+    )
     stats = fit_score_stats(Mean(), ZeroDisc(), [(_normal_images(64), None)], cfg)
     new = score_images(Mean(), ZeroDisc(), _normal_images(64, seed=21), cfg=cfg, stats=stats).image_scores
     assert abs(float(new.mean())) < 1.0  # in-sample errors: +2.8 here

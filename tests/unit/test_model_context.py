@@ -1,17 +1,18 @@
 """Through-plane context (model.scoring.slice_context) and where it is applied."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-
-from model import ScoringConfig
-from model.scoring import gate_maps, score_images, slice_context
 from modeldoubles import CopyRecon, ZeroDisc
-from pipeline.datasets import Record
-from pipeline.evaluation import EvalScan, SliceResult, evaluate_scorer
-from pipeline.preprocess import Prepared
-from pipeline.scan_scoring import in_context
+
+from patchrank.model import ScoringConfig
+from patchrank.model.scoring import gate_maps, score_images, slice_context
+from patchrank.pipeline.data.datasets import Record
+from patchrank.pipeline.data.preprocess import Prepared
+from patchrank.pipeline.evaluation.harness import EvalScan, SliceResult, evaluate_scorer
+from patchrank.pipeline.scan_scoring import in_context
 
 CFG = ScoringConfig(context_radius=3, context_decay=1.0)
 
@@ -58,7 +59,16 @@ def _prep(n: int, position: bool, labels=None) -> Prepared:
         for i, v in enumerate(labels):
             lab[i].flat[:v] = True
         vox = np.asarray(labels)
-    return Prepared(np.zeros((n, 1, 8, 8), np.float32), np.ones((n, 1, 8, 8), bool), np.arange(10, 10 + n), (4, 4), lab, vox, None, pos)
+    return Prepared(
+        np.zeros((n, 1, 8, 8), np.float32),
+        np.ones((n, 1, 8, 8), bool),
+        np.arange(10, 10 + n),
+        (4, 4),
+        lab,
+        vox,
+        None,
+        pos,
+    )
 
 
 def test_in_context_only_for_volumes():
@@ -112,8 +122,12 @@ def test_context_gate_uses_the_scan_scores_with_context():
     scan = EvalScan(Record(path="x", subject="s1"), prep, np.array([0, -1, -1, 1, -1, 0]))
     gate = dict(pixel_slice_weight=0.5, pixel_slice_margin=8.5)
     per_slice = evaluate_scorer(GatedFakeScorer(ScoringConfig(context_radius=3, context_decay=1.0, **gate)), [scan])
-    ctx = evaluate_scorer(GatedFakeScorer(ScoringConfig(context_radius=3, context_decay=1.0, pixel_slice_context=True, **gate)), [scan])
-    assert np.all(per_slice.maps == 0)  # without the flag score_images gates (here: a fake that does not), gate_maps passes through
+    ctx = evaluate_scorer(
+        GatedFakeScorer(ScoringConfig(context_radius=3, context_decay=1.0, pixel_slice_context=True, **gate)), [scan]
+    )
+    assert np.all(
+        per_slice.maps == 0
+    )  # without the flag score_images gates (here: a fake that does not), gate_maps passes through
     # context scores 7, 8, 6 (test above) -> each labelled slice's map lowered by 0.5 x (score - 8.5)
     assert ctx.maps[:, 0, 0].tolist() == pytest.approx([-0.75, -0.25, -1.25])
     assert all(np.all(m == m[0, 0]) for m in ctx.maps)  # one constant shift per slice
@@ -122,12 +136,23 @@ def test_context_gate_uses_the_scan_scores_with_context():
 def test_score_images_leaves_the_context_gate_to_the_scan():
     x = torch.zeros(2, 1, 32, 32)
     x[1, 0, 8:24, 8:24] = 4.0
-    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0, pixel_slice_weight=0.5, pixel_slice_margin=1.0)
+    base = dict(
+        grid_cell=4,
+        calibration="none",
+        pixel_calibration="none",
+        disc_weight=0.0,
+        pixel_slice_weight=0.5,
+        pixel_slice_margin=1.0,
+    )
     per_slice = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None)
     later = ScoringConfig(**base, pixel_slice_context=True)
     ungated = score_images(CopyRecon(), ZeroDisc(), x, cfg=later, stats=None)
-    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**{**base, "pixel_slice_weight": 0.0}), stats=None)
+    plain = score_images(
+        CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**{**base, "pixel_slice_weight": 0.0}), stats=None
+    )
     assert torch.equal(ungated.pixel_map, plain.pixel_map) and not torch.equal(per_slice.pixel_map, plain.pixel_map)
     # gating later with the same scores gives exactly the per-slice gate
     assert torch.allclose(gate_maps(ungated.pixel_map, ungated.image_scores, later), per_slice.pixel_map)
-    assert torch.equal(gate_maps(plain.pixel_map, plain.image_scores, ScoringConfig(**base)), plain.pixel_map)  # flag off: identity
+    assert torch.equal(
+        gate_maps(plain.pixel_map, plain.image_scores, ScoringConfig(**base)), plain.pixel_map
+    )  # flag off: identity

@@ -1,17 +1,18 @@
 """Feature evidence (model.features): nearest-normal-patch distance of the reconstructor's encoder features."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 import torch
-
-from model import ScoringConfig, fit_score_stats, score_images
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.features import BANK_SIZE, encoder_features, feature_evidence, fit_features
-from model.reconstructor import MaskedReconstructor
-from model.scoring import ScoreStats
 from modeldoubles import ZeroDisc
+
+from patchrank.model import ScoringConfig, fit_score_stats, score_images
+from patchrank.model.checkpoint import load_checkpoint, save_checkpoint
+from patchrank.model.features import BANK_SIZE, encoder_features, feature_evidence, fit_features
+from patchrank.model.reconstructor import MaskedReconstructor
+from patchrank.model.scoring import ScoreStats
 
 S = 32
 
@@ -68,7 +69,7 @@ def test_fit_calibrates_on_held_out_images_and_flags_an_unusual_patch():
 
 
 def test_bank_is_capped_by_a_seeded_sample(monkeypatch):
-    import model.features as mf
+    import patchrank.model.features as mf
 
     monkeypatch.setattr(mf, "BANK_SIZE", 50)
     feats, valid = torch.randn(20, 6, 4, 4), torch.ones(20, 4, 4, dtype=torch.bool)
@@ -89,7 +90,10 @@ def test_score_images_ranks_the_unusual_texture_first_only_with_the_weight():
         out = score_images(r, ZeroDisc(), test, cfg=cfg, stats=stats)
         if w:
             assert int(out.image_scores.argmax()) == 0 and float(out.patch_scores[0].max()) > 3
-            assert abs(float(score_images(r, ZeroDisc(), _normal(30, seed=4), cfg=cfg, stats=stats).image_scores.mean())) < 1.5
+            assert (
+                abs(float(score_images(r, ZeroDisc(), _normal(30, seed=4), cfg=cfg, stats=stats).image_scores.mean()))
+                < 1.5
+            )
         else:
             assert torch.allclose(out.image_scores, torch.zeros(16), atol=1e-4)  # nothing else scores
 
@@ -98,21 +102,30 @@ def test_bank_survives_the_checkpoint(tmp_path):
     r = _encoder()
     cfg = ScoringConfig(grid_cell=4, feature_weight=2.0)
     stats = fit_score_stats(r, ZeroDisc(), [(_normal(12), None)], cfg)
-    from model.discriminator import PatchDiscriminator
+    from patchrank.model.discriminator import PatchDiscriminator
 
-    save_checkpoint(tmp_path / "m.pt", r, PatchDiscriminator(in_channels=3, base_channels=4), preprocess={"image_size": S},
-                    scoring=cfg, stats=stats, meta={})
+    save_checkpoint(
+        tmp_path / "m.pt",
+        r,
+        PatchDiscriminator(in_channels=3, base_channels=4),
+        preprocess={"image_size": S},
+        scoring=cfg,
+        stats=stats,
+        meta={},
+    )
     lm = load_checkpoint(tmp_path / "m.pt")
     assert lm.scoring.feature_weight == 2.0
     for key in ("feat_mean", "feat_std", "feat_bank", "feat_cal"):
         assert torch.equal(getattr(lm.stats, key), getattr(stats, key))
     x = _normal(3, seed=9)
-    assert torch.allclose(feature_evidence(lm.recon, x, (8, 8), lm.stats, 2.0), feature_evidence(r, x, (8, 8), stats, 2.0))
+    assert torch.allclose(
+        feature_evidence(lm.recon, x, (8, 8), lm.stats, 2.0), feature_evidence(r, x, (8, 8), stats, 2.0)
+    )
 
 
 def test_settings_pass_the_weight_and_the_ablation_turns_it_off():
-    from pipeline.quality import ABLATIONS, merge
-    from pipeline.settings import TrainConfig
+    from patchrank.pipeline.evaluation.folds import ABLATIONS, merge
+    from patchrank.pipeline.settings import TrainConfig
 
     assert TrainConfig().scoring.to_model(64).feature_weight == 0.0
     on = TrainConfig(scoring={"feature_weight": 4.0})

@@ -1,4 +1,5 @@
 """Lesion-shape evidence for dermoscopy-like 2D images (model.lesion) inside the one scoring function."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,14 +8,22 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model import ScoringConfig, fit_score_stats, score_images
-from model.checkpoint import load_checkpoint, save_checkpoint
-from model.discriminator import PatchDiscriminator
-from model.lesion import SHAPE_NEIGHBOURS, dark_lesion, fit_lesion_shape, lesion_core, lesion_descriptors, otsu_threshold, shape_evidence
-from model.reconstructor import MaskedReconstructor
-from model.scoring import ScoreStats
 from modeldoubles import Mean, ZeroDisc
+
+from patchrank.model import ScoringConfig, fit_score_stats, score_images
+from patchrank.model.checkpoint import load_checkpoint, save_checkpoint
+from patchrank.model.discriminator import PatchDiscriminator
+from patchrank.model.lesion import (
+    SHAPE_NEIGHBOURS,
+    dark_lesion,
+    fit_lesion_shape,
+    lesion_core,
+    lesion_descriptors,
+    otsu_threshold,
+    shape_evidence,
+)
+from patchrank.model.reconstructor import MaskedReconstructor
+from patchrank.model.scoring import ScoreStats
 
 NAN = float("nan")
 S = 32
@@ -51,7 +60,9 @@ def _normal_set(n: int, seed: int = 0):
 
 def _irregular() -> torch.Tensor:
     """A lobed, asymmetric outline: a disc plus two off-axis bumps on one side."""
-    return _ellipse(6, 6) | _ellipse(3, 3, cy=8, cx=22) | _ellipse(2.5, 4, cy=22, cx=21) | _ellipse(2, 2, cy=15.5, cx=24)
+    return (
+        _ellipse(6, 6) | _ellipse(3, 3, cy=8, cx=22) | _ellipse(2.5, 4, cy=22, cx=21) | _ellipse(2, 2, cy=15.5, cx=24)
+    )
 
 
 def test_descriptors_read_area_border_asymmetry_and_colour():
@@ -73,8 +84,14 @@ def test_otsu_matches_the_textbook_definition_and_splits_two_modes():
     t = otsu_threshold(v, bins=64)
     lo, hi = float(v.min()), float(v.max())
     centres = [lo + (i + 0.5) * (hi - lo) / 64 for i in range(64)]
-    best = max(centres, key=lambda c: (v < c).sum().item() * (v >= c).sum().item()
-               * (float(v[v < c].mean()) - float(v[v >= c].mean())) ** 2 if 0 < (v < c).sum() < len(v) else -1)
+    best = max(
+        centres,
+        key=lambda c: (
+            (v < c).sum().item() * (v >= c).sum().item() * (float(v[v < c].mean()) - float(v[v >= c].mean())) ** 2
+            if 0 < (v < c).sum() < len(v)
+            else -1
+        ),
+    )
     assert 0.35 < t < 0.55 and abs(t - best) <= (hi - lo) / 64 + 1e-9
 
 
@@ -140,9 +157,19 @@ def test_bank_survives_the_checkpoint(tmp_path):
     x, m = _normal_set(20)
     st = fit_lesion_shape(x, m)
     stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), **st)
-    recon, disc = MaskedReconstructor(in_channels=3, base_channels=4, depth=2), PatchDiscriminator(in_channels=3, base_channels=4)
-    save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={"image_size": S}, scoring=ScoringConfig(shape_weight=1.0),
-                           stats=stats, meta={})
+    recon, disc = (
+        MaskedReconstructor(in_channels=3, base_channels=4, depth=2),
+        PatchDiscriminator(in_channels=3, base_channels=4),
+    )
+    save_checkpoint(
+        tmp_path / "m.pt",
+        recon,
+        disc,
+        preprocess={"image_size": S},
+        scoring=ScoringConfig(shape_weight=1.0),
+        stats=stats,
+        meta={},
+    )
     lm = load_checkpoint(tmp_path / "m.pt")
     assert lm.scoring.shape_weight == 1.0
     for key in ("shape_mean", "shape_std", "shape_bank", "shape_cal"):
@@ -152,8 +179,8 @@ def test_bank_survives_the_checkpoint(tmp_path):
 
 
 def test_settings_pass_the_weight_and_the_ablation_turns_it_off():
-    from pipeline.quality import ABLATIONS, merge
-    from pipeline.settings import TrainConfig
+    from patchrank.pipeline.evaluation.folds import ABLATIONS, merge
+    from patchrank.pipeline.settings import TrainConfig
 
     assert TrainConfig().scoring.to_model(64).shape_weight == 1.0
     off = TrainConfig(**merge(TrainConfig().model_dump(), ABLATIONS["no_shape"]))

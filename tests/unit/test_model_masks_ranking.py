@@ -1,10 +1,11 @@
 """Masks and targeted patch ranking on hand-computed examples."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model import BoxMaskGenerator, complementary_masks, rank_weights, ranked_sum
+from patchrank.model import BoxMaskGenerator, complementary_masks, rank_weights, ranked_sum
 
 
 @pytest.mark.parametrize("h,w,cell,period", [(32, 32, 4, 2), (64, 48, 8, 2), (30, 20, 7, 3), (16, 16, 16, 1)])

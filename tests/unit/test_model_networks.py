@@ -1,10 +1,11 @@
 """Shapes, gradients and determinism of the two networks and one training step."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
-from model import BoxMaskGenerator, MaskedReconstructor, PatchDiscriminator, StepConfig, gan_step
+from patchrank.model import BoxMaskGenerator, MaskedReconstructor, PatchDiscriminator, StepConfig, gan_step
 
 
 @pytest.mark.parametrize(
@@ -107,7 +108,9 @@ def test_step_is_seeded_and_deterministic():
 def test_no_discriminator_ablation_leaves_discriminator_untouched():
     recon, disc, og, od = _tiny()
     before = [p.detach().clone() for p in disc.parameters()]
-    m = gan_step(recon, disc, og, od, torch.randn(2, 1, 32, 32), torch.zeros(2, 1, 32, 32), StepConfig(use_discriminator=False))
+    m = gan_step(
+        recon, disc, og, od, torch.randn(2, 1, 32, 32), torch.zeros(2, 1, 32, 32), StepConfig(use_discriminator=False)
+    )
     assert "loss_d" not in m and m["loss_adv"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
 

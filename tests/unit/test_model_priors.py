@@ -1,14 +1,15 @@
 """Anatomical evidence from the input itself (model.priors) inside the one scoring function."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-
-from model import ScoringConfig, fit_score_stats, score_images
-from model.priors import fit_prior_stats, prior_evidence, raw_priors
-from model.scoring import ScoreStats
 from modeldoubles import Mean, ZeroDisc
+
+from patchrank.model import ScoringConfig, fit_score_stats, score_images
+from patchrank.model.priors import fit_prior_stats, prior_evidence, raw_priors
+from patchrank.model.scoring import ScoreStats
 
 
 def _normal_brains(n: int, seed: int = 0) -> torch.Tensor:
@@ -62,15 +63,23 @@ def test_symmetry_evidence_finds_a_lesion_the_residual_misses():
     ranks a normal structure first, the symmetry term puts the lesion's patch on top."""
     normal = _normal_brains(64)
     pos = torch.linspace(0, 1, 64)
-    base = ScoringConfig(grid_cell=4, residual="positive", disc_weight=0.0, min_foreground=0.0, prior_smooth=3, stat_prior=8.0)
+    base = ScoringConfig(
+        grid_cell=4, residual="positive", disc_weight=0.0, min_foreground=0.0, prior_smooth=3, stat_prior=8.0
+    )
     lesion = _normal_brains(1, seed=9)
     lesion[0, :, 24:27, 20:23] = 0.8  # normal brightness, but only on one side
     scores = {}
     for w in (0.0, 2.0):
         cfg = dataclasses.replace(base, symmetry_weight=w)
         stats = fit_score_stats(Mean(), ZeroDisc(), [(normal, None, pos)], cfg)
-        out = score_images(Mean(), ZeroDisc(), torch.cat([lesion, _normal_brains(8, seed=11)]), cfg=cfg, stats=stats,
-                           position=torch.full((9,), 0.5))
+        out = score_images(
+            Mean(),
+            ZeroDisc(),
+            torch.cat([lesion, _normal_brains(8, seed=11)]),
+            cfg=cfg,
+            stats=stats,
+            position=torch.full((9,), 0.5),
+        )
         top = divmod(int(out.patch_scores[0].flatten().argmax()), out.patch_scores.shape[-1])
         scores[w] = (top, float(out.image_scores[0] - out.image_scores[1:].max()))
     # without symmetry the most suspicious patch is a normal (symmetric) bright structure;
@@ -83,15 +92,24 @@ def test_pixel_prior_scale_changes_only_the_pixel_map():
     normal, pos = _normal_brains(32), torch.linspace(0, 1, 32)
     y = _normal_brains(2, seed=3)
     y[0, :, 24:27, 20:23] = 0.8
-    base = ScoringConfig(grid_cell=4, residual="positive", disc_weight=0.0, prior_smooth=3, stat_prior=8.0,
-                         intensity_weight=1.0, symmetry_weight=2.0)
+    base = ScoringConfig(
+        grid_cell=4,
+        residual="positive",
+        disc_weight=0.0,
+        prior_smooth=3,
+        stat_prior=8.0,
+        intensity_weight=1.0,
+        symmetry_weight=2.0,
+    )
     outs = {}
     for scale in (0.0, 0.5, 1.0):
         cfg = dataclasses.replace(base, pixel_prior_scale=scale)
         stats = fit_score_stats(Mean(), ZeroDisc(), [(normal, None, pos)], cfg)
         outs[scale] = score_images(Mean(), ZeroDisc(), y, cfg=cfg, stats=stats, position=torch.full((2,), 0.5))
     off = dataclasses.replace(base, intensity_weight=0.0, symmetry_weight=0.0)
-    plain = score_images(Mean(), ZeroDisc(), y, cfg=off, stats=fit_score_stats(Mean(), ZeroDisc(), [(normal, None, pos)], off))
+    plain = score_images(
+        Mean(), ZeroDisc(), y, cfg=off, stats=fit_score_stats(Mean(), ZeroDisc(), [(normal, None, pos)], off)
+    )
     for scale in (0.5, 1.0):  # patch and image scores do not depend on the pixel-map share
         assert torch.equal(outs[scale].patch_scores, outs[0.0].patch_scores)
         assert torch.equal(outs[scale].image_scores, outs[0.0].image_scores)

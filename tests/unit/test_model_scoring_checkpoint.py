@@ -1,4 +1,5 @@
 """The one scoring function and the checkpoint format."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,9 @@ import sys
 
 import pytest
 import torch
+from modeldoubles import CopyRecon, ZeroDisc
 
-from model import (
+from patchrank.model import (
     MaskedReconstructor,
     PatchDiscriminator,
     ScoringConfig,
@@ -19,8 +21,7 @@ from model import (
     score_images,
     volume_score,
 )
-from model.checkpoint import CheckpointError
-from modeldoubles import CopyRecon, ZeroDisc
+from patchrank.model.checkpoint import CheckpointError
 
 
 def test_score_shapes_and_hot_region():
@@ -38,7 +39,9 @@ def test_score_shapes_and_hot_region():
 def test_pixel_map_smoothing_and_discriminator_weight():
     class NoisyDisc(ZeroDisc):
         def forward(self, x):
-            return torch.randn(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4, generator=torch.Generator().manual_seed(1))
+            return torch.randn(
+                x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4, generator=torch.Generator().manual_seed(1)
+            )
 
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 14:16, 14:16] = 2.0  # a 2x2 hot spot
@@ -65,7 +68,7 @@ def test_discriminator_contrast_evidence_compares_the_image_with_its_reconstruct
         def forward(self, x):
             return -torch.nn.functional.avg_pool2d(x[:, :1], 4)
 
-    from model.scoring import raw_maps
+    from patchrank.model.scoring import raw_maps
 
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, :, :16] = 1.0  # a bright half that the reconstructor (constant 1) reproduces exactly there
@@ -79,7 +82,7 @@ def test_discriminator_contrast_evidence_compares_the_image_with_its_reconstruct
     assert float(contrast_ev[0, :, 4:].min()) == -1.0  # dark half: reconstructed too bright, "more real" than it
     with pytest.raises(ValueError, match="disc_evidence"):
         raw_maps(CopyRecon(1.0), BrightIsFake(), x, dataclasses.replace(cfg, disc_evidence="other"))
-    from pipeline.settings import TrainConfig
+    from patchrank.pipeline.settings import TrainConfig
 
     assert TrainConfig().scoring.to_model(64).disc_evidence == "contrast" and ScoringConfig().disc_evidence == "logit"
 
@@ -90,7 +93,13 @@ def test_slice_gate_lowers_only_the_maps_of_normal_looking_slices():
     x[2, 0, 8:24, 8:24] = 4.0  # a strong one
     base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0)
     plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None)
-    gated = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0), stats=None)
+    gated = score_images(
+        CopyRecon(),
+        ZeroDisc(),
+        x,
+        cfg=ScoringConfig(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0),
+        stats=None,
+    )
     z = plain.image_scores
     assert float(z[0]) < 1.0 < float(z[2]) and torch.equal(gated.image_scores, z)  # scores untouched
     shift = (gated.pixel_map - plain.pixel_map).flatten(1)
@@ -110,9 +119,11 @@ def test_pixel_map_closing_fills_a_dark_core_and_never_lowers():
     closed = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_close=7), stats=None).pixel_map[0]
     assert float(plain[13, 13]) == 0.0 and float(closed[13, 13]) == pytest.approx(2.0)  # the core takes the rim's score
     assert (closed >= plain - 1e-6).all()  # a closing never lowers a value
-    assert float(closed[26, 26]) == pytest.approx(1.0) and float(closed[4, 4]) == 0.0  # peaks kept, background untouched
+    assert (
+        float(closed[26, 26]) == pytest.approx(1.0) and float(closed[4, 4]) == 0.0
+    )  # peaks kept, background untouched
     with pytest.raises(ValueError):
-        from pipeline.settings import ScoringSettings
+        from patchrank.pipeline.settings import ScoringSettings
 
         ScoringSettings(pixel_close=6)
 
@@ -140,7 +151,9 @@ def test_complementary_masking_reconstructs_every_pixel_while_hidden():
 
 def _trained_pair(seed=0):
     torch.manual_seed(seed)
-    return MaskedReconstructor(1, base_channels=4, depth=2).eval(), PatchDiscriminator(1, base_channels=8, n_layers=2).eval()
+    return MaskedReconstructor(1, base_channels=4, depth=2).eval(), PatchDiscriminator(
+        1, base_channels=8, n_layers=2
+    ).eval()
 
 
 def test_stats_normalise_normal_data():
@@ -155,7 +168,7 @@ def test_stats_normalise_normal_data():
 
 
 def test_image_score_calibrated_by_axial_level():
-    from model.scoring import LEVELS, ScoreStats, level_table, normalise_image
+    from patchrank.model.scoring import LEVELS, ScoreStats, level_table, normalise_image
 
     g = torch.Generator().manual_seed(0)
     pos = torch.rand(400, generator=g)
@@ -165,8 +178,14 @@ def test_image_score_calibrated_by_axial_level():
     # local-linear: no pull towards the middle at the lowest / highest level
     assert float(mean[0]) == pytest.approx(0.0, abs=0.1) and float(mean[-1]) == pytest.approx(1.5, abs=0.1)
     assert float(std[LEVELS // 2]) == pytest.approx(0.3, abs=0.06)
-    stats = ScoreStats(torch.zeros(1), torch.ones(1), image_mean=float(raw.mean()), image_std=float(raw.std()),
-                       level_mean=mean, level_std=std)
+    stats = ScoreStats(
+        torch.zeros(1),
+        torch.ones(1),
+        image_mean=float(raw.mean()),
+        image_std=float(raw.std()),
+        level_mean=mean,
+        level_std=std,
+    )
     z = normalise_image(raw, stats, pos)
     assert abs(float(z.mean())) < 0.2 and float(z.std()) < 1.5
     assert abs(float(torch.corrcoef(torch.stack([z, pos]))[0, 1])) < 0.1  # the level trend is gone
@@ -176,7 +195,9 @@ def test_image_score_calibrated_by_axial_level():
     glob = ScoreStats(torch.zeros(1), torch.ones(1), image_mean=stats.image_mean, image_std=stats.image_std)
     assert float(normalise_image(lesion, glob, high)) < float(normalise_image(raw, glob, pos).max())
     # unknown level (2D image, NaN) or stats without a level table -> the global pair
-    assert float(normalise_image(lesion, stats, torch.tensor([float("nan")]))) == pytest.approx(float(normalise_image(lesion, glob, None)))
+    assert float(normalise_image(lesion, stats, torch.tensor([float("nan")]))) == pytest.approx(
+        float(normalise_image(lesion, glob, None))
+    )
 
 
 def test_fit_score_stats_learns_level_table_from_positions():
@@ -186,7 +207,10 @@ def test_fit_score_stats_learns_level_table_from_positions():
     stats = fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 16))], cfg)
     assert stats.level_mean is not None and torch.isfinite(stats.level_mean).all() and (stats.level_std > 0).all()
     assert fit_score_stats(recon, disc, [(x, None)], cfg).level_mean is None  # no positions: global pair only
-    assert fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 16))], ScoringConfig(grid_cell=4)).level_mean is None
+    assert (
+        fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 16))], ScoringConfig(grid_cell=4)).level_mean
+        is None
+    )
 
 
 def test_volume_score_is_ranked_over_slices():
@@ -200,17 +224,23 @@ def test_checkpoint_round_trip_scores_identically(tmp_path):
     recon, disc = _trained_pair(1)
     cfg = ScoringConfig(grid_cell=4, residual="positive", rec_weight=0.7, intensity_weight=1.0, symmetry_weight=2.0)
     x = torch.randn(6, 1, 32, 32)
-    stats = fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 6))], dataclasses.replace(cfg, position_bandwidth=0.2))
+    stats = fit_score_stats(
+        recon, disc, [(x, None, torch.linspace(0, 1, 6))], dataclasses.replace(cfg, position_bandwidth=0.2)
+    )
     # the level table and the anatomical-prior statistics travel in the checkpoint too
     assert stats.level_mean is not None and stats.int_mean is not None and stats.sym_mean is not None
-    v = save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats, meta={"note": "t"})
+    v = save_checkpoint(
+        tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats, meta={"note": "t"}
+    )
     m = load_checkpoint(tmp_path / "m.pt")
     assert m.model_version == v and m.scoring == cfg and m.preprocess == {"image_size": 32}
     a = score_images(recon, disc, x, cfg=cfg, stats=stats)
     b = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats)
     assert torch.equal(a.image_scores, b.image_scores) and torch.equal(a.patch_scores, b.patch_scores)
     # the version is a content hash: same content -> same version, other weights -> other version
-    assert save_checkpoint(tmp_path / "m2.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats) == v
+    assert (
+        save_checkpoint(tmp_path / "m2.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats) == v
+    )
     r2, d2 = _trained_pair(2)
     assert save_checkpoint(tmp_path / "m3.pt", r2, d2, preprocess={"image_size": 32}, scoring=cfg, stats=stats) != v
 
@@ -245,7 +275,7 @@ def test_tampered_checkpoint_is_refused(tmp_path):
 def test_model_package_is_pure_pytorch():
     """`import model` must not pull in ray, redis, pyarrow, nibabel (or pydantic)."""
     code = (
-        "import sys, model, model.checkpoint, model.scoring, model.train_step\n"
+        "import sys, patchrank.model, patchrank.model.checkpoint, patchrank.model.scoring, patchrank.model.train_step\n"
         "bad = [m for m in ('ray', 'redis', 'pyarrow', 'nibabel', 'pydantic', 'duckdb', 'pipeline') if m in sys.modules]\n"
         "print(','.join(bad))"
     )
@@ -257,9 +287,9 @@ def test_model_sources_import_only_torch_numpy():
     import ast
     from pathlib import Path
 
-    allowed = {"torch", "numpy", "model", "__future__"}
+    allowed = {"torch", "numpy", "__future__"}
     stdlib = set(sys.stdlib_module_names)
-    for path in Path(__import__("model").__file__).parent.glob("*.py"):
+    for path in Path(__import__("patchrank.model").model.__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

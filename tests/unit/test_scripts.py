@@ -1,4 +1,5 @@
 """The benchmark helper scripts (scripts/gpu_check.py, scripts/seed_sweep.py) on the CPU."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -6,6 +6,7 @@ redacted, header text never in error messages.
 serializer; that channel is internal to the cluster. Everything that crosses the trust
 boundary — stream messages, scan files, checkpoints — is parsed without pickle.)
 """
+
 from __future__ import annotations
 
 import ast
@@ -16,8 +17,8 @@ from pathlib import Path
 import pytest
 from badinput import PATIENT_MARKER, good_volume
 
-from model.checkpoint import CheckpointError
-from pipeline.service_settings import ServiceConfig, redact_url
+from patchrank.model.checkpoint import CheckpointError
+from patchrank.pipeline.service.settings import ServiceConfig, redact_url
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("model", "pipeline", "actors", "deploy")
@@ -47,7 +48,11 @@ def test_no_unsafe_deserialisation_in_the_code():
         rel = path.relative_to(ROOT)
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
-                problems += [f"{rel}:{node.lineno} imports {a.name}" for a in node.names if a.name.split(".")[0] in UNSAFE_MODULES]
+                problems += [
+                    f"{rel}:{node.lineno} imports {a.name}"
+                    for a in node.names
+                    if a.name.split(".")[0] in UNSAFE_MODULES
+                ]
             elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in UNSAFE_MODULES:
                 problems.append(f"{rel}:{node.lineno} imports from {node.module}")
             elif isinstance(node, ast.Call):
@@ -86,7 +91,7 @@ class _Evil:
 
 def test_serving_path_refuses_a_malicious_pickle_checkpoint(tmp_path):
     """The scorer replica's load path (SliceScorer) uses weights_only=True: refused, not run."""
-    from pipeline.slice_scorer import SliceScorer
+    from patchrank.pipeline.service.slice_scorer import SliceScorer
 
     marker = Path("/tmp/patchrank_ckpt_pwned")
     marker.unlink(missing_ok=True)
@@ -104,7 +109,11 @@ def test_serving_path_refuses_a_malicious_pickle_checkpoint(tmp_path):
 
 @pytest.mark.parametrize(
     "url",
-    ["redis://:s3cr3t-Pa55@10.0.0.5:6379/0", "rediss://default:s3cr3t-Pa55@redis.example:6380/1", "rediss://user:s3cr3t-Pa55@h/0?ssl_cert_reqs=required"],
+    [
+        "redis://:s3cr3t-Pa55@10.0.0.5:6379/0",
+        "rediss://default:s3cr3t-Pa55@redis.example:6380/1",
+        "rediss://user:s3cr3t-Pa55@h/0?ssl_cert_reqs=required",
+    ],
 )
 def test_redact_url_hides_the_password(url):
     red = redact_url(url)
@@ -133,18 +142,24 @@ def test_password_from_environment(monkeypatch):
 def test_nifti_header_text_never_reaches_errors_or_logs(tmp_path, caplog):
     """Header text fields (descrip, db_name, aux_file, intent_name) hold a patient name."""
     import numpy as np
-
     from badinput import write_nifti
-    from pipeline.consumer import check_uri, load_prepared
-    from pipeline.loaders import ScanError
+
+    from patchrank.pipeline.data.loaders import ScanError
+    from patchrank.pipeline.service.consumer import check_uri, load_prepared
 
     caplog.set_level(logging.DEBUG)
     pre = {"image_size": 32}
     good = good_volume(tmp_path / "named.nii.gz")
-    assert PATIENT_MARKER.encode() in __import__("gzip").decompress(good.read_bytes())  # the marker is really in the file
+    assert PATIENT_MARKER.encode() in __import__("gzip").decompress(
+        good.read_bytes()
+    )  # the marker is really in the file
     load_prepared(check_uri(str(good), [tmp_path.resolve()]), pre)
     broken = []
-    for name, data in (("zeros", np.zeros((16, 16, 8), np.int16)), ("d4", np.ones((16, 16, 8, 2), np.int16)), ("nan", np.full((16, 16, 8), np.nan, np.float32))):
+    for name, data in (
+        ("zeros", np.zeros((16, 16, 8), np.int16)),
+        ("d4", np.ones((16, 16, 8, 2), np.int16)),
+        ("nan", np.full((16, 16, 8), np.nan, np.float32)),
+    ):
         p = write_nifti(tmp_path / f"{name}.nii.gz", data)
         with pytest.raises(ScanError) as info:
             load_prepared(check_uri(str(p), [tmp_path.resolve()]), pre)

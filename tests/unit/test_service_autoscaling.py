@@ -1,17 +1,24 @@
 """The ingest autoscaling policy: replicas from stream backlog, clamped, with scale-down delay."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import pytest
 
-from deploy.autoscaling import BacklogPolicy, desired_replicas
+from patchrank.deploy.autoscaling import BacklogPolicy, desired_replicas
 
 
 def _ctx(backlog: dict, current: int, now: float, state: dict | None = None, lo: int = 1, hi: int = 4):
-    return SimpleNamespace(aggregated_metrics={"backlog": backlog} if backlog is not None else {}, current_num_replicas=current,
-                           target_num_replicas=current, capacity_adjusted_min_replicas=lo, capacity_adjusted_max_replicas=hi,
-                           policy_state=state or {}, current_time=now)
+    return SimpleNamespace(
+        aggregated_metrics={"backlog": backlog} if backlog is not None else {},
+        current_num_replicas=current,
+        target_num_replicas=current,
+        capacity_adjusted_min_replicas=lo,
+        capacity_adjusted_max_replicas=hi,
+        policy_state=state or {},
+        current_time=now,
+    )
 
 
 @pytest.mark.parametrize("backlog, want", [(0, 1), (1, 1), (32, 1), (33, 2), (96, 3), (10_000, 4)])
@@ -45,13 +52,13 @@ def test_deploy_files_validate():
     from ray.autoscaler._private.util import validate_config
     from ray.serve.schema import ServeDeploySchema
 
-    from deploy.serve_app import build_app
+    from patchrank.deploy.serve_app import build_app
 
     root = Path(__file__).resolve().parents[2]
     serve_cfg = yaml.safe_load((root / "deploy" / "serve_config.yaml").read_text())
     ServeDeploySchema(**serve_cfg)
     app = serve_cfg["applications"][0]
-    assert app["import_path"] == "deploy.serve_app:build_app"
+    assert app["import_path"] == "patchrank.deploy.serve_app:build_app"
     build_app(app["args"])
     cluster_text = (root / "ray_cluster.yaml").read_text()
     validate_config(yaml.safe_load(cluster_text))

@@ -1,4 +1,5 @@
 """Parquet sink + DuckDB query: atomic parts, versioned schemas, one logical result per key."""
+
 from __future__ import annotations
 
 import uuid
@@ -10,23 +11,68 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from pipeline.query import ResultStore, format_ranking
-from pipeline.sink import ParquetSink, part_files, write_part
-from pipeline.tables import PATCHES_SCHEMA, SCANS_SCHEMA, SCHEMA_VERSION, PatchRow, ScanRow, TopPatch, to_arrow
+from patchrank.pipeline.service.results import ResultStore, format_ranking
+from patchrank.pipeline.service.sink import ParquetSink, part_files, write_part
+from patchrank.pipeline.service.tables import (
+    PATCHES_SCHEMA,
+    SCANS_SCHEMA,
+    SCHEMA_VERSION,
+    PatchRow,
+    ScanRow,
+    TopPatch,
+    to_arrow,
+)
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
 
-def _result(scan_id: str, score: float | None, *, mv: str = "v1", status: str = "ok", at: datetime = T0, n_patches: int = 3, uri: str | None = None):
+def _result(
+    scan_id: str,
+    score: float | None,
+    *,
+    mv: str = "v1",
+    status: str = "ok",
+    at: datetime = T0,
+    n_patches: int = 3,
+    uri: str | None = None,
+):
     rid = uuid.uuid4().hex
     patches = [
-        PatchRow(result_id=rid, scan_id=scan_id, slice_index=2, row=r, col=1, y0=8 * r, x0=8, y1=8 * r + 8, x1=16, score=float(score or 0) - r,
-                 rank=r + 1, rec=0.5, disc=0.1, model_version=mv, stream_id=f"1-{r}", scored_at=at)
+        PatchRow(
+            result_id=rid,
+            scan_id=scan_id,
+            slice_index=2,
+            row=r,
+            col=1,
+            y0=8 * r,
+            x0=8,
+            y1=8 * r + 8,
+            x1=16,
+            score=float(score or 0) - r,
+            rank=r + 1,
+            rec=0.5,
+            disc=0.1,
+            model_version=mv,
+            stream_id=f"1-{r}",
+            scored_at=at,
+        )
         for r in range(n_patches if status == "ok" else 0)
     ]
     tops = [TopPatch(**{k: getattr(p, k) for k in TopPatch.model_fields}) for p in patches]
-    scan = ScanRow(result_id=rid, scan_id=scan_id, uri=uri or f"/data/{scan_id}.nii.gz", status=status, error=None if status == "ok" else "bad file",
-                   n_slices=5 if status == "ok" else 0, scan_score=score, top_patches=tops, latency_s=0.1, model_version=mv, stream_id="1-0", scored_at=at)
+    scan = ScanRow(
+        result_id=rid,
+        scan_id=scan_id,
+        uri=uri or f"/data/{scan_id}.nii.gz",
+        status=status,
+        error=None if status == "ok" else "bad file",
+        n_slices=5 if status == "ok" else 0,
+        scan_score=score,
+        top_patches=tops,
+        latency_s=0.1,
+        model_version=mv,
+        stream_id="1-0",
+        scored_at=at,
+    )
     return scan, patches
 
 
@@ -36,7 +82,9 @@ def test_parts_are_partitioned_atomic_and_versioned(tmp_path):
     s2, p2 = _result("b" * 16, None, status="failed")
     written = sink.write([s1, s2], p1 + p2)
     assert {p.parent.relative_to(tmp_path).as_posix() for p in written} == {
-        "patches/model_version=v1/date=2026-01-02", "scans/model_version=v1/date=2026-01-02"}
+        "patches/model_version=v1/date=2026-01-02",
+        "scans/model_version=v1/date=2026-01-02",
+    }
     assert not list(tmp_path.rglob(".*.tmp")), "no temporary files left behind"
     scans = pq.read_table(part_files(tmp_path, "scans")[0])
     assert scans.schema.equals(SCANS_SCHEMA)
@@ -109,7 +157,16 @@ def test_empty_and_missing_dataset(tmp_path):
 
 def test_rows_are_validated():
     with pytest.raises(ValidationError):
-        ScanRow(result_id="x", scan_id="a", uri="/a", status="ok", latency_s=0, model_version="v", stream_id="1-0", scored_at=T0)
+        ScanRow(
+            result_id="x",
+            scan_id="a",
+            uri="/a",
+            status="ok",
+            latency_s=0,
+            model_version="v",
+            stream_id="1-0",
+            scored_at=T0,
+        )
     good = _result("a" * 16, 1.0)[0].model_dump()
     with pytest.raises(ValidationError):
         ScanRow(**{**good, "status": "maybe"})
@@ -118,7 +175,7 @@ def test_rows_are_validated():
 
 
 def test_heatmap_png(tmp_path):
-    from pipeline.heatmap import render_scan_png
+    from patchrank.pipeline.service.heatmap import render_scan_png
 
     vol = np.zeros((32, 32, 6), np.int16)
     vol[4:28, 4:28] = 400

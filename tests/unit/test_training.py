@@ -1,5 +1,6 @@
 """The shared training loop: sharded batches, the in-process path (--workers 0) with exact
 resume, and gan_step under DDP (2 CPU processes, gloo) matching one process on the full batch."""
+
 from __future__ import annotations
 
 import csv
@@ -11,12 +12,16 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from model.checkpoint import load_checkpoint
-from pipeline.settings import TrainConfig
-from pipeline.training import batches, build_mask_generator, build_models, build_optimizers, n_batches
+from patchrank.model.checkpoint import load_checkpoint
+from patchrank.pipeline.settings import TrainConfig
+from patchrank.pipeline.training.loop import batches, build_mask_generator, build_models, build_optimizers, n_batches
 
-TINY = {"batch_size": 8, "preprocess": {"image_size": 32}, "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
-        "critic_epochs": 1}
+TINY = {
+    "batch_size": 8,
+    "preprocess": {"image_size": 32},
+    "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
+    "critic_epochs": 1,
+}
 
 
 def _coded_images(n: int) -> np.ndarray:
@@ -71,17 +76,19 @@ def test_batches_reject_bad_rank():
 
 @pytest.fixture(scope="module")
 def tiny_data(phantom_dir):
-    from pipeline.train_local import prepare_data
+    from patchrank.pipeline.training.local import prepare_data
 
     return prepare_data(phantom_dir, TrainConfig(**TINY), show=False)
 
 
 @pytest.mark.timeout(120)
 def test_workers0_resume_continues_exactly(tiny_data, tmp_path):
-    from pipeline.train_local import fit_local
+    from patchrank.pipeline.training.local import fit_local
 
     train, val = tiny_data
-    straight = fit_local(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", show=False)  # 2 adversarial + 1 critic
+    straight = fit_local(
+        train, val, TrainConfig(epochs=2, **TINY), tmp_path / "a.pt", show=False
+    )  # 2 adversarial + 1 critic
     fit_local(train, val, TrainConfig(**{**TINY, "epochs": 1, "critic_epochs": 0}), tmp_path / "b.pt", show=False)
     resumed = fit_local(train, val, TrainConfig(epochs=2, **TINY), tmp_path / "b.pt", resume=True, show=False)
     assert not dist.is_initialized()  # the in-process path never touches torch.distributed
@@ -95,12 +102,14 @@ def test_workers0_resume_continues_exactly(tiny_data, tmp_path):
 
 
 def test_epoch_plan_adversarial_then_critic_and_resume_rules():
-    from pipeline.training import epoch_plan
+    from patchrank.pipeline.training.loop import epoch_plan
 
     cfg = TrainConfig(epochs=3, critic_epochs=2)
     assert epoch_plan(cfg, None) == ["gan"] * 3 + ["critic"] * 2
     assert epoch_plan(cfg, {"epoch": 0}) == ["gan"] * 2 + ["critic"] * 2  # older checkpoint: every epoch adversarial
-    assert epoch_plan(cfg, {"epoch": 3, "gan_epochs": 3, "critic_epochs": 1}) == ["critic"]  # stopped inside the critic phase
+    assert epoch_plan(cfg, {"epoch": 3, "gan_epochs": 3, "critic_epochs": 1}) == [
+        "critic"
+    ]  # stopped inside the critic phase
     assert epoch_plan(cfg, {"epoch": 4, "gan_epochs": 3, "critic_epochs": 2}) == []  # finished
     more = TrainConfig(epochs=5, critic_epochs=2)  # --epochs raised after a finished run: the critic runs again
     assert epoch_plan(more, {"epoch": 4, "gan_epochs": 3, "critic_epochs": 2}) == ["gan"] * 2 + ["critic"] * 2
@@ -111,9 +120,9 @@ def test_epoch_plan_adversarial_then_critic_and_resume_rules():
 def test_critic_epochs_train_the_discriminator_only(tiny_data, tmp_path):
     """The critic phase leaves the reconstructor as the adversarial epochs left it and moves the
     discriminator towards telling real images from their test-time composites."""
-    from model.scoring import masked_composite
-    from model.train_step import critic_step
-    from pipeline.train_local import fit_local
+    from patchrank.model.scoring import masked_composite
+    from patchrank.model.train_step import critic_step
+    from patchrank.pipeline.training.local import fit_local
 
     train, val = tiny_data
     fit_local(train, val, TrainConfig(**{**TINY, "epochs": 1, "critic_epochs": 0}), tmp_path / "gan.pt", show=False)
@@ -138,13 +147,30 @@ def test_critic_epochs_train_the_discriminator_only(tiny_data, tmp_path):
 def test_cli_workers0_with_labelled_val(phantom_dir, tmp_path, capsys):
     import json
 
-    from pipeline.cli import main
+    from patchrank.pipeline.cli import main
 
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({**TINY, "epochs": 1}))
     out = tmp_path / "m.pt"
-    assert main(["train", "--data", str(phantom_dir), "--out", str(out), "--config", str(cfg), "--workers", "0",
-                 "--val-data", str(phantom_dir), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(phantom_dir),
+                "--out",
+                str(out),
+                "--config",
+                str(cfg),
+                "--workers",
+                "0",
+                "--val-data",
+                str(phantom_dir),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert f"done: checkpoint {out}" in text and "in-process" in text
     row = next(csv.DictReader(out.with_suffix(".curve.csv").open()))
@@ -158,7 +184,7 @@ def _ddp_step(rank: int, world: int, port: int, tmp: str) -> None:
     """One gan_step per process on its half of a fixed batch, networks wrapped in DDP."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from model.train_step import gan_step
+    from patchrank.model.train_step import gan_step
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -193,7 +219,8 @@ def test_gan_step_under_ddp_matches_single_process_full_batch(tmp_path):
     DDP); also proves gan_step runs one forward per backward for each DDP module."""
     from torch import multiprocessing as mp
 
-    from model.train_step import gan_step
+    from patchrank.model.train_step import gan_step
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -219,7 +246,7 @@ def test_gan_step_under_ddp_matches_single_process_full_batch(tmp_path):
 
 def test_resume_source_is_the_newest_checkpoint(tmp_path):
     """--resume with Ray: a killed run's per-epoch checkpoint under STORAGE beats an older --out."""
-    from deploy.train_launcher import default_storage, newest_resumable
+    from patchrank.deploy.train_launcher import default_storage, newest_resumable
 
     out = tmp_path / "model.pt"
     storage = default_storage(out)

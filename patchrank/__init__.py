@@ -1,0 +1,1 @@
+"""PatchRank: unsupervised patch-level anomaly detection for medical scans."""

@@ -1,0 +1,1 @@
+"""Loading, preprocessing and data sets: files on disk -> normalised slices."""

@@ -1,0 +1,37 @@
+"""Walking user-given paths for scan files (shared by `score`, `enqueue`, `screen`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from patchrank.pipeline.data.loaders import IMAGE_SUFFIXES, NIFTI_SUFFIXES
+
+SCAN_SUFFIXES = NIFTI_SUFFIXES + IMAGE_SUFFIXES
+# BraTS side files that are not scans to score.
+AUXILIARY_TOKENS = ("_seg.", "_brainmask.", "_mask.", "-seg.")
+
+
+def is_auxiliary(path: Path) -> bool:
+    return any(tok in path.name for tok in AUXILIARY_TOKENS)
+
+
+def walk_scans(paths: list[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """-> (scan files sorted, [(path, reason skipped)]). Folders are walked recursively."""
+    files: list[Path] = []
+    skipped: list[tuple[Path, str]] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            skipped.append((p, "not found"))
+            continue
+        candidates = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+        for q in candidates:
+            if q.name.startswith("."):
+                continue
+            if not q.name.lower().endswith(SCAN_SUFFIXES):
+                skipped.append((q, "unsupported file type"))
+            elif is_auxiliary(q):
+                skipped.append((q, "label/mask file, not a scan"))
+            else:
+                files.append(q)
+    return sorted(set(files)), skipped

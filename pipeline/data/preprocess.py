@@ -1,0 +1,138 @@
+"""The one preprocessing function, shared by training, evaluation and serving.
+
+Its parameters (a `PreprocessConfig`) are stored in every checkpoint, and the scorer
+rebuilds them from there, so serving reproduces training exactly.
+
+Volumes (C, H, W, S):
+  1. foreground = the provided brain mask, else voxels that are non-zero in any channel;
+  2. per channel, z-score inside the foreground (works on raw intensities and on data
+     already z-scored by the provider alike), clip to [-clip, clip], divide by clip;
+     background is set to -1;
+  3. keep axial slices whose foreground area >= min_area_fraction x the largest one; each
+     kept slice's relative axial position (0 = lowest such slice, 1 = highest) lets the
+     scorer compare it with normal slices at the same level;
+  4. pad each slice to a square (background value) and resize to image_size
+     (bilinear, antialiased); the foreground is resized the same way and thresholded at 0.5.
+2D images (C, H, W, 1) in [0, 1]: scaled to [-1, 1]; the foreground is every pixel, or with
+`image_foreground="dark"` the lesion (`dark_foreground`: dermoscopy lesions are darker than
+the surrounding skin); then padded and resized the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from patchrank.model.lesion import dark_lesion
+from patchrank.pipeline.data.loaders import Scan, ScanError
+from patchrank.pipeline.settings import PreprocessConfig
+
+BACKGROUND = -1.0
+
+
+@dataclass
+class Prepared:
+    images: np.ndarray  # (S, C, H, W) float32 in [-1, 1], model input
+    foreground: np.ndarray  # (S, 1, H, W) bool
+    slice_index: np.ndarray  # (S,) int, index into the scan's axial slices
+    native_shape: tuple[int, int]  # (H0, W0) before padding and resizing
+    labels: np.ndarray | None = None  # (S, H0, W0) bool abnormal mask at native resolution
+    lesion_voxels: np.ndarray | None = None  # (S,) abnormal voxels per slice (native)
+    area_fraction: np.ndarray | None = None  # (S,) foreground area / largest slice's
+    position: np.ndarray | None = None  # (S,) relative axial level in [0, 1] (NaN for 2D images)
+
+
+def as_config(cfg: PreprocessConfig | dict) -> PreprocessConfig:
+    return cfg if isinstance(cfg, PreprocessConfig) else PreprocessConfig(**cfg)
+
+
+def dark_foreground(img: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
+    """img: (C, H, W) in [0, 1] -> (H, W) bool lesion mask: pixels darker than Otsu's threshold
+    of the luminance inside the central disc (dermoscopy vignetting makes the corners dark too),
+    dilated by ~2 % of the side so the lesion border is included. Falls back to every pixel when
+    less than `min_fraction` of the image qualifies (no distinct lesion)."""
+    h, w = img.shape[-2:]
+    dark = dark_lesion(torch.from_numpy(np.ascontiguousarray(img)))
+    if dark is None:
+        return np.ones((h, w), dtype=bool)
+    r = max(1, round(0.02 * max(h, w)))
+    grown = F.max_pool2d(dark.float()[None, None], 2 * r + 1, stride=1, padding=r)[0, 0].numpy() > 0
+    return grown if grown.mean() >= min_fraction else np.ones((h, w), dtype=bool)
+
+
+def _normalise_volume(arr: np.ndarray, fg: np.ndarray, clip: float) -> np.ndarray:
+    """arr: (C, H, W, S), fg: (H, W, S) -> (C, H, W, S) in [-1, 1]."""
+    out = np.full(arr.shape, BACKGROUND, dtype=np.float32)
+    for c in range(arr.shape[0]):
+        vals = arr[c][fg]
+        mean, std = float(vals.mean()), float(vals.std())
+        if not np.isfinite(std) or std < 1e-6:
+            raise ScanError(f"channel {c} is constant inside the foreground; nothing to normalise")
+        z = np.clip((arr[c] - mean) / std, -clip, clip) / clip
+        out[c][fg] = z[fg]
+    return out
+
+
+def _square_resize(x: torch.Tensor, size: int, pad_value: float) -> torch.Tensor:
+    """x: (S, C, H, W) -> (S, C, size, size): pad to square (centred), then resize."""
+    h, w = x.shape[-2:]
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    x = F.pad(x, (left, side - w - left, top, side - h - top), value=pad_value)
+    if side == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
+
+
+def preprocess_scan(scan: Scan, cfg: PreprocessConfig | dict, *, all_slices: bool = False) -> Prepared:
+    """Scan -> model-ready slices. all_slices=True skips the area-based slice selection."""
+    cfg = as_config(cfg)
+    arr = scan.array
+    if arr.ndim != 4 or arr.shape[0] != cfg.channels:
+        raise ScanError(f"expected (C={cfg.channels}, H, W, S) data, got shape {arr.shape}")
+    if min(arr.shape[1:3]) < 8:
+        raise ScanError(f"slices too small: {arr.shape[1]}x{arr.shape[2]}")
+    if scan.kind == "volume":
+        fg = scan.foreground if scan.foreground is not None else np.any(arr != 0, axis=0)
+        if not fg.any():
+            raise ScanError("empty volume: no foreground (non-zero) voxels")
+        norm = _normalise_volume(arr, fg, cfg.clip)
+    else:
+        fg = np.ones(arr.shape[1:], dtype=bool)
+        if cfg.image_foreground == "dark":
+            fg = np.stack([dark_foreground(arr[..., s]) for s in range(arr.shape[-1])], axis=-1)
+        norm = (arr * 2.0 - 1.0).astype(np.float32)
+    area = fg.reshape(-1, fg.shape[-1]).sum(0).astype(np.float64)  # (S,)
+    frac = area / max(area.max(), 1.0)
+    rule = np.flatnonzero((frac >= cfg.min_area_fraction) & (area > 0))
+    keep = np.arange(arr.shape[-1]) if all_slices else rule
+    if keep.size == 0:
+        raise ScanError("no slice passes the foreground-area rule")
+    if scan.kind == "volume" and rule.size:
+        position = ((keep - rule.min()) / max(1, rule.max() - rule.min())).astype(np.float32)
+    else:
+        position = np.full(keep.size, np.nan, dtype=np.float32)
+    x = torch.from_numpy(np.ascontiguousarray(norm[..., keep].transpose(3, 0, 1, 2)))  # (S, C, H, W)
+    m = torch.from_numpy(np.ascontiguousarray(fg[..., keep].transpose(2, 0, 1)[:, None])).float()
+    images = _square_resize(x, cfg.image_size, BACKGROUND).clamp_(-1, 1).numpy()
+    foreground = (_square_resize(m, cfg.image_size, 0.0) > 0.5).numpy()
+    labels = lesions = None
+    if scan.labels is not None:
+        lab = scan.labels[..., keep].transpose(2, 0, 1) > 0  # (S, H0, W0)
+        labels, lesions = lab, lab.reshape(len(keep), -1).sum(1)
+    return Prepared(
+        images.astype(np.float32), foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position
+    )
+
+
+def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
+    """Inverse of the square-pad-resize for per-pixel maps: (S, h, w) -> (S, H0, W0)."""
+    h0, w0 = native_shape
+    side = max(h0, w0)
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[:, 0]
+    top, left = (side - h0) // 2, (side - w0) // 2
+    return t[:, top : top + h0, left : left + w0].numpy()

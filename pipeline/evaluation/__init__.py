@@ -1,0 +1,1 @@
+"""Evaluation protocols, metrics, plots, baselines and the cross-validated quality harness."""

@@ -1,0 +1,211 @@
+"""Evaluation against labels, the same way for PatchRank and every baseline.
+
+A `SliceScorer` turns preprocessed slices into slice scores and per-pixel anomaly maps.
+PatchRank's scorer goes through `pipeline.scan_scoring.score_slices` (hence
+`model.scoring.score_images`, the one scoring function); baselines implement the same
+interface in `pipeline.evaluation.baselines`.
+
+Protocol (../shared/data/README.md, implemented by `datasets.slice_labels` and
+`PreprocessConfig.min_area_fraction`): a slice counts when its foreground area is >= 15%
+of the volume's largest; it is normal with 0 tumour voxels, abnormal with >= 20 (at
+240 x 240, scaled by native slice area), left out in between. Small-lesion AUROC:
+normal slices vs abnormal slices with <= 600 tumour voxels (same scaling).
+
+Pixel metrics: each anomaly map is upsampled from the model resolution back to the
+native slice grid with `preprocess.to_native` (bilinear, undoing the square padding) and
+compared with the native tumour mask over the pixels of the (upsampled) foreground,
+plus any tumour pixel outside it. Best Dice uses one threshold for the whole test set.
+If the test set has more than `max_pixels` such pixels, a seeded uniform subsample is
+used (reported as `n_pixels`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from patchrank.pipeline.data.datasets import (
+    SMALL_LESION_MAX_VOXELS_240,
+    DatasetError,
+    Record,
+    load_record,
+    slice_labels,
+)
+from patchrank.pipeline.data.loaders import ScanError
+from patchrank.pipeline.data.preprocess import Prepared, to_native
+from patchrank.pipeline.evaluation import metrics
+from patchrank.pipeline.settings import PreprocessConfig
+
+
+@dataclass
+class SliceResult:
+    scores: np.ndarray  # (N,) higher = more abnormal
+    maps: np.ndarray | None  # (N, H, W) per-pixel anomaly maps at model resolution
+    patches: np.ndarray | None = None  # (N, h, w) patch scores, -inf where not valid
+
+
+class SliceScorer(Protocol):
+    name: str
+
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
+        """images: (N, C, H, W) preprocessed; foreground: (N, 1, H, W) bool; position: (N,)
+        relative axial level of each slice in its volume (NaN / None = unknown)."""
+        ...
+
+
+class PatchRankScorer:
+    """A trained checkpoint, scored through the one scoring path."""
+
+    def __init__(self, model, name: str = "PatchRank", device: str = "cpu") -> None:
+        self.model, self.name, self.device = model, name, device  # device: where model's networks live
+
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
+        from patchrank.pipeline.scan_scoring import score_slices
+
+        out = score_slices(self.model, images, foreground, position, device=self.device)
+        patches = out.patch_scores.masked_fill(~out.valid, float("-inf")).numpy()
+        return SliceResult(out.image_scores.numpy(), out.pixel_map.numpy(), patches)
+
+    def in_context(self, scores: np.ndarray, prep: Prepared) -> np.ndarray:
+        """Slice scores of every slice of one scan -> with through-plane context (volumes)."""
+        from patchrank.pipeline.scan_scoring import in_context
+
+        return in_context(torch.from_numpy(np.asarray(scores, dtype=np.float32)), prep, self.model.scoring).numpy()
+
+    def gate_maps(self, maps: np.ndarray, context_scores: np.ndarray) -> np.ndarray:
+        """A scan's pixel maps, gated by its slice scores with context (model.scoring.gate_maps)."""
+        from patchrank.model.scoring import gate_maps
+
+        return gate_maps(
+            torch.from_numpy(maps), torch.from_numpy(np.asarray(context_scores, dtype=np.float32)), self.model.scoring
+        ).numpy()
+
+
+@dataclass
+class EvalScan:
+    record: Record
+    prep: Prepared
+    labels: np.ndarray  # (S,) 0/1/-1 per kept slice
+
+    @property
+    def scale(self) -> float:
+        return self.prep.native_shape[0] * self.prep.native_shape[1] / (240.0 * 240.0)
+
+
+def load_test_scans(records: list[Record], cfg: PreprocessConfig, progress: Callable | None = None) -> list[EvalScan]:
+    out = []
+    for rec in records if progress is None else progress(records):
+        try:
+            prep = load_record(rec, cfg)
+        except ScanError as exc:
+            raise DatasetError(f"{rec.subject}: {exc}") from None
+        out.append(EvalScan(rec, prep, slice_labels(prep, rec.label)))
+    if not any((t.labels >= 0).any() for t in out):
+        raise DatasetError("no labelled slices to evaluate (need tumour masks or image labels)")
+    return out
+
+
+@dataclass
+class EvalData:
+    """Everything evaluated, kept for the report and the figures."""
+
+    scores: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,) 0/1
+    small: np.ndarray  # (N,) bool: abnormal with a small lesion
+    images: np.ndarray  # (N, C, H, W)
+    maps: np.ndarray | None  # (N, H, W)
+    patches: np.ndarray | None  # (N, h, w)
+    gt: list  # per slice: native (H0, W0) bool mask or None
+    native_shapes: list
+    names: list  # "subject:slice"
+    pix_scores: np.ndarray | None = None
+    pix_labels: np.ndarray | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _pixels(maps: np.ndarray, fg: np.ndarray, gt: np.ndarray, native_shape) -> tuple[np.ndarray, np.ndarray]:
+    """maps, fg: (S, H, W) model res; gt: (S, H0, W0) -> scores, labels over the region."""
+    up = to_native(maps, native_shape)
+    region = (to_native(fg.astype(np.float32), native_shape) > 0.5) | gt
+    return up[region].astype(np.float32), gt[region]
+
+
+def evaluate_scorer(
+    scorer: SliceScorer, scans: list[EvalScan], *, max_pixels: int = 6_000_000, seed: int = 0
+) -> EvalData:
+    parts: dict[str, list] = {
+        k: [] for k in ("scores", "labels", "small", "images", "maps", "patches", "pix_s", "pix_y")
+    }
+    gt, shapes, names = [], [], []
+    context = getattr(scorer, "in_context", None)  # PatchRank: through-plane context over whole scans
+    for t in scans:
+        keep = np.flatnonzero(t.labels >= 0)
+        if keep.size == 0:
+            continue
+        p = t.prep
+        if context is None:  # slices scored independently: only the labelled ones
+            res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
+        else:  # context needs every slice of the scan (unlabelled ones are neighbours too)
+            full = scorer.score(p.images, p.foreground, p.position)
+            ctx = context(full.scores, p)
+            gate = getattr(scorer, "gate_maps", None)  # PatchRank: maps gated by those scores
+            maps = full.maps if full.maps is None or gate is None else gate(full.maps, ctx)
+            res = SliceResult(
+                ctx[keep], None if maps is None else maps[keep], None if full.patches is None else full.patches[keep]
+            )
+        lab = t.labels[keep]
+        vox = p.lesion_voxels[keep] if p.lesion_voxels is not None else np.zeros(keep.size)
+        parts["scores"].append(np.asarray(res.scores, dtype=np.float64))
+        parts["labels"].append(lab)
+        parts["small"].append((lab == 1) & (vox <= SMALL_LESION_MAX_VOXELS_240 * t.scale))
+        parts["images"].append(p.images[keep])
+        parts["maps"].append(res.maps)
+        parts["patches"].append(res.patches)
+        names += [f"{t.record.subject}:{int(i)}" for i in p.slice_index[keep]]
+        shapes += [p.native_shape] * keep.size
+        gt += list(p.labels[keep]) if p.labels is not None else [None] * keep.size
+        if p.labels is not None and res.maps is not None:
+            s, y = _pixels(res.maps, p.foreground[keep, 0], p.labels[keep], p.native_shape)
+            parts["pix_s"].append(s)
+            parts["pix_y"].append(y)
+    if not parts["scores"]:
+        raise DatasetError("no labelled slices to evaluate")
+    cat = lambda k: np.concatenate(parts[k]) if parts[k] and all(v is not None for v in parts[k]) else None  # noqa: E731
+    data = EvalData(
+        cat("scores"), cat("labels"), cat("small"), cat("images"), cat("maps"), cat("patches"), gt, shapes, names
+    )
+    if parts["pix_s"]:
+        s, y = np.concatenate(parts["pix_s"]), np.concatenate(parts["pix_y"])
+        if s.size > max_pixels:
+            idx = np.random.default_rng(seed).choice(s.size, max_pixels, replace=False)
+            s, y = s[idx], y[idx]
+        data.pix_scores, data.pix_labels = s, y.astype(np.int64)
+    return data
+
+
+def report(data: EvalData) -> dict:
+    """The numbers of report.json (None where a metric is undefined for this data)."""
+    y, s = data.labels, data.scores
+    out: dict = {
+        "n_normal": int((y == 0).sum()),
+        "n_abnormal": int((y == 1).sum()),
+        "image_auroc": metrics.safe(metrics.auroc, y, s),
+        "image_auprc": metrics.safe(metrics.auprc, y, s),
+    }
+    has_masks = any(g is not None for g in data.gt)
+    if has_masks:
+        sel = (y == 0) | data.small
+        out["n_small_lesion"] = int(data.small.sum())
+        out["small_lesion_auroc"] = metrics.safe(metrics.auroc, y[sel], s[sel])
+        if data.pix_scores is not None:
+            out["pixel_auroc"] = metrics.safe(metrics.auroc, data.pix_labels, data.pix_scores)
+            out["best_dice"] = metrics.safe(metrics.best_dice, data.pix_labels, data.pix_scores)
+            out["n_pixels"] = int(data.pix_scores.size)
+            out["pixel_resolution"] = "native (maps upsampled with preprocess.to_native), inside the foreground"
+        else:
+            out["pixel_auroc"] = out["best_dice"] = None
+    return out

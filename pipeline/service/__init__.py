@@ -1,0 +1,1 @@
+"""The streaming service: messages, Redis streams, consumer, Parquet sink, result queries."""

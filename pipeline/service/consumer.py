@@ -1,0 +1,343 @@
+"""The stream consumer: plain asyncio Python, wrapped by the Serve ingest deployment.
+
+Loop: XAUTOCLAIM stalled entries (every claim_every_s) and XREADGROUP new ones ->
+per entry: validate the JSON message -> check the URI against the allowed roots ->
+load + preprocess (pipeline.data.preprocess.preprocess_scan, in a worker thread) -> send the
+slices, in chunks, concurrently to `score_chunk` (the Serve scorer, or a local
+function) -> rank patches (pipeline.scan_scoring) and the volume score
+(model.scoring.volume_score) -> buffer the rows -> write a Parquet part -> mark done ->
+XACK. Outcomes:
+  ok / failed (ScanError: corrupt, unsupported, missing, empty, wrong dims, outside roots)
+      -> one result row, acknowledged;
+  infrastructure error (scorer down, anything unexpected) -> reason recorded in Redis,
+      entry left pending, retried via XAUTOCLAIM; after max_deliveries -> a `failed` row
+      saying why, plus a copy on the dead-letter stream, acknowledged;
+  malformed message (no scan_id to key a row on) -> dead-letter stream, acknowledged;
+  already has a result for this model version -> acknowledged, nothing written.
+Logs name the scan_id and stream entry, never the path or header text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import redis
+
+from patchrank.model.scoring import ScoringConfig, volume_score
+from patchrank.pipeline.data.loaders import ScanError, load_scan
+from patchrank.pipeline.data.preprocess import Prepared, as_config, preprocess_scan
+from patchrank.pipeline.scan_scoring import in_context, rank_patches
+from patchrank.pipeline.service.messages import MessageError, ScanMessage
+from patchrank.pipeline.service.settings import ServiceConfig
+from patchrank.pipeline.service.sink import ParquetSink
+from patchrank.pipeline.service.slice_scorer import ModelInfo, SliceChunk, SliceResult, merge_results
+from patchrank.pipeline.service.streams import AsyncStreamClient
+from patchrank.pipeline.service.tables import PatchRow, ScanRow, TopPatch, utcnow
+
+log = logging.getLogger(__name__)
+ScoreChunk = Callable[[SliceChunk], Awaitable[SliceResult]]
+
+
+def check_uri(uri: str, roots: list[Path]) -> Path:
+    """The scan path, resolved (symlinks and '..' followed), if it lies under an allowed root."""
+    if "\x00" in uri:
+        raise ScanError("invalid path (NUL byte)")
+    p = Path(uri)
+    if not p.is_absolute():
+        raise ScanError("path must be absolute")
+    if not roots:
+        raise ScanError("no allowed input roots are configured; refusing to read any file")
+    real = p.resolve()
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise ScanError(f"{p.name}: path is outside the allowed input roots")
+    return real
+
+
+def load_prepared(path: Path, preprocess: dict) -> Prepared:
+    pre = as_config(preprocess)
+    return preprocess_scan(load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels), pre)
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Result:
+    entry_id: str
+    scan: ScanRow | None
+    patches: list[PatchRow] = field(default_factory=list)
+    dead_reason: str | None = None  # set: copy to the dead-letter stream instead of a plain ack
+    fields: dict | None = None
+    created: float = field(default_factory=time.monotonic)
+
+
+class StreamConsumer:
+    def __init__(
+        self,
+        cfg: ServiceConfig,
+        client: AsyncStreamClient,
+        score_chunk: ScoreChunk,
+        info: ModelInfo,
+        *,
+        name: str | None = None,
+        sink: ParquetSink | None = None,
+    ) -> None:
+        self.cfg, self.client, self.score_chunk, self.info = cfg, client, score_chunk, info
+        self.name = name or consumer_name()
+        self.scoring = ScoringConfig.from_dict(info.scoring)
+        self.roots = cfg.resolved_roots()
+        self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version)
+        self.stats = {
+            k: 0 for k in ("read", "claimed", "ok", "failed", "dead", "duplicate", "infra_errors", "acked", "parts")
+        }
+        self._buffer: list[_Result] = []
+        self._active: set[str] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._sem = asyncio.Semaphore(cfg.max_inflight_scans)
+        self._flush_lock = asyncio.Lock()
+
+    # ---- main loop -------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.client.ensure_group()
+        log.info("consumer %s started (model_version %s)", self.name, self.info.model_version)
+        flusher = asyncio.create_task(self._flush_loop(stop))
+        last_claim, backoff = 0.0, 0.5
+        try:
+            while not stop.is_set():
+                try:
+                    if len(self._tasks) >= self.cfg.max_inflight_scans:
+                        await asyncio.wait(self._tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                        continue
+                    if time.monotonic() - last_claim >= self.cfg.claim_every_s:
+                        last_claim = time.monotonic()
+                        if self._active:  # heartbeat: in-flight entries must not look idle to other consumers
+                            await self.client.touch(self.name, list(self._active))
+                        claimed = [
+                            e
+                            for e in await self.client.claim(self.name, self.cfg.claim_idle_ms)
+                            if e[0] not in self._active
+                        ]
+                        self.stats["claimed"] += len(claimed)
+                        self._spawn(claimed, claimed=True)
+                    free = self.cfg.max_inflight_scans - len(self._tasks)
+                    if free > 0:
+                        entries = await self.client.read(self.name, min(free, self.cfg.read_count), self.cfg.block_ms)
+                        self.stats["read"] += len(entries)
+                        self._spawn(entries, claimed=False)
+                    backoff = 0.5
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("consumer %s: stream or group vanished; recreating the group", self.name)
+                    await self.client.ensure_group()
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                    log.warning(
+                        "consumer %s: redis unavailable (%s); retrying in %.1fs",
+                        self.name,
+                        exc.__class__.__name__,
+                        backoff,
+                    )
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+        finally:
+            await self._flush()  # what is scored is written and acked first: a shutdown deadline may cut the wait below
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=self.cfg.drain_timeout_s)
+            stop.set()
+            if self._tasks:  # still stuck (e.g. the scorer is gone): they stay pending, redelivered later
+                async with self._flush_lock:
+                    flusher.cancel()
+            await asyncio.gather(flusher, return_exceptions=True)
+            await self._flush()
+
+    def _spawn(self, entries: list, *, claimed: bool) -> None:
+        for entry_id, fields in entries:
+            self._active.add(entry_id)
+            t = asyncio.create_task(self._handle(entry_id, fields, claimed))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
+
+    # ---- one entry -----------------------------------------------------------------
+    async def _handle(self, entry_id: str, fields: dict, claimed: bool) -> None:
+        t0, mv = time.monotonic(), self.info.model_version
+        try:
+            deliveries = (await self.client.deliveries([entry_id]))[entry_id] if claimed else 1
+            try:
+                msg = ScanMessage.from_fields(fields)
+            except MessageError as exc:
+                log.warning("entry %s: %s -> dead letter", entry_id, exc)
+                await self.client.dead_letter(entry_id, fields, str(exc), deliveries)
+                self.stats["dead"] += 1
+                self._active.discard(entry_id)
+                return
+            queue_s = max(0.0, time.time() - msg.submitted_at)
+            if self.sink.is_written(msg.scan_id, mv) or (await self.client.done(mv, [msg.scan_id]))[0]:
+                log.info("scan %s already has a result for %s; acknowledging entry %s", msg.scan_id, mv, entry_id)
+                self.stats["duplicate"] += 1
+                await self.client.ack([entry_id])
+                self.stats["acked"] += 1
+                self._active.discard(entry_id)
+                return
+            if deliveries > self.cfg.max_deliveries:
+                reason = await self.client.last_error(entry_id) or "no error recorded (consumer died while scoring?)"
+                why = f"gave up after {deliveries - 1} deliveries: {reason}"
+                log.warning("scan %s (entry %s): %s", msg.scan_id, entry_id, why)
+                row = self._failed(msg, entry_id, deliveries, why, t0, queue_s)
+                self._buffer.append(_Result(entry_id, row, dead_reason=why, fields=fields))
+                return
+            async with self._sem:
+                result = await self._score(msg, entry_id, deliveries, t0, queue_s)
+            self._buffer.append(result)  # not `self._buffer.append(await ...)`: a flush may swap the buffer meanwhile
+        except Exception as exc:  # noqa: BLE001 - infrastructure: leave pending, retry via XAUTOCLAIM
+            self.stats["infra_errors"] += 1
+            log.warning("entry %s: %s; left pending for retry", entry_id, exc.__class__.__name__)
+            try:
+                await self.client.record_error(entry_id, f"{exc.__class__.__name__}: {exc}")
+            except Exception:  # noqa: BLE001
+                pass
+            self._active.discard(entry_id)
+
+    async def _score(self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float) -> _Result:
+        try:
+            path = check_uri(msg.uri, self.roots)
+            prep = await asyncio.to_thread(load_prepared, path, self.info.preprocess)
+        except ScanError as exc:
+            log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
+            return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
+        n, step = len(prep.images), self.cfg.chunk_slices
+        chunks = [
+            SliceChunk(prep.images[i : i + step], prep.foreground[i : i + step], prep.position[i : i + step])
+            for i in range(0, n, step)
+        ]
+        parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
+        out = merge_results(list(parts))
+        score = volume_score(in_context(out.image_scores, prep, self.scoring), self.scoring)
+        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches)
+        now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
+        tops = [
+            TopPatch(
+                rank=h.rank,
+                slice_index=h.slice_index,
+                row=h.row,
+                col=h.col,
+                y0=h.y0,
+                x0=h.x0,
+                y1=h.y1,
+                x1=h.x1,
+                score=h.score,
+            )
+            for h in hits[:10]
+        ]
+        scan = ScanRow(
+            result_id=rid,
+            scan_id=msg.scan_id,
+            uri=msg.uri,
+            status="ok",
+            n_slices=n,
+            scan_score=float(score) if np.isfinite(score) else None,
+            top_patches=tops,
+            latency_s=time.monotonic() - t0,
+            queue_s=queue_s,
+            model_version=mv,
+            stream_id=entry_id,
+            deliveries=deliveries,
+            scored_at=now,
+        )
+        patches = [
+            PatchRow(
+                result_id=rid,
+                scan_id=msg.scan_id,
+                slice_index=h.slice_index,
+                row=h.row,
+                col=h.col,
+                y0=h.y0,
+                x0=h.x0,
+                y1=h.y1,
+                x1=h.x1,
+                score=h.score,
+                rank=h.rank,
+                rec=h.rec,
+                disc=h.disc,
+                model_version=mv,
+                stream_id=entry_id,
+                scored_at=now,
+            )
+            for h in hits
+        ]
+        log.debug("scan %s scored: %d slices, score %.3f", msg.scan_id, n, score)
+        return _Result(entry_id, scan, patches)
+
+    def _failed(
+        self, msg: ScanMessage, entry_id: str, deliveries: int, error: str, t0: float, queue_s: float
+    ) -> ScanRow:
+        return ScanRow(
+            result_id=uuid.uuid4().hex,
+            scan_id=msg.scan_id,
+            uri=msg.uri,
+            status="failed",
+            error=error[:1000],
+            latency_s=time.monotonic() - t0,
+            queue_s=queue_s,
+            model_version=self.info.model_version,
+            stream_id=entry_id,
+            deliveries=deliveries,
+            scored_at=utcnow(),
+        )
+
+    # ---- write, then acknowledge ----------------------------------------------------
+    async def _flush_loop(self, stop: asyncio.Event) -> None:
+        while not (stop.is_set() and not self._tasks):
+            await asyncio.sleep(0.05)
+            if self._buffer and (
+                len(self._buffer) >= self.cfg.flush_scans
+                or time.monotonic() - self._buffer[0].created >= self.cfg.flush_interval_s
+            ):
+                await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._flush_lock:
+            batch, self._buffer = self._buffer, []
+            if not batch:
+                return
+            try:
+                parts = await asyncio.to_thread(
+                    self.sink.write, [r.scan for r in batch], [p for r in batch for p in r.patches]
+                )
+                await self.client.mark_done(self.info.model_version, [r.scan.scan_id for r in batch])
+                for r in batch:
+                    if r.dead_reason is not None:
+                        await self.client.dead_letter(r.entry_id, r.fields or {}, r.dead_reason, r.scan.deliveries)
+                acked = await self.client.ack([r.entry_id for r in batch if r.dead_reason is None])
+            except Exception as exc:  # noqa: BLE001 - not acknowledged: redelivered later, deduplicated by key
+                self.stats["infra_errors"] += 1
+                log.warning("flush of %d results failed (%s); entries stay pending", len(batch), exc.__class__.__name__)
+                reason = f"result write failed: {exc.__class__.__name__}: {exc}"
+                for r in batch:
+                    self._active.discard(r.entry_id)
+                    try:  # the reason survives for the consumer that gives up on the entry
+                        if r.dead_reason is None:
+                            await self.client.record_error(r.entry_id, reason)
+                        else:  # giving up and cannot write the failed row: the dead-letter entry is the record
+                            await self.client.dead_letter(
+                                r.entry_id, r.fields or {}, f"{r.dead_reason}; {reason}", r.scan.deliveries
+                            )
+                            self.stats["dead"] += 1
+                    except Exception:  # noqa: BLE001 - Redis down too: stays pending, retried later
+                        pass
+                return
+            self.stats["parts"] += len(parts)
+            self.stats["acked"] += acked
+            for r in batch:
+                key = "dead" if r.dead_reason is not None else r.scan.status
+                self.stats[key] += 1
+                self._active.discard(r.entry_id)

@@ -1,0 +1,72 @@
+"""The message on the scan stream: a reference to a scan, never its pixels.
+
+JSON on the wire (field `msg` of a stream entry), validated by pydantic with
+extra="forbid" and size limits; nothing read from the queue is ever unpickled.
+`scan_id` is stable for the same file: sha256 of the resolved path, its size and its
+modification time (ns), so re-enqueueing an unchanged archive yields the same ids,
+and a file rewritten in place gets a new id (and a new result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from patchrank.pipeline.service.keys import MESSAGE_FIELD
+
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 8192
+MAX_URI_CHARS = 4096
+
+
+class MessageError(ValueError):
+    """A stream entry that is not a valid ScanMessage."""
+
+
+class ScanMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    scan_id: str = Field(pattern=r"^[0-9a-f]{16,64}$", description="stable id: see scan_id_for")
+    uri: str = Field(min_length=1, max_length=MAX_URI_CHARS, description="absolute local path of the scan file")
+    modality: str | None = Field(None, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")
+    submitted_at: float = Field(ge=0, description="unix seconds when enqueued")
+
+    def to_fields(self) -> dict[bytes, bytes]:
+        return {MESSAGE_FIELD: self.model_dump_json().encode()}
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> ScanMessage:
+        raw = fields.get(MESSAGE_FIELD, fields.get(MESSAGE_FIELD.decode()))
+        if raw is None:
+            raise MessageError(f"stream entry has no {MESSAGE_FIELD.decode()!r} field")
+        if isinstance(raw, str):
+            raw = raw.encode()
+        if len(raw) > MAX_MESSAGE_BYTES:
+            raise MessageError(f"message of {len(raw)} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")
+        try:
+            return cls.model_validate_json(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first.get("loc", ())) or "message"
+            raise MessageError(
+                f"invalid scan message ({exc.error_count()} errors; {where}: {first.get('msg')})"
+            ) from None
+
+
+def scan_id_for(path: str | Path) -> str:
+    """Stable id of a file: sha256(resolved path, size, mtime_ns), 32 hex chars."""
+    p = Path(path).resolve()
+    st = os.stat(p)
+    h = hashlib.sha256(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:32]
+
+
+def message_for(path: str | Path, modality: str | None = None) -> ScanMessage:
+    p = Path(path).resolve()
+    return ScanMessage(scan_id=scan_id_for(p), uri=str(p), modality=modality, submitted_at=time.time())

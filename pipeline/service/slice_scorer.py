@@ -1,0 +1,106 @@
+"""Batched slice scoring behind the Serve scorer deployment (and usable without Serve).
+
+The checkpoint is loaded once; each call scores a list of slice chunks (from one or
+many scans) in ONE forward pass through `model.scoring.score_images` (the one scoring
+function) and splits the outputs back per chunk. Only numpy arrays cross the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from patchrank.model.checkpoint import load_checkpoint
+from patchrank.model.scoring import ScoreOutput, score_images
+
+
+@dataclass
+class SliceChunk:
+    images: np.ndarray  # (n, C, H, W) float32 preprocessed slices
+    foreground: np.ndarray  # (n, 1, H, W) bool
+    position: np.ndarray | None = None  # (n,) relative axial level in the volume (None / NaN = unknown)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class SliceResult:
+    patch_scores: np.ndarray  # (n, h, w) float32
+    rec: np.ndarray  # (n, h, w)
+    disc: np.ndarray  # (n, h, w)
+    valid: np.ndarray  # (n, h, w) bool
+    image_scores: np.ndarray  # (n,)
+    pixel_map: np.ndarray  # (n, H, W) float16 (heatmaps only; halves the bytes on the wire)
+
+
+def chunk_size(chunks: list[SliceChunk]) -> int:
+    """@serve.batch batch_size_fn: a batch is measured in slices, not requests."""
+    return sum(len(c) for c in chunks)
+
+
+def merge_results(parts: list[SliceResult]) -> ScoreOutput:
+    """Per-chunk results of one scan -> one ScoreOutput over all its slices (S = sum n)."""
+    cat = {
+        f: torch.from_numpy(np.concatenate([getattr(p, f) for p in parts])) for f in SliceResult.__dataclass_fields__
+    }
+    empty = torch.empty(0)
+    return ScoreOutput(
+        cat["patch_scores"], cat["rec"], cat["disc"], cat["valid"], cat["image_scores"], cat["pixel_map"].float(), empty
+    )
+
+
+class SliceScorer:
+    def __init__(self, checkpoint: str, *, device: str = "cpu", torch_threads: int | None = None) -> None:
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = device
+        self.model = load_checkpoint(checkpoint, map_location=device)
+        self.model_version = self.model.model_version
+        self.preprocess = dict(self.model.preprocess)
+
+    def score_chunks(self, chunks: list[SliceChunk]) -> list[SliceResult]:
+        """One forward over all slices of all chunks: (sum n, C, H, W) -> per-chunk results."""
+        if not chunks:
+            return []
+        x = torch.from_numpy(np.concatenate([c.images for c in chunks])).to(self.device)
+        fg = torch.from_numpy(np.concatenate([c.foreground for c in chunks])).to(self.device)
+        pos = torch.from_numpy(
+            np.concatenate(
+                [
+                    np.full(len(c), np.nan, np.float32) if c.position is None else np.asarray(c.position, np.float32)
+                    for c in chunks
+                ]
+            )
+        )
+        m = self.model
+        out = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg, position=pos)
+        arrays = {
+            "patch_scores": out.patch_scores.float().cpu().numpy(),
+            "rec": out.rec.float().cpu().numpy(),
+            "disc": out.disc.float().cpu().numpy(),
+            "valid": out.valid.cpu().numpy(),
+            "image_scores": out.image_scores.float().cpu().numpy(),
+            "pixel_map": out.pixel_map.cpu().numpy().astype(np.float16),
+        }
+        results, start = [], 0
+        for c in chunks:
+            sl = slice(start, start + len(c))
+            results.append(SliceResult(**{k: v[sl] for k, v in arrays.items()}))
+            start += len(c)
+        return results
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the ingest side needs to know about the scorer's model (no weights)."""
+
+    model_version: str
+    preprocess: dict
+    scoring: dict  # ScoringConfig.to_dict()
+
+
+def model_info(scorer: SliceScorer) -> ModelInfo:
+    return ModelInfo(scorer.model_version, dict(scorer.preprocess), scorer.model.scoring.to_dict())

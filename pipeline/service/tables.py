@@ -1,0 +1,145 @@
+"""The two result tables, defined once and versioned: **scans** and **patches**.
+
+Rows are validated with pydantic before they become Arrow; the Arrow schemas carry
+`patchrank.table` / `patchrank.schema_version` metadata and every row a
+`schema_version` column, so readers can union old and new part files by name.
+A result is keyed by (scan_id, model_version); `result_id` links a scan row to its
+patch rows (readers keep the first result per key and only its patches).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+TABLES = ("scans", "patches")
+
+
+class _Row(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TopPatch(_Row):
+    rank: int = Field(ge=1)
+    slice_index: int = Field(ge=0)
+    row: int = Field(ge=0)
+    col: int = Field(ge=0)
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    score: float
+
+
+class ScanRow(_Row):
+    result_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    scan_id: str = Field(min_length=1, max_length=64)
+    uri: str = Field(max_length=4096)
+    status: Literal["ok", "failed"]
+    error: str | None = Field(None, max_length=1000)
+    n_slices: int = Field(0, ge=0)
+    scan_score: float | None = None
+    top_patches: list[TopPatch] = Field(default_factory=list)
+    latency_s: float = Field(ge=0, description="seconds from dequeue to result row")
+    queue_s: float = Field(0.0, ge=0, description="seconds the entry waited in the stream before dequeue")
+    model_version: str = Field(min_length=1, max_length=64)
+    stream_id: str = Field(max_length=64)
+    deliveries: int = Field(1, ge=0)
+    scored_at: datetime
+    schema_version: int = SCHEMA_VERSION
+
+
+class PatchRow(_Row):
+    result_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    scan_id: str = Field(min_length=1, max_length=64)
+    slice_index: int = Field(ge=0)
+    row: int = Field(ge=0)
+    col: int = Field(ge=0)
+    y0: int
+    x0: int
+    y1: int
+    x1: int
+    score: float
+    rank: int = Field(ge=1)
+    rec: float
+    disc: float
+    model_version: str = Field(min_length=1, max_length=64)
+    stream_id: str = Field(max_length=64)
+    scored_at: datetime
+    schema_version: int = SCHEMA_VERSION
+
+
+_TS = pa.timestamp("us", tz="UTC")
+_TOP = pa.struct(
+    [(n, pa.int32()) for n in ("rank", "slice_index", "row", "col", "y0", "x0", "y1", "x1")] + [("score", pa.float64())]
+)
+
+
+def _meta(table: str) -> dict[bytes, bytes]:
+    return {b"patchrank.table": table.encode(), b"patchrank.schema_version": str(SCHEMA_VERSION).encode()}
+
+
+SCANS_SCHEMA = pa.schema(
+    [
+        ("result_id", pa.string()),
+        ("scan_id", pa.string()),
+        ("uri", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("n_slices", pa.int32()),
+        ("scan_score", pa.float64()),
+        ("top_patches", pa.list_(_TOP)),
+        ("latency_s", pa.float64()),
+        ("queue_s", pa.float64()),
+        ("model_version", pa.string()),
+        ("stream_id", pa.string()),
+        ("deliveries", pa.int32()),
+        ("scored_at", _TS),
+        ("schema_version", pa.int16()),
+    ],
+    metadata=_meta("scans"),
+)
+
+PATCHES_SCHEMA = pa.schema(
+    [
+        ("result_id", pa.string()),
+        ("scan_id", pa.string()),
+        ("slice_index", pa.int32()),
+        ("row", pa.int32()),
+        ("col", pa.int32()),
+        ("y0", pa.int32()),
+        ("x0", pa.int32()),
+        ("y1", pa.int32()),
+        ("x1", pa.int32()),
+        ("score", pa.float64()),
+        ("rank", pa.int32()),
+        ("rec", pa.float64()),
+        ("disc", pa.float64()),
+        ("model_version", pa.string()),
+        ("stream_id", pa.string()),
+        ("scored_at", _TS),
+        ("schema_version", pa.int16()),
+    ],
+    metadata=_meta("patches"),
+)
+
+SCHEMAS = {"scans": SCANS_SCHEMA, "patches": PATCHES_SCHEMA}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def to_arrow(table: str, rows: list[_Row]) -> pa.Table:
+    """Validated rows -> an Arrow table with exactly the versioned schema."""
+    schema = SCHEMAS[table]
+    cols = {name: [] for name in schema.names}
+    for r in rows:
+        d = r.model_dump()
+        for name in schema.names:
+            cols[name].append(d[name])
+    return pa.Table.from_pydict(cols, schema=schema)

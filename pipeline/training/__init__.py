@@ -1,0 +1,1 @@
+"""The training loop (in-process and per Ray Train worker) and its device choice."""
