@@ -2,7 +2,7 @@
 
 from setuptools import find_packages, setup
 
-ROOTS = ("model", "pipeline", "actors", "deploy")
+ROOTS = ("model", "pipeline", "actors", "deploy", "configs")
 packages = ["patchrank"]
 package_dir = {"patchrank": "patchrank"}
 for root in ROOTS:
@@ -12,5 +12,5 @@ for root in ROOTS:
 setup(
     packages=packages,
     package_dir=package_dir,
-    package_data={"patchrank": ["configs/*.json"], "patchrank.deploy": ["*.yaml"]},
+    package_data={"patchrank.configs": ["*.json"], "patchrank.deploy": ["*.yaml"]},
 )

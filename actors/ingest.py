@@ -22,7 +22,7 @@ from ray import serve
 
 from patchrank.pipeline.service.consumer import StreamConsumer
 from patchrank.pipeline.service.settings import ServiceConfig
-from patchrank.pipeline.service.slice_scorer import ModelInfo, SliceChunk, SliceResult, SliceScorer, model_info
+from patchrank.pipeline.service.slice_scorer import ChunkResult, ModelInfo, SliceChunk, SliceScorer, model_info
 from patchrank.pipeline.service.streams import AsyncStreamClient
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class _ConsumerHost:
         self,
         cfg: ServiceConfig,
         info: Callable[[], Awaitable[ModelInfo]],
-        score: Callable[[SliceChunk], Awaitable[SliceResult]],
+        score: Callable[[SliceChunk], Awaitable[ChunkResult]],
     ) -> None:
         self.cfg, self._info, self._score = cfg, info, score
         _log_to_stderr()
@@ -82,7 +82,7 @@ class IngestDeployment(_ConsumerHost):
     async def _remote_info(self) -> ModelInfo:
         return ModelInfo(**await self._scorer.info.remote())
 
-    async def _remote_score(self, chunk: SliceChunk) -> SliceResult:
+    async def _remote_score(self, chunk: SliceChunk) -> ChunkResult:
         return await self._scorer.score.remote(chunk)
 
     async def record_autoscaling_stats(self) -> dict:
@@ -136,7 +136,7 @@ class IngestWorker(_ConsumerHost):
     async def _local_info(self) -> ModelInfo:
         return model_info(self.scorer)
 
-    async def _local_score(self, chunk: SliceChunk) -> SliceResult:
+    async def _local_score(self, chunk: SliceChunk) -> ChunkResult:
         return (await asyncio.to_thread(self.scorer.score_chunks, [chunk]))[0]
 
     async def ready(self) -> dict:

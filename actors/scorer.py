@@ -15,7 +15,7 @@ from dataclasses import asdict
 
 from ray import serve
 
-from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceResult, SliceScorer, chunk_size, model_info
+from patchrank.pipeline.service.slice_scorer import ChunkResult, SliceChunk, SliceScorer, chunk_size, model_info
 
 
 @serve.deployment(name="Scorer", max_ongoing_requests=256)
@@ -34,7 +34,7 @@ class ScorerDeployment:
         return asdict(model_info(self.scorer))
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=chunk_size)
-    async def score(self, chunks: list[SliceChunk]) -> list[SliceResult]:
+    async def score(self, chunks: list[SliceChunk]) -> list[ChunkResult]:
         # The forward runs in a worker thread so this replica keeps accepting (and
         # batching) requests while the model computes.
         return await asyncio.to_thread(self.scorer.score_chunks, chunks)

@@ -1,38 +1,49 @@
 """PatchRank model core: pure PyTorch (imports only torch and numpy).
 
-Masked reconstructor + PatchGAN discriminator + targeted patch ranking, the one
-scoring function shared by training, evaluation and serving, and the checkpoint
-format that alone rebuilds everything needed to score.
+The paper's method in one file (`method.py`: masked reconstruction, PatchGAN evidence, ranking), the
+evidence terms added to it (`evidence/`), their composition into the one scoring function
+(`scoring.py`), the networks, the training step, the settings (`config.py`) and the checkpoint.
 """
 
-from .checkpoint import CHECKPOINT_FORMAT, LoadedModel, build_networks, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    LoadedModel,
+    build_networks,
+    load_checkpoint,
+    save_checkpoint,
+)
+from .config import ScoringConfig, StepConfig
 from .discriminator import PatchDiscriminator
 from .losses import RankConfig
 from .masks import BoxMaskGenerator, complementary_masks
 from .ranking import rank_weights, ranked_sum
 from .reconstructor import MaskedReconstructor
-from .scoring import ScoreOutput, ScoreStats, ScoringConfig, fit_score_stats, score_images, volume_score
-from .train_step import StepConfig, gan_step
+from .scoring import ScanScores, ScoreOutput, ScoreStats, fit_score_stats, score_images, score_scan, volume_score
+from .train_step import gan_step
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "BoxMaskGenerator",
+    "CheckpointError",
     "LoadedModel",
     "MaskedReconstructor",
     "PatchDiscriminator",
+    "RankConfig",
+    "ScanScores",
     "ScoreOutput",
     "ScoreStats",
     "ScoringConfig",
-    "RankConfig",
     "StepConfig",
-    "gan_step",
     "build_networks",
     "complementary_masks",
     "fit_score_stats",
+    "gan_step",
     "load_checkpoint",
     "rank_weights",
     "ranked_sum",
     "save_checkpoint",
     "score_images",
+    "score_scan",
     "volume_score",
 ]

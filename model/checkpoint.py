@@ -4,7 +4,7 @@ Contents (plain dicts, lists, numbers, strings and tensors only, so that
 `torch.load(..., weights_only=True)` can read it and nothing is ever unpickled):
   format, model_version, arch {recon, disc}, preprocess, scoring, stats,
   recon_state, disc_state, meta, and optionally train_state (optimizers, epoch, mask
-  RNG) for resuming. model_version is a content hash of everything that changes
+  RNG) for resuming. Older formats are upgraded on load (model.upgrade). model_version is a content hash of everything that changes
   scores (weights, architecture, preprocessing, scoring config, statistics), so two
   files score identically exactly when their versions match.
 """
@@ -23,11 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config import ScoringConfig
 from .discriminator import PatchDiscriminator
 from .reconstructor import MaskedReconstructor
-from .scoring import ScoreStats, ScoringConfig
+from .scoring import ScoreStats
+from .upgrade import FORMAT_1, FORMAT_2, UpgradeError, upgrade
 
-CHECKPOINT_FORMAT = "patchrank-ckpt/1"
+CHECKPOINT_FORMAT = FORMAT_2
 
 
 class CheckpointError(ValueError):
@@ -138,13 +140,19 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(
             f"refusing to load {path}: not a safe PatchRank checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})"
         ) from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
-    version = content_version(payload)
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT_1, FORMAT_2):
+        raise CheckpointError(f"{path} is not a PatchRank checkpoint (format {CHECKPOINT_FORMAT} or older)")
+    version = content_version(payload)  # on the payload as saved, before any upgrade
     if version != payload.get("model_version"):
         raise CheckpointError(
             f"{path}: content hash {version} does not match stored model_version {payload.get('model_version')}"
         )
+    try:
+        payload = upgrade(payload)
+        scoring = ScoringConfig.from_dict(payload["scoring"])
+        stats = ScoreStats.from_dict(payload["stats"])
+    except (UpgradeError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: cannot use this checkpoint: {exc}") from exc
     recon, disc = build_networks(payload["arch"])
     recon.load_state_dict(payload["recon_state"])
     disc.load_state_dict(payload["disc_state"])
@@ -154,8 +162,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         recon=recon,
         disc=disc,
         preprocess=payload["preprocess"],
-        scoring=ScoringConfig.from_dict(payload["scoring"]),
-        stats=ScoreStats.from_dict(payload["stats"]),
+        scoring=scoring,
+        stats=stats,
         model_version=version,
         meta=payload.get("meta", {}),
         train_state=payload.get("train_state"),

@@ -19,9 +19,15 @@ from .ranking import ranked_sum
 class RankConfig:
     """Targeted patch ranking parameters (see model.ranking for the formula)."""
 
+    __pydantic_config__ = {"extra": "forbid"}  # read by pydantic when a TrainConfig embeds it
+
     k: int = 8
     decay: float = 0.9
     floor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or not 0 < self.decay <= 1 or self.floor < 0:
+            raise ValueError(f"rank needs k >= 1, 0 < decay <= 1, floor >= 0; got {self}")
 
     def __call__(self, values: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         return ranked_sum(values, self.k, self.decay, self.floor, valid)
@@ -51,17 +57,3 @@ def reconstruction_patch_loss(
 def lsgan_patch_loss(logits: torch.Tensor, target: float) -> torch.Tensor:
     """Least-squares GAN loss per patch. logits: (B, 1, h, w) -> (B, h*w)."""
     return ((logits - target) ** 2).flatten(1)
-
-
-def bce_patch_loss(logits: torch.Tensor, target: float) -> torch.Tensor:
-    """BCE-with-logits per patch. logits: (B, 1, h, w) -> (B, h*w)."""
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target), reduction="none").flatten(1)
-
-
-def adversarial_patch_loss(logits: torch.Tensor, target: float, kind: str = "lsgan") -> torch.Tensor:
-    """Dispatch on the loss kind ("lsgan" or "bce"). logits: (B, 1, h, w) -> (B, h*w)."""
-    if kind == "lsgan":
-        return lsgan_patch_loss(logits, target)
-    if kind == "bce":
-        return bce_patch_loss(logits, target)
-    raise ValueError(f"unknown adversarial loss {kind!r} (use 'lsgan' or 'bce')")

@@ -1,7 +1,6 @@
 """The per-pixel anomaly map (heatmaps, pixel AUROC, Dice) from the calibrated evidence.
 
 map = rec_weight x (box-smoothed calibrated residual, z-scored with the patch statistics)
-      + pixel_disc_weight x the upsampled discriminator evidence (coarse: 8-px cells)
 then, in this order and each optional:
  - a grey-scale closing (`pixel_close`): a low hole inside a high region (a tumour's dark
    necrotic core inside its bright FLAIR oedema) takes the surrounding score;
@@ -51,20 +50,16 @@ def guided_filter(p: torch.Tensor, guide: torch.Tensor, radius: int, eps: float)
 
 def pixel_map(
     pcal: torch.Tensor,
-    disc_z: torch.Tensor,
     guide: torch.Tensor | None,
     foreground: torch.Tensor | None,
     rec_mean: float,
     rec_std: float,
     cfg,
 ) -> torch.Tensor:
-    """pcal: (B, 1, H, W) calibrated pixel evidence; disc_z: (B, h, w); guide: (B, C, H, W) the
-    preprocessed input (None: no guided filter); foreground: (B, 1, H, W) or None -> (B, H, W)."""
+    """pcal: (B, 1, H, W) calibrated pixel evidence; guide: (B, C, H, W) the preprocessed input
+    (None: no guided filter); foreground: (B, 1, H, W) or None -> (B, H, W)."""
     smooth = box_mean(pcal, cfg.pixel_smooth)
     pixel = cfg.rec_weight * (smooth - rec_mean) / rec_std
-    pdw = cfg.disc_weight if cfg.pixel_disc_weight is None else cfg.pixel_disc_weight
-    if pdw:
-        pixel = pixel + pdw * F.interpolate(disc_z[:, None], size=pcal.shape[-2:], mode="bilinear", align_corners=False)
     if cfg.pixel_close > 1:  # closing = dilation then erosion: never lowers a value
         pixel = -square_max(-square_max(pixel, cfg.pixel_close), cfg.pixel_close)
     if cfg.pixel_guide > 0 and guide is not None:

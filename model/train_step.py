@@ -9,27 +9,13 @@ frozen reconstructor's test-time composites. Both work on plain and DDP-wrapped 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .losses import UNIFORM_RANK, RankConfig, adversarial_patch_loss, reconstruction_patch_loss
-from .scoring import ScoringConfig, masked_composite
-
-
-@dataclass(frozen=True)
-class StepConfig:
-    """Loss weights and switches of one training step (ablations flip these)."""
-
-    masked_weight: float = 4.0  # extra L1 weight on hidden pixels
-    adv_weight: float = 0.01  # generator's adversarial term relative to L1
-    adv_loss: str = "lsgan"  # "lsgan" or "bce"
-    use_discriminator: bool = True  # False = "no discriminator" ablation
-    # rank weights of the per-patch losses (reconstructor and discriminator); uniform, as
-    # pipeline.settings.LossConfig's default (the top-k emphasis k=16, decay 0.95, floor 1
-    # cost pixel metrics on BraTS, docs/quality.md ninth pass)
-    rank: RankConfig = UNIFORM_RANK
+from .config import ScoringConfig, StepConfig
+from .losses import lsgan_patch_loss, reconstruction_patch_loss
+from .method import masked_composite
 
 
 def _unwrap(m: nn.Module) -> nn.Module:
@@ -53,8 +39,8 @@ def _disc_update(
     `fake` (target 0), both in one concatenated forward (one DDP forward per backward)."""
     with _autocast(amp):
         logits = disc(torch.cat([x, fake])).float()  # (2B, 1, h, w)
-        real_loss = adversarial_patch_loss(logits[: len(x)], 1.0, cfg.adv_loss)
-        fake_loss = adversarial_patch_loss(logits[len(x) :], 0.0, cfg.adv_loss)
+        real_loss = lsgan_patch_loss(logits[: len(x)], 1.0)
+        fake_loss = lsgan_patch_loss(logits[len(x) :], 0.0)
         loss_d = 0.5 * (cfg.rank(real_loss).mean() + cfg.rank(fake_loss).mean())
     _backward_step(loss_d, opt_d)
     return float(loss_d.detach())
@@ -91,7 +77,7 @@ def gan_step(
         if cfg.use_discriminator:
             for p in plain_disc.parameters():
                 p.requires_grad_(False)
-            adv = cfg.rank(adversarial_patch_loss(plain_disc(x_hat).float(), 1.0, cfg.adv_loss)).mean()
+            adv = cfg.rank(lsgan_patch_loss(plain_disc(x_hat).float(), 1.0)).mean()
             for p in plain_disc.parameters():
                 p.requires_grad_(True)
             loss_g = rec + cfg.adv_weight * adv
@@ -118,7 +104,7 @@ def critic_step(
     After the adversarial epochs the discriminator is a snapshot of a moving game, trained on
     reconstructions under random training masks. The critic phase trains it on exactly what
     scoring compares: real normal images x (target 1) against their composites under the
-    complementary grid masks (target 0, `model.scoring.masked_composite`), so its contrast
+    complementary grid masks (target 0, `model.method.masked_composite`), so its contrast
     evidence D(composite) - D(x) matches the final reconstructor. x: (B, C, H, W).
     """
     composite = masked_composite(_unwrap(recon), x, scoring).to(x.dtype)  # no_grad inside

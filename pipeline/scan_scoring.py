@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from patchrank.model.checkpoint import LoadedModel
-from patchrank.model.scoring import ScoreOutput, ScoringConfig, gate_maps, score_images, slice_context, volume_score
+from patchrank.model.config import ScoringConfig
+from patchrank.model.scoring import ScanScores, ScoreOutput, score_images, score_scan
 from patchrank.pipeline.data.preprocess import Prepared
 
 
@@ -113,20 +114,21 @@ def rank_patches(
     return hits
 
 
-def in_context(image_scores: torch.Tensor, prep: Prepared, cfg: ScoringConfig) -> torch.Tensor:
-    """Independent slice scores of one scan -> with through-plane context
-    (model.scoring.slice_context) when the scan is a volume; 2D images unchanged."""
-    if prep.position is None or not np.isfinite(prep.position).all():
-        return image_scores
-    return slice_context(image_scores, torch.from_numpy(np.asarray(prep.slice_index)), cfg)
+def finish_scan(
+    image_scores: torch.Tensor, prep: Prepared, cfg: ScoringConfig, maps: torch.Tensor | None = None
+) -> ScanScores:
+    """One scan's slice scores (and maps) -> model.scoring.score_scan, with through-plane context when
+    the scan is a volume (its slice numbers); 2D images have none."""
+    volume = prep.position is not None and np.isfinite(prep.position).all()
+    index = torch.from_numpy(np.asarray(prep.slice_index)) if volume else None
+    return score_scan(image_scores, cfg, slice_index=index, maps=maps)
 
 
 def score_prepared(
     model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False
 ) -> ScanScore:
     out = score_slices(model, prep.images, prep.foreground, prep.position, batch_size)
-    slices = in_context(out.image_scores, prep, model.scoring)
-    scan = volume_score(slices, model.scoring)
+    scan = finish_scan(out.image_scores, prep, model.scoring, out.pixel_map if keep_maps else None)
     hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n)
-    maps = gate_maps(out.pixel_map, slices, model.scoring).numpy() if keep_maps else None
-    return ScanScore(scan, slices.numpy(), prep.slice_index, hits, maps)
+    maps = scan.maps.numpy() if keep_maps else None
+    return ScanScore(scan.scan_score, scan.slice_scores.numpy(), prep.slice_index, hits, maps)

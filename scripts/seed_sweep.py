@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
 
-    from patchrank.pipeline.evaluation.folds import _training_key, merge, merge_results, summarise
-    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.evaluation.folds import _training_key, merge_runs, summarise
+    from patchrank.pipeline.settings import TrainConfig, merge
 
     variants, extras = _pairs(args.variant, "--variant"), _pairs(args.extra, "--extra")
     rescores = _pairs(args.rescore, "--rescore")
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                     p for f in folds if (p := out / "runs" / f"{name}_s{s}_f{f}_{method}" / "quality.json").exists()
                 ]
                 if parts:
-                    per_seed[s] = merge_results(parts)["runs"]
+                    per_seed[s] = merge_runs(parts)["runs"]
             if not per_seed:
                 continue
             key = f"{name}/{method}"

@@ -34,7 +34,7 @@ from patchrank.pipeline.service.messages import ScanMessage, message_for  # noqa
 from patchrank.pipeline.service.results import ResultStore  # noqa: E402
 from patchrank.pipeline.service.settings import ServiceConfig  # noqa: E402
 from patchrank.pipeline.service.sink import part_files  # noqa: E402
-from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceResult, SliceScorer, model_info  # noqa: E402
+from patchrank.pipeline.service.slice_scorer import ChunkResult, SliceChunk, SliceScorer, model_info  # noqa: E402
 from patchrank.pipeline.service.streams import AsyncStreamClient, StreamClient  # noqa: E402
 
 FAST = dict(
@@ -75,7 +75,7 @@ class LocalScorer:
         self.calls = 0
         self.fail = None  # callable(call_number, chunk) -> None or raises
 
-    async def __call__(self, chunk: SliceChunk) -> SliceResult:
+    async def __call__(self, chunk: SliceChunk) -> ChunkResult:
         self.calls += 1
         if self.fail is not None:
             self.fail(self.calls, chunk)

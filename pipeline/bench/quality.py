@@ -15,6 +15,7 @@ QUICK = {"epochs": 2, "preprocess": {"image_size": 64}}
 
 def register(sub: argparse._SubParsersAction) -> None:
     from patchrank.pipeline.evaluation.folds import ALL_METHODS
+    from patchrank.pipeline.settings import PRESETS
 
     p = sub.add_parser(
         "quality",
@@ -37,7 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--quick", action="store_true", help=f"development mode: {json.dumps(QUICK)}, 2 folds")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset (default: all)")
-    p.add_argument("--config", help="JSON TrainConfig for PatchRank (ablations derive from it)")
+    p.add_argument(
+        "--preset", choices=PRESETS, help="settings preset for PatchRank (default: chosen from the data, as `train`)"
+    )
+    p.add_argument("--config", help="JSON TrainConfig settings layered over the preset (ablations derive from it)")
     p.add_argument("--epochs", type=int, help="override epochs for every trained method")
     p.add_argument("--modality", default="flair")
     p.add_argument("--out", default="bench_quality", help="output folder (default bench_quality)")
@@ -70,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from patchrank.pipeline.data.datasets import DatasetError
-    from patchrank.pipeline.data.discover import discover, infer_channels
-    from patchrank.pipeline.evaluation.folds import ALL_METHODS, markdown_table, merge, run_quality
-    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.data.discover import config_for, discover
+    from patchrank.pipeline.evaluation.folds import ALL_METHODS, markdown_table, run_quality
+    from patchrank.pipeline.settings import merge
     from patchrank.pipeline.training.local import pick_device
 
     if args.merge:
@@ -93,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
         base["epochs"] = args.epochs
     pick_device(args.gpu)  # a clear error for --gpu without CUDA, before any data is read
     records = discover(args.data, modality=args.modality)
-    base = merge(base, {"preprocess": {"channels": infer_channels(records)}})
-    cfg = TrainConfig(**base)
+    cfg, preset = config_for(records, args.preset, base)
+    print(f"preset {preset}")
     t0 = time.perf_counter()
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
     res = run_quality(
@@ -143,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def merge_command(args: argparse.Namespace) -> int:
-    from patchrank.pipeline.evaluation.folds import markdown_table, merge_results
+    from patchrank.pipeline.evaluation.folds import markdown_table, merge_runs
 
-    res = merge_results([Path(p) for p in args.merge])
+    res = merge_runs([Path(p) for p in args.merge])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(res, indent=2))

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from patchrank.pipeline.settings import TrainConfig
+from patchrank.pipeline.settings import PRESETS, TrainConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,9 +17,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--workers N runs Ray Train (TorchTrainer, DDP) with N CPU or --gpu workers, on a local Ray or --address. "
         "Both write the same checkpoint (every epoch) and <out>.curve.csv. See docs/training.md.",
     )
-    p.add_argument("--data", required=True, help="dataset folder (BraTS-style) ")
+    p.add_argument("--data", required=True, help="dataset: BraTS-style, ISIC-style or plain folder, or manifest CSV")
     p.add_argument("--out", required=True, help="checkpoint file to write (e.g. model.pt)")
-    p.add_argument("--config", help="JSON file with a TrainConfig (flags below override it)")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="settings preset (configs/NAME.json); default: chosen from the data "
+        "(RGB 2D images -> dermoscopy, volumes -> brain-mri)",
+    )
+    p.add_argument("--config", help="JSON file with TrainConfig settings layered over the preset (flags override it)")
     p.add_argument("--modality", default="flair", help="MRI modality for BraTS-style folders (default flair)")
     p.add_argument("--epochs", type=int, help="total epochs (default 10); with --resume, the epoch to train up to")
     p.add_argument("--image-size", type=int, help="model input side, multiple of 16 (default 128)")
@@ -62,17 +68,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = json.loads(Path(args.config).read_text()) if args.config else {}
-    if args.epochs is not None:
-        base["epochs"] = args.epochs
-    if args.batch_size is not None:
-        base["batch_size"] = args.batch_size
-    if args.seed is not None:
-        base["seed"] = args.seed
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The --config file, then the flags that set TrainConfig fields, as one partial config."""
+    over = json.loads(Path(args.config).read_text()) if args.config else {}
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            over[key] = getattr(args, flag)
     if args.image_size is not None:
-        base.setdefault("preprocess", {})["image_size"] = args.image_size
-    return TrainConfig(**base)
+        over.setdefault("preprocess", {})["image_size"] = args.image_size
+    return over
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
+    """-> (the training configuration, the preset it starts from)."""
+    from patchrank.pipeline.data.discover import config_for, discover
+
+    return config_for(discover(args.data, modality=args.modality), args.preset, flag_overrides(args))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,21 +93,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.address and args.workers == 0:
         raise ValueError("--address trains on a Ray cluster: give --workers N (N >= 1) too")
-    cfg = config_from_args(args)
-    if "channels" not in cfg.preprocess.model_fields_set:  # auto: 3 for RGB images (ISIC), else 1 per modality
-        from patchrank.pipeline.data.discover import discover, infer_channels
-
-        pre = cfg.preprocess.model_copy(
-            update={"channels": infer_channels(discover(args.data, modality=args.modality))}
-        )
-        cfg = cfg.model_copy(update={"preprocess": pre})
+    cfg, preset = config_from_args(args)
+    print(f"preset {preset}" + ("" if args.preset else " (chosen from the data; --preset overrides)"))
     show = not args.quiet
     train, val = prepare_data(args.data, cfg, args.modality, show=show)
     labelled = prepare_labelled(args.val_data, cfg, args.modality, show=show) if args.val_data else None
     print(
         f"training on {len(train)} normal slices ({len(set(train.subjects))} subjects); "
         f"score statistics from {len(val)} held-out normal slices ({len(set(val.subjects))} subjects)"
-        + (" + the training slices" if cfg.stats_from == "train+val" and val is not train else "")
+        + (" + the training slices" if val is not train else "")
         + (f"; val AUROC on {len(labelled)} labelled slices" if labelled is not None else "")
     )
     out = Path(args.out)

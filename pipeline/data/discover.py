@@ -52,3 +52,25 @@ def infer_channels(records: list[Record]) -> int:
         except ScanError as exc:
             raise DatasetError(str(exc)) from None
     return 1 + len(first.extra_paths)
+
+
+def choose_preset(records: list[Record]) -> str:
+    """The preset for these records: 'dermoscopy' for RGB 2D images, else 'brain-mri'."""
+    from patchrank.pipeline.data.loaders import scan_kind
+
+    rgb_images = scan_kind(records[0].path) == "image" and infer_channels(records) == 3
+    return "dermoscopy" if rgb_images else "brain-mri"
+
+
+def config_for(records: list[Record], preset: str | None, *layers: dict):
+    """-> (TrainConfig, preset name): the preset (chosen from the data unless given), then each layer,
+    with the input channels inferred from the data unless a layer sets them."""
+    from patchrank.pipeline.settings import build_config, merge
+
+    name = preset or choose_preset(records)
+    over: dict = {}
+    for layer in layers:
+        over = merge(over, layer)
+    if "channels" not in over.get("preprocess", {}):
+        over = merge(over, {"preprocess": {"channels": infer_channels(records)}})
+    return build_config(name, over), name

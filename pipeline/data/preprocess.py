@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from patchrank.model.lesion import dark_lesion
+from patchrank.model.evidence.lesion import dark_lesion
 from patchrank.pipeline.data.loaders import Scan, ScanError
 from patchrank.pipeline.settings import PreprocessConfig
 

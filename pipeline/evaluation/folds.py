@@ -22,7 +22,7 @@ import numpy as np
 from patchrank.model.losses import UNIFORM_RANK
 from patchrank.pipeline.data.datasets import DatasetError, Record, build_slices, split_by_subject
 from patchrank.pipeline.evaluation.harness import PatchRankScorer, evaluate_scorer, load_test_scans, report
-from patchrank.pipeline.settings import TrainConfig
+from patchrank.pipeline.settings import TrainConfig, merge
 
 METRICS = ["image_auroc", "image_auprc", "small_lesion_auroc", "pixel_auroc", "best_dice"]
 
@@ -40,13 +40,6 @@ ABLATIONS: dict[str, dict] = {
 }
 BASELINE_NAMES = ["cae", "ocsvm", "alocc", "percentile"]
 ALL_METHODS = ["patchrank", *ABLATIONS, *BASELINE_NAMES]
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def make_folds(records: list[Record], k: int, seed: int) -> list[list[str]]:
@@ -108,10 +101,11 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False)
 def _only_critic_added(old: dict, new: dict) -> bool:
     """A kept checkpoint trained without the critic phase, where the new training differs only
     by adding it: continuing it (resume) gives the same model as training from scratch."""
-    strip = lambda k: {
-        **k,
-        "train_config": {n: v for n, v in k["train_config"].items() if n not in ("critic_epochs", "lr_critic")},
-    }  # noqa: E731
+    def strip(k):
+        return {
+            **k,
+            "train_config": {n: v for n, v in k["train_config"].items() if n not in ("critic_epochs", "lr_critic")},
+        }  # noqa: E731
     return (
         "critic_epochs" not in old["train_config"]
         and "critic_epochs" in new["train_config"]
@@ -127,13 +121,11 @@ def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str, device: str 
 
     lm = load_checkpoint(path, map_location=device)
     stats = score_stats(lm.recon, lm.disc, fold.val, mcfg, torch.device(device), train=fold.train)
-    return PatchRankScorer(
-        replace(lm, scoring=mcfg.scoring.to_model(mcfg.preprocess.image_size), stats=stats), name, device
-    )
+    return PatchRankScorer(replace(lm, scoring=mcfg.saved_scoring(), stats=stats), name, device)
 
 
 def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bool = False, gpu: bool = False):
-    """Train one method on the fold's normal data -> SliceScorer.
+    """Train one method on the fold's normal data -> Scorer.
 
     Ablations that train exactly as PatchRank does (those that change only scoring: no_anatomy,
     no_context, no_appearance, no_shape, no_features; and no_ranking while the training loss is
@@ -189,7 +181,7 @@ def run_quality(
     gpu: bool = False,
 ) -> dict:
     """Run every method on every fold (or the 0-based folds in `only`); save results
-    incrementally to out/quality.json (folds run in separate processes merge with `merge_results`).
+    incrementally to out/quality.json (folds run in separate processes merge with `merge_runs`).
     The folds (and the pixel subsample) come from `fold_seed` (default cfg.seed); everything
     else from cfg.seed, so one split can be trained again with other seeds. With `models`, the
     fold checkpoints are kept there and reused by a later run with the same training
@@ -232,7 +224,7 @@ def run_quality(
     return results
 
 
-def merge_results(paths: list[Path]) -> dict:
+def merge_runs(paths: list[Path]) -> dict:
     """Merge quality.json files of the same folds/config (e.g. one process per fold)."""
     parts = [json.loads(Path(p).read_text()) for p in paths]
     base = parts[0]

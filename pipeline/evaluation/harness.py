@@ -1,6 +1,6 @@
 """Evaluation against labels, the same way for PatchRank and every baseline.
 
-A `SliceScorer` turns preprocessed slices into slice scores and per-pixel anomaly maps.
+A `Scorer` turns preprocessed slices into slice scores and per-pixel anomaly maps.
 PatchRank's scorer goes through `pipeline.scan_scoring.score_slices` (hence
 `model.scoring.score_images`, the one scoring function); baselines implement the same
 interface in `pipeline.evaluation.baselines`.
@@ -42,47 +42,57 @@ from patchrank.pipeline.settings import PreprocessConfig
 
 
 @dataclass
-class SliceResult:
+class EvalResult:
     scores: np.ndarray  # (N,) higher = more abnormal
     maps: np.ndarray | None  # (N, H, W) per-pixel anomaly maps at model resolution
     patches: np.ndarray | None = None  # (N, h, w) patch scores, -inf where not valid
 
 
-class SliceScorer(Protocol):
+class Scorer(Protocol):
     name: str
+    scan_level: bool  # True: every slice of a scan is scored, then `finish_scan` applies scan-level steps
 
-    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> EvalResult:
         """images: (N, C, H, W) preprocessed; foreground: (N, 1, H, W) bool; position: (N,)
         relative axial level of each slice in its volume (NaN / None = unknown)."""
         ...
 
+    def finish_scan(self, full: EvalResult, prep: Prepared) -> EvalResult:
+        """Every slice's result of one scan -> after the scan-level steps."""
+        ...
+
+
+class SliceLevel:
+    """Base of scorers whose slices are scored independently (the baselines)."""
+
+    scan_level = False
+
+    def finish_scan(self, full: EvalResult, prep: Prepared) -> EvalResult:
+        return full
+
 
 class PatchRankScorer:
-    """A trained checkpoint, scored through the one scoring path."""
+    """A trained checkpoint, scored through the one scoring path (slices, then the scan)."""
+
+    scan_level = True
 
     def __init__(self, model, name: str = "PatchRank", device: str = "cpu") -> None:
         self.model, self.name, self.device = model, name, device  # device: where model's networks live
 
-    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> EvalResult:
         from patchrank.pipeline.scan_scoring import score_slices
 
         out = score_slices(self.model, images, foreground, position, device=self.device)
         patches = out.patch_scores.masked_fill(~out.valid, float("-inf")).numpy()
-        return SliceResult(out.image_scores.numpy(), out.pixel_map.numpy(), patches)
+        return EvalResult(out.image_scores.numpy(), out.pixel_map.numpy(), patches)
 
-    def in_context(self, scores: np.ndarray, prep: Prepared) -> np.ndarray:
-        """Slice scores of every slice of one scan -> with through-plane context (volumes)."""
-        from patchrank.pipeline.scan_scoring import in_context
+    def finish_scan(self, full: EvalResult, prep: Prepared) -> EvalResult:
+        """Through-plane context on the slice scores and the slice gate on the maps (model.scoring.score_scan)."""
+        from patchrank.pipeline.scan_scoring import finish_scan
 
-        return in_context(torch.from_numpy(np.asarray(scores, dtype=np.float32)), prep, self.model.scoring).numpy()
-
-    def gate_maps(self, maps: np.ndarray, context_scores: np.ndarray) -> np.ndarray:
-        """A scan's pixel maps, gated by its slice scores with context (model.scoring.gate_maps)."""
-        from patchrank.model.scoring import gate_maps
-
-        return gate_maps(
-            torch.from_numpy(maps), torch.from_numpy(np.asarray(context_scores, dtype=np.float32)), self.model.scoring
-        ).numpy()
+        maps = None if full.maps is None else torch.from_numpy(full.maps)
+        scan = finish_scan(torch.from_numpy(np.asarray(full.scores, dtype=np.float32)), prep, self.model.scoring, maps)
+        return EvalResult(scan.slice_scores.numpy(), None if maps is None else scan.maps.numpy(), full.patches)
 
 
 @dataclass
@@ -134,28 +144,24 @@ def _pixels(maps: np.ndarray, fg: np.ndarray, gt: np.ndarray, native_shape) -> t
     return up[region].astype(np.float32), gt[region]
 
 
-def evaluate_scorer(
-    scorer: SliceScorer, scans: list[EvalScan], *, max_pixels: int = 6_000_000, seed: int = 0
-) -> EvalData:
+def evaluate_scorer(scorer: Scorer, scans: list[EvalScan], *, max_pixels: int = 6_000_000, seed: int = 0) -> EvalData:
     parts: dict[str, list] = {
         k: [] for k in ("scores", "labels", "small", "images", "maps", "patches", "pix_s", "pix_y")
     }
     gt, shapes, names = [], [], []
-    context = getattr(scorer, "in_context", None)  # PatchRank: through-plane context over whole scans
     for t in scans:
         keep = np.flatnonzero(t.labels >= 0)
         if keep.size == 0:
             continue
         p = t.prep
-        if context is None:  # slices scored independently: only the labelled ones
+        if not scorer.scan_level:  # slices scored independently: only the labelled ones
             res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
-        else:  # context needs every slice of the scan (unlabelled ones are neighbours too)
-            full = scorer.score(p.images, p.foreground, p.position)
-            ctx = context(full.scores, p)
-            gate = getattr(scorer, "gate_maps", None)  # PatchRank: maps gated by those scores
-            maps = full.maps if full.maps is None or gate is None else gate(full.maps, ctx)
-            res = SliceResult(
-                ctx[keep], None if maps is None else maps[keep], None if full.patches is None else full.patches[keep]
+        else:  # scan-level steps need every slice of the scan (unlabelled ones are neighbours too)
+            full = scorer.finish_scan(scorer.score(p.images, p.foreground, p.position), p)
+            res = EvalResult(
+                full.scores[keep],
+                None if full.maps is None else full.maps[keep],
+                None if full.patches is None else full.patches[keep],
             )
         lab = t.labels[keep]
         vox = p.lesion_voxels[keep] if p.lesion_voxels is not None else np.zeros(keep.size)

@@ -5,7 +5,7 @@ per entry: validate the JSON message -> check the URI against the allowed roots 
 load + preprocess (pipeline.data.preprocess.preprocess_scan, in a worker thread) -> send the
 slices, in chunks, concurrently to `score_chunk` (the Serve scorer, or a local
 function) -> rank patches (pipeline.scan_scoring) and the volume score
-(model.scoring.volume_score) -> buffer the rows -> write a Parquet part -> mark done ->
+(model.scoring.score_scan) -> buffer the rows -> write a Parquet part -> mark done ->
 XACK. Outcomes:
   ok / failed (ScanError: corrupt, unsupported, missing, empty, wrong dims, outside roots)
       -> one result row, acknowledged;
@@ -32,19 +32,19 @@ from pathlib import Path
 import numpy as np
 import redis
 
-from patchrank.model.scoring import ScoringConfig, volume_score
+from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.loaders import ScanError, load_scan
 from patchrank.pipeline.data.preprocess import Prepared, as_config, preprocess_scan
-from patchrank.pipeline.scan_scoring import in_context, rank_patches
+from patchrank.pipeline.scan_scoring import finish_scan, rank_patches
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
 from patchrank.pipeline.service.settings import ServiceConfig
 from patchrank.pipeline.service.sink import ParquetSink
-from patchrank.pipeline.service.slice_scorer import ModelInfo, SliceChunk, SliceResult, merge_results
+from patchrank.pipeline.service.slice_scorer import ChunkResult, ModelInfo, SliceChunk, merge_chunks
 from patchrank.pipeline.service.streams import AsyncStreamClient
 from patchrank.pipeline.service.tables import PatchRow, ScanRow, TopPatch, utcnow
 
 log = logging.getLogger(__name__)
-ScoreChunk = Callable[[SliceChunk], Awaitable[SliceResult]]
+ScoreChunk = Callable[[SliceChunk], Awaitable[ChunkResult]]
 
 
 def check_uri(uri: str, roots: list[Path]) -> Path:
@@ -220,8 +220,8 @@ class StreamConsumer:
             for i in range(0, n, step)
         ]
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
-        out = merge_results(list(parts))
-        score = volume_score(in_context(out.image_scores, prep, self.scoring), self.scoring)
+        out = merge_chunks(list(parts))
+        score = finish_scan(out.image_scores, prep, self.scoring).scan_score
         hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches)
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [

@@ -27,7 +27,7 @@ class SliceChunk:
 
 
 @dataclass
-class SliceResult:
+class ChunkResult:
     patch_scores: np.ndarray  # (n, h, w) float32
     rec: np.ndarray  # (n, h, w)
     disc: np.ndarray  # (n, h, w)
@@ -41,10 +41,10 @@ def chunk_size(chunks: list[SliceChunk]) -> int:
     return sum(len(c) for c in chunks)
 
 
-def merge_results(parts: list[SliceResult]) -> ScoreOutput:
+def merge_chunks(parts: list[ChunkResult]) -> ScoreOutput:
     """Per-chunk results of one scan -> one ScoreOutput over all its slices (S = sum n)."""
     cat = {
-        f: torch.from_numpy(np.concatenate([getattr(p, f) for p in parts])) for f in SliceResult.__dataclass_fields__
+        f: torch.from_numpy(np.concatenate([getattr(p, f) for p in parts])) for f in ChunkResult.__dataclass_fields__
     }
     empty = torch.empty(0)
     return ScoreOutput(
@@ -61,7 +61,7 @@ class SliceScorer:
         self.model_version = self.model.model_version
         self.preprocess = dict(self.model.preprocess)
 
-    def score_chunks(self, chunks: list[SliceChunk]) -> list[SliceResult]:
+    def score_chunks(self, chunks: list[SliceChunk]) -> list[ChunkResult]:
         """One forward over all slices of all chunks: (sum n, C, H, W) -> per-chunk results."""
         if not chunks:
             return []
@@ -88,7 +88,7 @@ class SliceScorer:
         results, start = [], 0
         for c in chunks:
             sl = slice(start, start + len(c))
-            results.append(SliceResult(**{k: v[sl] for k, v in arrays.items()}))
+            results.append(ChunkResult(**{k: v[sl] for k, v in arrays.items()}))
             start += len(c)
         return results
 

@@ -29,7 +29,6 @@ from patchrank.model.reconstructor import MaskedReconstructor
 from patchrank.model.scoring import ScoreStats, fit_score_stats
 from patchrank.model.train_step import critic_step, gan_step
 from patchrank.pipeline.data.datasets import SliceSet
-from patchrank.pipeline.data.preprocess import BACKGROUND
 from patchrank.pipeline.settings import TrainConfig
 
 
@@ -49,7 +48,7 @@ def build_optimizers(recon, disc, cfg: TrainConfig) -> tuple[torch.optim.Optimiz
 
 def build_mask_generator(cfg: TrainConfig, seed_offset: int = 0) -> BoxMaskGenerator:
     m = cfg.masks
-    scoring = cfg.scoring.to_model(cfg.preprocess.image_size)
+    scoring = cfg.saved_scoring()
     return BoxMaskGenerator(
         min_boxes=m.min_boxes,
         max_boxes=m.max_boxes,
@@ -77,14 +76,8 @@ def batches(
     *,
     rank: int = 0,
     world: int = 1,
-    intensity: float = 0.0,
 ) -> Iterable[torch.Tensor]:
     """Seeded shuffle + random left-right flip, sharded like torch's DistributedSampler.
-
-    intensity > 0: each image's foreground (values above the -1 background) becomes
-    a * x + b with a in 1 +- intensity, b in +- intensity, so the reconstructor learns to
-    fill a hidden cell at the brightness of its surroundings instead of at the training
-    subjects' typical brightness (patients differ after per-volume normalisation).
 
     images: (N, C, H, W) -> batches (B, C, H, W). Every rank draws the same epoch
     permutation and flip decisions from (seed, epoch), wraps the order around to a
@@ -97,20 +90,13 @@ def batches(
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(images))
     flips = rng.random(len(order)) < 0.5 if flip else np.zeros(len(order), dtype=bool)
-    gain = 1.0 + intensity * rng.uniform(-1, 1, len(order))
-    shift = intensity * rng.uniform(-1, 1, len(order))
     total = -(-len(order) // world) * world
     order, flips = np.resize(order, total)[rank::world], np.resize(flips, total)[rank::world]
-    gain, shift = np.resize(gain, total)[rank::world], np.resize(shift, total)[rank::world]
     for start in range(0, len(order), batch_size):
         sl = slice(start, start + batch_size)
         idx, f = order[sl], flips[sl]
         x = images[idx].copy()
         x[f] = x[f][..., ::-1]
-        if intensity > 0:
-            a = gain[sl].astype(np.float32)[:, None, None, None]
-            b = shift[sl].astype(np.float32)[:, None, None, None]
-            x = np.where(x > BACKGROUND + 1e-3, np.clip(a * x + b, BACKGROUND + 1e-3, 1.0), x).astype(np.float32)
         yield torch.from_numpy(np.ascontiguousarray(x))
 
 
@@ -131,7 +117,7 @@ def run_epoch(
     images per CPU-second of this process."""
     recon.train()
     disc.train()
-    step_cfg = cfg.loss.to_model()
+    step_cfg = cfg.loss
 
     def step(x: torch.Tensor) -> dict:
         b, _, h, w = x.shape
@@ -164,7 +150,7 @@ def run_critic_epoch(
     """One pass of `critic_step` over `data` (the reconstructor frozen); metrics as `run_epoch`."""
     recon.eval()
     disc.train()
-    step_cfg, scoring = cfg.loss.to_model(), cfg.scoring.to_model(cfg.preprocess.image_size)
+    step_cfg, scoring = cfg.loss, cfg.saved_scoring()
     return _timed_loop(
         data, lambda x: critic_step(recon, disc, opt_d, x.to(device), scoring, step_cfg, amp=amp), on_step
     )
@@ -212,17 +198,15 @@ def score_stats(
     batch_size: int = 32,
     train: SliceSet | None = None,
 ) -> ScoreStats:
-    """Fit the checkpoint's normalisation statistics on normal slices: the held-out validation
-    subjects, plus the training subjects when `cfg.stats_from == "train+val"` (each capped at
-    `max_val_slices`). With few subjects (BraTS folds hold out one patient) the held-out
-    statistics alone describe one person's anatomy; measured in docs/quality.md."""
+    """Fit the checkpoint's normalisation statistics on normal slices of the held-out validation
+    subjects and of the training subjects (each capped at `max_val_slices`)."""
     recon.eval()
     disc.eval()
-    sets = [val] + ([train] if cfg.stats_from == "train+val" and train is not None and train is not val else [])
+    sets = [val] + ([train] if train is not None and train is not val else [])
     parts = [(ss, sample_indices(ss.labels == 0, cfg.max_val_slices, cfg.seed)) for ss in sets]
     if not parts[0][1].size:
         raise ValueError("no normal validation slices to fit score statistics on")
-    scoring = cfg.scoring.to_model(cfg.preprocess.image_size)
+    scoring = cfg.saved_scoring()
 
     def gen():
         for ss, keep in parts:
@@ -243,7 +227,7 @@ def save_trained(path, recon, disc, cfg: TrainConfig, stats: ScoreStats, meta: d
         recon,
         disc,
         preprocess=cfg.preprocess.model_dump(),
-        scoring=cfg.scoring.to_model(cfg.preprocess.image_size),
+        scoring=cfg.saved_scoring(),
         stats=stats,
         meta={"train_config": json.loads(cfg.model_dump_json()), **meta},
         train_state=train_state,
@@ -374,7 +358,7 @@ def val_auroc(
         return None
     recon.eval()
     disc.eval()
-    scoring = cfg.scoring.to_model(cfg.preprocess.image_size)
+    scoring = cfg.saved_scoring()
     out = []
     for s in range(0, len(keep), batch_size):
         idx = keep[s : s + batch_size]
@@ -434,15 +418,7 @@ def fit_loop(
                 recon, disc, opt_d, data, cfg, device=place.device, amp=place.amp, on_step=reporter.step
             )
         else:
-            data = batches(
-                train.images,
-                cfg.batch_size,
-                cfg.seed,
-                epoch,
-                rank=place.rank,
-                world=place.world,
-                intensity=cfg.augment_intensity,
-            )
+            data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world)
             m = run_epoch(
                 recon, disc, opt_g, opt_d, data, masks, cfg, device=place.device, amp=place.amp, on_step=reporter.step
             )

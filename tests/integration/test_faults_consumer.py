@@ -102,7 +102,7 @@ def test_two_consumers_share_the_stream_without_duplicates(redis_url, tmp_path, 
     enqueue(cfg, scans[:4])  # re-enqueued archive: same scan_ids, must not add results
     a, b = make_consumer(cfg, LocalScorer(scorer)), make_consumer(cfg, LocalScorer(scorer))
     asyncio.run(drive([a, b], cfg, timeout_s=60))
-    out = check_exactly_once(cfg, [m.scan_id for m in msgs])
+    check_exactly_once(cfg, [m.scan_id for m in msgs])
     assert a.stats["ok"] > 0 and b.stats["ok"] > 0, "both consumers took work"
     events = a.stats["duplicate"] + b.stats["duplicate"] + a.stats["ok"] + b.stats["ok"]
     # every message handled; a second handling only where one consumer reclaimed an entry the other

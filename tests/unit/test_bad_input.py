@@ -126,10 +126,12 @@ def test_scan_id_is_stable_and_changes_with_content(tmp_path):
 def test_scoring_settings_reject_even_smoothing_and_negative_weights():
     from pydantic import ValidationError
 
-    from patchrank.pipeline.settings import ScoringSettings
+    from patchrank.pipeline.settings import TrainConfig
 
-    for bad in ({"prior_smooth": 4}, {"pixel_smooth": 8}, {"symmetry_weight": -1.0}, {"intensity_weight": -0.5}):
+    bads = ({"prior_smooth": 4}, {"pixel_smooth": 8}, {"symmetry_weight": -1.0}, {"intensity_weight": -0.5},
+            {"pixel_guide_eps": 0}, {"residual": "square"}, {"no_such_setting": 1}, {"rank": {"k": 0, "decay": 1}})
+    for bad in bads:
         with pytest.raises(ValidationError):
-            ScoringSettings(**bad)
-    m = ScoringSettings(prior_smooth=7, symmetry_weight=0.0).to_model(128)
+            TrainConfig(scoring=bad)
+    m = TrainConfig(scoring={"prior_smooth": 7, "symmetry_weight": 0.0}).scoring
     assert (m.prior_smooth, m.symmetry_weight, m.intensity_weight) == (7, 0.0, 1.0)

@@ -12,7 +12,7 @@ from patchrank.pipeline.data.discover import discover, infer_channels
 from patchrank.pipeline.data.loaders import Scan
 from patchrank.pipeline.data.preprocess import preprocess_scan
 from patchrank.pipeline.evaluation.folds import make_folds
-from patchrank.pipeline.evaluation.harness import EvalScan, SliceResult, evaluate_scorer
+from patchrank.pipeline.evaluation.harness import EvalResult, EvalScan, SliceLevel, evaluate_scorer
 from patchrank.pipeline.settings import PreprocessConfig
 
 
@@ -49,11 +49,11 @@ def test_inclusion_and_labels_follow_the_protocol(side):
     # small-lesion subset, through the evaluation code path (thresholds scale with native area)
     scan = EvalScan(Record("x", "s1"), prep, lab)
 
-    class Dummy:
+    class Dummy(SliceLevel):
         name = "dummy"
 
         def score(self, images, foreground, position=None):
-            return SliceResult(np.arange(len(images), dtype=float), None)
+            return EvalResult(np.arange(len(images), dtype=float), None)
 
     data = evaluate_scorer(Dummy(), [scan])
     assert list(data.labels) == [0, 0, 1, 1, 1, 0]
@@ -171,7 +171,7 @@ def test_splits_and_folds_are_by_subject():
 def test_merge_fold_results_and_table(tmp_path):
     import json
 
-    from patchrank.pipeline.evaluation.folds import markdown_table, merge_results
+    from patchrank.pipeline.evaluation.folds import markdown_table, merge_runs
 
     def part(fold, auc):
         runs = [
@@ -182,7 +182,7 @@ def test_merge_fold_results_and_table(tmp_path):
 
     for i, auc in enumerate((0.5, 0.7)):
         (tmp_path / f"{i}.json").write_text(json.dumps(part(i, auc)))
-    res = merge_results([tmp_path / "0.json", tmp_path / "1.json"])
+    res = merge_runs([tmp_path / "0.json", tmp_path / "1.json"])
     mean, std, n = res["summary"]["patchrank"]["image_auroc"]
     assert (round(mean, 6), round(std, 6), n) == (0.7, 0.1, 2)
     assert res["summary"]["cae"]["pixel_auroc"] is None and res["fold_seed"] == 0
@@ -191,15 +191,15 @@ def test_merge_fold_results_and_table(tmp_path):
     other = part(0, 0.5) | {"folds": [["x"], ["y"]]}
     (tmp_path / "x.json").write_text(json.dumps(other))
     with pytest.raises(DatasetError, match="different folds"):
-        merge_results([tmp_path / "0.json", tmp_path / "x.json"])
+        merge_runs([tmp_path / "0.json", tmp_path / "x.json"])
     (tmp_path / "s.json").write_text(json.dumps(part(1, 0.7) | {"fold_seed": 1}))  # same split, other --seed
     with pytest.raises(DatasetError, match="different folds"):
-        merge_results([tmp_path / "0.json", tmp_path / "s.json"])
+        merge_runs([tmp_path / "0.json", tmp_path / "s.json"])
     (tmp_path / "g.json").write_text(json.dumps(part(1, 0.7) | {"gpu": True}))  # bf16 GPU weights are not the CPU's
     with pytest.raises(DatasetError, match="device"):
-        merge_results([tmp_path / "0.json", tmp_path / "g.json"])
+        merge_runs([tmp_path / "0.json", tmp_path / "g.json"])
     (tmp_path / "g0.json").write_text(json.dumps(part(0, 0.5) | {"gpu": True}))
-    assert merge_results([tmp_path / "g0.json", tmp_path / "g.json"])["gpu"] is True
+    assert merge_runs([tmp_path / "g0.json", tmp_path / "g.json"])["gpu"] is True
 
 
 def test_training_key_tells_gpu_from_cpu_weights():

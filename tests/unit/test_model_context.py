@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from modeldoubles import CopyRecon, ZeroDisc
+from modeldoubles import CopyRecon, ZeroDisc, bare
 
 from patchrank.model import ScoringConfig
-from patchrank.model.scoring import gate_maps, score_images, slice_context
+from patchrank.model.evidence.context import slice_context
+from patchrank.model.scoring import score_images, slice_gate
 from patchrank.pipeline.data.datasets import Record
 from patchrank.pipeline.data.preprocess import Prepared
-from patchrank.pipeline.evaluation.harness import EvalScan, SliceResult, evaluate_scorer
-from patchrank.pipeline.scan_scoring import in_context
+from patchrank.pipeline.evaluation.harness import EvalResult, EvalScan, evaluate_scorer
+from patchrank.pipeline.scan_scoring import finish_scan
 
-CFG = ScoringConfig(context_radius=3, context_decay=1.0)
+CFG = bare(context_radius=3, context_decay=1.0)
 
 
 def test_lesion_edges_inherit_the_body_and_nothing_is_lowered():
@@ -43,7 +44,7 @@ def test_distance_is_in_slice_numbers_not_positions_in_the_list():
 
 def test_off_single_slice_nonfinite_and_bad_input():
     s = torch.tensor([0.0, 4.0, float("-inf"), 1.0])
-    assert torch.equal(slice_context(s, torch.arange(4), ScoringConfig()), s)  # default radius 0
+    assert torch.equal(slice_context(s, torch.arange(4), bare()), s)  # default radius 0
     assert slice_context(torch.tensor([3.0]), torch.tensor([7]), CFG).tolist() == [3.0]
     out = slice_context(s, torch.arange(4), CFG)
     assert out[2] == pytest.approx(3.0) and out[3] == pytest.approx(2.0)  # -inf is not a neighbour, but is raised
@@ -71,25 +72,28 @@ def _prep(n: int, position: bool, labels=None) -> Prepared:
     )
 
 
-def test_in_context_only_for_volumes():
+def test_scan_context_only_for_volumes():
     s = torch.tensor([0.0, 8.0, 0.0])
-    assert in_context(s, _prep(3, position=True), CFG).tolist() == pytest.approx([7.0, 8.0, 7.0])
-    assert torch.equal(in_context(s, _prep(3, position=False), CFG), s)
+    assert finish_scan(s, _prep(3, position=True), CFG).slice_scores.tolist() == pytest.approx([7.0, 8.0, 7.0])
+    assert torch.equal(finish_scan(s, _prep(3, position=False), CFG).slice_scores, s)
 
 
 class FakeScorer:
-    """Scores slice i with value table[i] (by content), with PatchRank's context."""
+    """Scores slice i with value table[i] (by content); PatchRank's scan-level steps."""
 
     name = "fake"
+    scan_level = True
 
     def __init__(self, cfg: ScoringConfig):
         self.cfg = cfg
 
     def score(self, images, foreground, position=None):
-        return SliceResult(images[:, 0, 0, 0].astype(np.float64), None, None)
+        return EvalResult(images[:, 0, 0, 0].astype(np.float64), None, None)
 
-    def in_context(self, scores, prep):
-        return in_context(torch.from_numpy(np.asarray(scores, np.float32)), prep, self.cfg).numpy()
+    def finish_scan(self, full, prep):
+        maps = None if full.maps is None else torch.from_numpy(full.maps)
+        scan = finish_scan(torch.from_numpy(np.asarray(full.scores, np.float32)), prep, self.cfg, maps)
+        return EvalResult(scan.slice_scores.numpy(), None if maps is None else scan.maps.numpy(), full.patches)
 
 
 def test_evaluation_uses_unlabelled_slices_as_neighbours():
@@ -98,61 +102,43 @@ def test_evaluation_uses_unlabelled_slices_as_neighbours():
     prep = _prep(6, position=True, labels=[0, 0, 1, 16, 0, 0])
     prep.images[:, 0, 0, 0] = [0.0, 0.2, 9.0, 1.0, 0.1, 0.0]
     scan = EvalScan(Record(path="x", subject="s1"), prep, np.array([0, -1, -1, 1, -1, 0]))
-    base = evaluate_scorer(FakeScorer(ScoringConfig()), [scan])
+    base = evaluate_scorer(FakeScorer(bare()), [scan])
     ctx = evaluate_scorer(FakeScorer(CFG), [scan])
     assert base.scores.tolist() == pytest.approx([0.0, 1.0, 0.0])
     assert ctx.scores.tolist() == pytest.approx([7.0, 8.0, 6.0])  # slice 3 inherits 9 - 1 from the left-out slice 2
     assert ctx.names == ["s1:10", "s1:13", "s1:15"]
 
 
-class GatedFakeScorer(FakeScorer):
-    """FakeScorer with flat maps and PatchRank's per-scan gate (model.scoring.gate_maps)."""
+class MapFakeScorer(FakeScorer):
+    """FakeScorer with flat maps."""
 
     def score(self, images, foreground, position=None):
         res = super().score(images, foreground, position)
-        return SliceResult(res.scores, np.zeros((len(images), 8, 8), np.float32), None)
-
-    def gate_maps(self, maps, scores):
-        return gate_maps(torch.from_numpy(maps), torch.from_numpy(np.asarray(scores, np.float32)), self.cfg).numpy()
+        return EvalResult(res.scores, np.zeros((len(images), 8, 8), np.float32), None)
 
 
-def test_context_gate_uses_the_scan_scores_with_context():
+def test_slice_gate_uses_the_scan_scores_with_context():
     prep = _prep(6, position=True, labels=[0, 0, 1, 16, 0, 0])
     prep.images[:, 0, 0, 0] = [0.0, 0.2, 9.0, 1.0, 0.1, 0.0]
     scan = EvalScan(Record(path="x", subject="s1"), prep, np.array([0, -1, -1, 1, -1, 0]))
     gate = dict(pixel_slice_weight=0.5, pixel_slice_margin=8.5)
-    per_slice = evaluate_scorer(GatedFakeScorer(ScoringConfig(context_radius=3, context_decay=1.0, **gate)), [scan])
-    ctx = evaluate_scorer(
-        GatedFakeScorer(ScoringConfig(context_radius=3, context_decay=1.0, pixel_slice_context=True, **gate)), [scan]
-    )
-    assert np.all(
-        per_slice.maps == 0
-    )  # without the flag score_images gates (here: a fake that does not), gate_maps passes through
+    ungated = evaluate_scorer(MapFakeScorer(bare(context_radius=3, context_decay=1.0)), [scan])
+    ctx = evaluate_scorer(MapFakeScorer(bare(context_radius=3, context_decay=1.0, **gate)), [scan])
+    assert np.all(ungated.maps == 0)  # weight 0: the gate is off
     # context scores 7, 8, 6 (test above) -> each labelled slice's map lowered by 0.5 x (score - 8.5)
     assert ctx.maps[:, 0, 0].tolist() == pytest.approx([-0.75, -0.25, -1.25])
     assert all(np.all(m == m[0, 0]) for m in ctx.maps)  # one constant shift per slice
 
 
-def test_score_images_leaves_the_context_gate_to_the_scan():
+def test_score_images_leaves_the_slice_gate_to_the_scan():
     x = torch.zeros(2, 1, 32, 32)
     x[1, 0, 8:24, 8:24] = 4.0
-    base = dict(
-        grid_cell=4,
-        calibration="none",
-        pixel_calibration="none",
-        disc_weight=0.0,
-        pixel_slice_weight=0.5,
-        pixel_slice_margin=1.0,
-    )
-    per_slice = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None)
-    later = ScoringConfig(**base, pixel_slice_context=True)
-    ungated = score_images(CopyRecon(), ZeroDisc(), x, cfg=later, stats=None)
-    plain = score_images(
-        CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**{**base, "pixel_slice_weight": 0.0}), stats=None
-    )
-    assert torch.equal(ungated.pixel_map, plain.pixel_map) and not torch.equal(per_slice.pixel_map, plain.pixel_map)
-    # gating later with the same scores gives exactly the per-slice gate
-    assert torch.allclose(gate_maps(ungated.pixel_map, ungated.image_scores, later), per_slice.pixel_map)
-    assert torch.equal(
-        gate_maps(plain.pixel_map, plain.image_scores, ScoringConfig(**base)), plain.pixel_map
-    )  # flag off: identity
+    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0)
+    gated_cfg = bare(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0)
+    out = score_images(CopyRecon(), ZeroDisc(), x, cfg=gated_cfg, stats=None)
+    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None)
+    assert torch.equal(out.pixel_map, plain.pixel_map)  # the gate is a scan-level step
+    gated = slice_gate(out.pixel_map, out.image_scores, gated_cfg)
+    low = int(torch.argmin(out.image_scores))
+    assert not torch.equal(gated[low], out.pixel_map[low]) and torch.all(gated <= out.pixel_map)
+    assert torch.equal(slice_gate(plain.pixel_map, plain.image_scores, bare(**base)), plain.pixel_map)  # weight 0

@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 import torch
-from modeldoubles import ZeroDisc
+from modeldoubles import ZeroDisc, bare
 
-from patchrank.model import ScoringConfig, fit_score_stats, score_images
+from patchrank.model import fit_score_stats, score_images
 from patchrank.model.checkpoint import load_checkpoint, save_checkpoint
-from patchrank.model.features import BANK_SIZE, encoder_features, feature_evidence, fit_features
+from patchrank.model.evidence.features import BANK_SIZE, encoder_features, feature_evidence, fit_features
 from patchrank.model.reconstructor import MaskedReconstructor
 from patchrank.model.scoring import ScoreStats
 
@@ -56,20 +56,20 @@ def test_fit_calibrates_on_held_out_images_and_flags_an_unusual_patch():
     assert st["feat_bank"].shape == (40 * 15, feats.shape[1]) and st["feat_cal"][1] > 0
     assert held.shape == (40, 4, 4) and (held[:, 0, 0] == 0).all()  # invalid patches carry no evidence
     assert abs(float(held[valid].mean())) < 1e-4  # z-scored against those very held-out distances
-    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), **st)
+    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), terms={"features": st})
     new = _normal(20, seed=1)
-    normal_ev = feature_evidence(r, new, (4, 4), stats, 1.0)
-    odd_ev = feature_evidence(r, _with_odd_patch(new[:1]), (4, 4), stats, 1.0)
+    normal_ev = feature_evidence(r, new, (4, 4), stats.terms["features"], 1.0)
+    odd_ev = feature_evidence(r, _with_odd_patch(new[:1]), (4, 4), stats.terms["features"], 1.0)
     assert abs(float(normal_ev.mean())) < 1.0  # new normal images score near zero
     assert float(odd_ev[0, 2, 1]) > float(normal_ev.max()) and float(odd_ev[0, 2, 1]) > 3
-    assert torch.allclose(feature_evidence(r, new, (4, 4), stats, 2.0), 2 * normal_ev, atol=1e-5)
-    assert feature_evidence(r, new, (4, 4), stats, 0.0) is None
-    assert feature_evidence(r, new, (4, 4), ScoreStats.identity(S, S), 1.0) is None  # older checkpoints
+    assert torch.allclose(feature_evidence(r, new, (4, 4), stats.terms["features"], 2.0), 2 * normal_ev, atol=1e-5)
+    assert feature_evidence(r, new, (4, 4), stats.terms["features"], 0.0) is None
+    assert feature_evidence(r, new, (4, 4), {}, 1.0) is None  # older checkpoints
     assert set(fit_features(feats[:3], valid[:3])[0].values()) == {None}  # too few images
 
 
 def test_bank_is_capped_by_a_seeded_sample(monkeypatch):
-    import patchrank.model.features as mf
+    import patchrank.model.evidence.features as mf
 
     monkeypatch.setattr(mf, "BANK_SIZE", 50)
     feats, valid = torch.randn(20, 6, 4, 4), torch.ones(20, 4, 4, dtype=torch.bool)
@@ -82,11 +82,11 @@ def test_score_images_ranks_the_unusual_texture_first_only_with_the_weight():
     r = _encoder()
     x = _normal(40)
     test = torch.cat([_with_odd_patch(_normal(1, seed=7)), _normal(15, seed=2)])
-    base = ScoringConfig(grid_cell=4, disc_weight=0.0, rec_weight=0.0)
+    base = bare(grid_cell=4, disc_weight=0.0, rec_weight=0.0)
     for w in (0.0, 1.0):
         cfg = dataclasses.replace(base, feature_weight=w)
         stats = fit_score_stats(r, ZeroDisc(), [(x, None)], cfg)
-        assert (stats.feat_bank is not None) == (w > 0)
+        assert ("features" in stats.terms) == (w > 0)
         out = score_images(r, ZeroDisc(), test, cfg=cfg, stats=stats)
         if w:
             assert int(out.image_scores.argmax()) == 0 and float(out.patch_scores[0].max()) > 3
@@ -100,7 +100,7 @@ def test_score_images_ranks_the_unusual_texture_first_only_with_the_weight():
 
 def test_bank_survives_the_checkpoint(tmp_path):
     r = _encoder()
-    cfg = ScoringConfig(grid_cell=4, feature_weight=2.0)
+    cfg = bare(grid_cell=4, feature_weight=2.0)
     stats = fit_score_stats(r, ZeroDisc(), [(_normal(12), None)], cfg)
     from patchrank.model.discriminator import PatchDiscriminator
 
@@ -116,21 +116,21 @@ def test_bank_survives_the_checkpoint(tmp_path):
     lm = load_checkpoint(tmp_path / "m.pt")
     assert lm.scoring.feature_weight == 2.0
     for key in ("feat_mean", "feat_std", "feat_bank", "feat_cal"):
-        assert torch.equal(getattr(lm.stats, key), getattr(stats, key))
+        assert torch.equal(lm.stats.terms["features"][key], stats.terms["features"][key])
     x = _normal(3, seed=9)
     assert torch.allclose(
-        feature_evidence(lm.recon, x, (8, 8), lm.stats, 2.0), feature_evidence(r, x, (8, 8), stats, 2.0)
+        feature_evidence(lm.recon, x, (8, 8), lm.stats.terms["features"], 2.0), feature_evidence(r, x, (8, 8), stats.terms["features"], 2.0)
     )
 
 
 def test_settings_pass_the_weight_and_the_ablation_turns_it_off():
-    from patchrank.pipeline.evaluation.folds import ABLATIONS, merge
-    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.evaluation.folds import ABLATIONS
+    from patchrank.pipeline.settings import TrainConfig, merge
 
-    assert TrainConfig().scoring.to_model(64).feature_weight == 0.0
+    assert TrainConfig().scoring.feature_weight == 0.0
     on = TrainConfig(scoring={"feature_weight": 4.0})
-    assert on.scoring.to_model(64).feature_weight == 4.0
+    assert on.scoring.feature_weight == 4.0
     off = TrainConfig(**merge(on.model_dump(), ABLATIONS["no_features"]))
-    assert off.scoring.to_model(64).feature_weight == 0.0
+    assert off.scoring.feature_weight == 0.0
     with pytest.raises(ValueError):
         TrainConfig(scoring={"feature_weight": -1})

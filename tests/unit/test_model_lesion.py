@@ -8,12 +8,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from modeldoubles import Mean, ZeroDisc
+from modeldoubles import Mean, ZeroDisc, bare
 
-from patchrank.model import ScoringConfig, fit_score_stats, score_images
+from patchrank.model import fit_score_stats, score_images
 from patchrank.model.checkpoint import load_checkpoint, save_checkpoint
 from patchrank.model.discriminator import PatchDiscriminator
-from patchrank.model.lesion import (
+from patchrank.model.evidence.lesion import (
     SHAPE_NEIGHBOURS,
     dark_lesion,
     fit_lesion_shape,
@@ -114,28 +114,28 @@ def test_fit_and_calibration():
     assert st["shape_bank"].shape == (40, 7) and st["shape_cal"].shape == (2,) and float(st["shape_cal"][1]) > 0
     assert torch.allclose(st["shape_bank"].mean(0), torch.zeros(7), atol=1e-4)
     assert set(fit_lesion_shape(x[: SHAPE_NEIGHBOURS + 1], m[: SHAPE_NEIGHBOURS + 1]).values()) == {None}  # too few
-    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), **st)
+    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), terms={"lesion_shape": st})
     new_x, new_m = _normal_set(30, seed=1)
-    normal_ev = shape_evidence(new_x, new_m, None, stats, 1.0)
-    odd_ev = shape_evidence(*_lesion(_irregular(), 5), None, stats, 1.0)
+    normal_ev = shape_evidence(new_x, new_m, None, stats.terms["lesion_shape"], 1.0)
+    odd_ev = shape_evidence(*_lesion(_irregular(), 5), None, stats.terms["lesion_shape"], 1.0)
     assert abs(float(normal_ev.mean())) < 1.0  # calibrated: new normal images score near zero
     assert float(odd_ev[0]) > float(normal_ev.max()) and float(odd_ev[0]) > 3
-    assert torch.allclose(shape_evidence(*_lesion(_irregular(), 5), None, stats, 2.0), 2 * odd_ev)
+    assert torch.allclose(shape_evidence(*_lesion(_irregular(), 5), None, stats.terms["lesion_shape"], 2.0), 2 * odd_ev)
 
 
 def test_only_2d_images_and_off_cases():
     x, m = _normal_set(20)
-    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), **fit_lesion_shape(x, m))
-    ev = shape_evidence(x[:3], m[:3], torch.tensor([NAN, 0.5, NAN]), stats, 1.0)
+    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), terms={"lesion_shape": fit_lesion_shape(x, m)})
+    ev = shape_evidence(x[:3], m[:3], torch.tensor([NAN, 0.5, NAN]), stats.terms["lesion_shape"], 1.0)
     assert ev.shape == (3,) and ev[1] == 0 and ev[0] != 0 and ev[2] != 0
-    assert shape_evidence(x[:3], m[:3], None, stats, 0.0) is None
-    assert shape_evidence(x[:3], None, None, stats, 1.0) is None
-    assert shape_evidence(x[:3], m[:3], None, ScoreStats.identity(S, S), 1.0) is None  # older checkpoints
+    assert shape_evidence(x[:3], m[:3], None, stats.terms["lesion_shape"], 0.0) is None
+    assert shape_evidence(x[:3], None, None, stats.terms["lesion_shape"], 1.0) is None
+    assert shape_evidence(x[:3], m[:3], None, {}, 1.0) is None  # older checkpoints
 
 
 def test_score_images_ranks_an_irregular_lesion_first_and_fit_needs_a_segmented_lesion():
     x, m = _normal_set(40)
-    base = ScoringConfig(grid_cell=4, disc_weight=0.0, min_foreground=0.0)
+    base = bare(grid_cell=4, disc_weight=0.0, min_foreground=0.0)
     odd_x, odd_m = _lesion(_irregular(), 9)
     test_x, test_m = _normal_set(12, seed=2)
     test_x, test_m = torch.cat([odd_x, test_x]), torch.cat([odd_m, test_m])
@@ -143,20 +143,20 @@ def test_score_images_ranks_an_irregular_lesion_first_and_fit_needs_a_segmented_
     for w in (0.0, 1.0):
         cfg = dataclasses.replace(base, shape_weight=w)
         stats = fit_score_stats(Mean(), ZeroDisc(), [(x, m, None)], cfg)
-        assert (stats.shape_bank is not None) == (w > 0)
+        assert ("lesion_shape" in stats.terms) == (w > 0)
         scores = score_images(Mean(), ZeroDisc(), test_x, cfg=cfg, stats=stats, foreground=test_m).image_scores
         ranks[w] = int((scores > scores[0]).sum())
     assert ranks[1.0] == 0 and ranks[1.0] <= ranks[0.0]
     # whole-image foreground (no lesion segmented) or slices of volumes: no bank is fitted
     cfg = dataclasses.replace(base, shape_weight=1.0)
-    assert fit_score_stats(Mean(), ZeroDisc(), [(x, None, None)], cfg).shape_bank is None
-    assert fit_score_stats(Mean(), ZeroDisc(), [(x, m, torch.linspace(0, 1, 40))], cfg).shape_bank is None
+    assert fit_score_stats(Mean(), ZeroDisc(), [(x, None, None)], cfg).terms.get("lesion_shape") is None
+    assert fit_score_stats(Mean(), ZeroDisc(), [(x, m, torch.linspace(0, 1, 40))], cfg).terms.get("lesion_shape") is None
 
 
 def test_bank_survives_the_checkpoint(tmp_path):
     x, m = _normal_set(20)
     st = fit_lesion_shape(x, m)
-    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), **st)
+    stats = ScoreStats(torch.zeros(1, 1, S, S), torch.ones(1, 1, S, S), terms={"lesion_shape": st})
     recon, disc = (
         MaskedReconstructor(in_channels=3, base_channels=4, depth=2),
         PatchDiscriminator(in_channels=3, base_channels=4),
@@ -166,24 +166,24 @@ def test_bank_survives_the_checkpoint(tmp_path):
         recon,
         disc,
         preprocess={"image_size": S},
-        scoring=ScoringConfig(shape_weight=1.0),
+        scoring=bare(shape_weight=1.0),
         stats=stats,
         meta={},
     )
     lm = load_checkpoint(tmp_path / "m.pt")
     assert lm.scoring.shape_weight == 1.0
     for key in ("shape_mean", "shape_std", "shape_bank", "shape_cal"):
-        assert torch.equal(getattr(lm.stats, key), st[key])
+        assert torch.equal(lm.stats.terms["lesion_shape"][key], st[key])
     with pytest.raises(TypeError):
         ScoreStats(torch.zeros(1), torch.ones(1), shape_unknown=1)
 
 
 def test_settings_pass_the_weight_and_the_ablation_turns_it_off():
-    from patchrank.pipeline.evaluation.folds import ABLATIONS, merge
-    from patchrank.pipeline.settings import TrainConfig
+    from patchrank.pipeline.evaluation.folds import ABLATIONS
+    from patchrank.pipeline.settings import TrainConfig, merge
 
-    assert TrainConfig().scoring.to_model(64).shape_weight == 1.0
+    assert TrainConfig().scoring.shape_weight == 1.0
     off = TrainConfig(**merge(TrainConfig().model_dump(), ABLATIONS["no_shape"]))
-    assert off.scoring.to_model(64).shape_weight == 0.0
+    assert off.scoring.shape_weight == 0.0
     with pytest.raises(ValueError):
         TrainConfig(scoring={"shape_weight": -1})

@@ -65,8 +65,7 @@ def _tiny(seed=0, channels=1):
     return recon, disc, opt_g, opt_d
 
 
-@pytest.mark.parametrize("adv_loss", ["lsgan", "bce"])
-def test_every_parameter_gets_a_finite_gradient(adv_loss):
+def test_every_parameter_gets_a_finite_gradient():
     recon, disc, _, _ = _tiny()
     grads_g: dict[str, torch.Tensor] = {}
     grads_d: dict[str, torch.Tensor] = {}
@@ -83,7 +82,7 @@ def test_every_parameter_gets_a_finite_gradient(adv_loss):
 
     x = torch.randn(4, 1, 32, 32)
     mask = BoxMaskGenerator(seed=1, grid_cell=4)(4, 32, 32)
-    gan_step(recon, disc, Capture(recon, grads_g), Capture(disc, grads_d), x, mask, StepConfig(adv_loss=adv_loss))
+    gan_step(recon, disc, Capture(recon, grads_g), Capture(disc, grads_d), x, mask, StepConfig())
     for store, module in ((grads_g, recon), (grads_d, disc)):
         assert set(store) == {n for n, _ in module.named_parameters()}
         for name, g in store.items():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from modeldoubles import ZeroDisc
+from modeldoubles import ZeroDisc, bare
 
-from patchrank.model import ScoringConfig, score_images
+from patchrank.model import score_images
 from patchrank.model.pixelmap import box_mean, guided_filter
 
 
@@ -51,14 +51,11 @@ def test_scoring_applies_the_guided_filter_only_when_asked():
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 10:20, 10:20] = 2.0  # a bright lesion with sharp borders
     base = dict(grid_cell=4, calibration="none", pixel_calibration="none", pixel_smooth=7, disc_weight=0.0)
-    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None).pixel_map[0]
+    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None).pixel_map[0]
     guided = score_images(
-        CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_guide=3, pixel_guide_eps=0.01), stats=None
+        CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_guide=3, pixel_guide_eps=0.01), stats=None
     ).pixel_map[0]
-    assert ScoringConfig().pixel_guide == 0  # off by default: older checkpoints score as before
     jump = lambda m: float(m[15, 10] - m[15, 9])  # noqa: E731  across the lesion's left border
     assert jump(guided) > 2 * jump(plain) and float(guided[15, 9]) < float(plain[15, 9])
     with pytest.raises(ValueError):
-        from patchrank.pipeline.settings import ScoringSettings
-
-        ScoringSettings(pixel_guide_eps=0)
+        bare(pixel_guide_eps=0)

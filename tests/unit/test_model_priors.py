@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 import torch
-from modeldoubles import Mean, ZeroDisc
+from modeldoubles import Mean, ZeroDisc, bare
 
-from patchrank.model import ScoringConfig, fit_score_stats, score_images
-from patchrank.model.priors import fit_prior_stats, prior_evidence, raw_priors
+from patchrank.model import fit_score_stats, score_images
+from patchrank.model.evidence.anatomy import fit_prior_stats, prior_evidence, raw_priors
 from patchrank.model.scoring import ScoreStats
 
 
@@ -45,17 +45,18 @@ def test_prior_stats_and_evidence_sign():
     raw = raw_priors(x, None, torch.linspace(0, 1, 40), 3)
     st = fit_prior_stats(*raw)
     assert st["int_mean"].shape == (1, 1, 32, 32) and (st["int_std"] > 0).all()
-    stats = ScoreStats(torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), **st)
+    stats = ScoreStats(torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), terms={"anatomy": st})
     y = _normal_brains(1, seed=5)
     y[0, :, 22:25, 8:11] -= 1.0  # darker than normal, one side only
-    ev = lambda how: prior_evidence(raw_priors(y, None, torch.tensor([0.5]), 3), stats, 1.0, 1.0, how)
+    def ev(how):
+        return prior_evidence(raw_priors(y, None, torch.tensor([0.5]), 3), stats.terms["anatomy"], 1.0, 1.0, how)
     # "positive" counts only brighter-than-normal, "abs" either way
     assert ev("positive")[0, 0, 23, 9] < ev("abs")[0, 0, 23, 9]
     assert ev("abs")[0, 0, 23, 9] > 3
     # no statistics without volumes; both terms off -> None
     assert set(fit_prior_stats(*raw_priors(x, None, None, 3)).values()) == {None}
-    assert prior_evidence(raw, stats, 0.0, 0.0, "positive") is None
-    assert prior_evidence(raw, ScoreStats.identity(32, 32), 1.0, 1.0, "positive") is None  # older checkpoints
+    assert prior_evidence(raw, stats.terms["anatomy"], 0.0, 0.0, "positive") is None
+    assert prior_evidence(raw, {}, 1.0, 1.0, "positive") is None  # older checkpoints
 
 
 def test_symmetry_evidence_finds_a_lesion_the_residual_misses():
@@ -63,7 +64,7 @@ def test_symmetry_evidence_finds_a_lesion_the_residual_misses():
     ranks a normal structure first, the symmetry term puts the lesion's patch on top."""
     normal = _normal_brains(64)
     pos = torch.linspace(0, 1, 64)
-    base = ScoringConfig(
+    base = bare(
         grid_cell=4, residual="positive", disc_weight=0.0, min_foreground=0.0, prior_smooth=3, stat_prior=8.0
     )
     lesion = _normal_brains(1, seed=9)
@@ -92,7 +93,7 @@ def test_pixel_prior_scale_changes_only_the_pixel_map():
     normal, pos = _normal_brains(32), torch.linspace(0, 1, 32)
     y = _normal_brains(2, seed=3)
     y[0, :, 24:27, 20:23] = 0.8
-    base = ScoringConfig(
+    base = bare(
         grid_cell=4,
         residual="positive",
         disc_weight=0.0,
@@ -116,5 +117,6 @@ def test_pixel_prior_scale_changes_only_the_pixel_map():
     # share 0: the residual-only map, up to the affine normalisation (fitted with the evidence in the patches)
     a, b = outs[0.0].pixel_map.flatten(), plain.pixel_map.flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9999
-    lesion_px = lambda o: float(o.pixel_map[0, 25, 21])
+    def lesion_px(o):
+        return float(o.pixel_map[0, 25, 21])
     assert lesion_px(outs[0.0]) < lesion_px(outs[0.5]) < lesion_px(outs[1.0])

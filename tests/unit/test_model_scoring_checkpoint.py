@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import pickle
 import subprocess
 import sys
 
 import pytest
 import torch
-from modeldoubles import CopyRecon, ZeroDisc
+from modeldoubles import CopyRecon, ZeroDisc, bare
 
 from patchrank.model import (
     MaskedReconstructor,
     PatchDiscriminator,
-    ScoringConfig,
     fit_score_stats,
     load_checkpoint,
     save_checkpoint,
@@ -25,7 +23,7 @@ from patchrank.model.checkpoint import CheckpointError
 
 
 def test_score_shapes_and_hot_region():
-    cfg = ScoringConfig(grid_cell=4, calibration="none", disc_weight=0.0)
+    cfg = bare(grid_cell=4, calibration="none", disc_weight=0.0)
     x = torch.zeros(2, 1, 32, 32)
     x[1, 0, 12:16, 20:24] = 2.0  # one hot patch in image 1, cell (3, 5)
     out = score_images(CopyRecon(), ZeroDisc(), x, cfg=cfg, stats=None)
@@ -37,72 +35,57 @@ def test_score_shapes_and_hot_region():
 
 
 def test_pixel_map_smoothing_and_discriminator_weight():
-    class NoisyDisc(ZeroDisc):
+    class NoisyDisc(ZeroDisc):  # noise seeded by the input: D(composite) differs from D(x)
         def forward(self, x):
-            return torch.randn(
-                x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4, generator=torch.Generator().manual_seed(1)
-            )
+            g = torch.Generator().manual_seed(int(x.abs().sum() * 1000) % 2**31)
+            return torch.randn(x.shape[0], 1, x.shape[2] // 4, x.shape[3] // 4, generator=g)
 
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 14:16, 14:16] = 2.0  # a 2x2 hot spot
     base = dict(grid_cell=4, calibration="none", pixel_calibration="none")
-    sharp = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_smooth=1), stats=None).pixel_map[0]
-    wide = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_smooth=9), stats=None).pixel_map[0]
+    sharp = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_smooth=1), stats=None).pixel_map[0]
+    wide = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_smooth=9), stats=None).pixel_map[0]
     assert float(sharp[14, 14]) == pytest.approx(2.0) and float(sharp[20, 20]) == 0.0
     assert float(wide[14, 14]) == pytest.approx(8.0 / 81) and float(wide[18, 18]) > 0  # spread over a 9x9 box
-    # the coarse discriminator evidence enters the patch scores but, with pixel_disc_weight=0, not the pixel map
-    cfg = ScoringConfig(**base, disc_weight=0.5, pixel_disc_weight=0.0)
+    # the coarse discriminator evidence enters the patch scores, never the pixel map
+    cfg = bare(**base, disc_weight=0.5)
     noisy = score_images(CopyRecon(), NoisyDisc(), x, cfg=cfg, stats=None)
     quiet = score_images(CopyRecon(), ZeroDisc(), x, cfg=cfg, stats=None)
     assert torch.equal(noisy.pixel_map, quiet.pixel_map) and not torch.equal(noisy.patch_scores, quiet.patch_scores)
-    both = score_images(CopyRecon(), NoisyDisc(), x, cfg=ScoringConfig(**base, disc_weight=0.5), stats=None)
-    assert not torch.equal(both.pixel_map, quiet.pixel_map)  # None = disc_weight (the previous behaviour)
 
 
 def test_discriminator_contrast_evidence_compares_the_image_with_its_reconstruction():
-    """'contrast': D(composite) - D(x) per patch; 'logit': -D(x). A patch type the
-    discriminator always finds unreal (here: anything bright) scores under 'logit' even when
-    the reconstruction is as bright, and not under 'contrast'."""
+    """D(composite) - D(x) per patch: a patch type the discriminator always finds unreal (here: anything
+    bright) scores nothing when its reconstruction is as bright."""
 
     class BrightIsFake(ZeroDisc):  # logit = -(mean brightness of each 4x4 patch)
         def forward(self, x):
             return -torch.nn.functional.avg_pool2d(x[:, :1], 4)
 
-    from patchrank.model.scoring import raw_maps
+    from patchrank.model.method import raw_maps
 
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, :, :16] = 1.0  # a bright half that the reconstructor (constant 1) reproduces exactly there
-    cfg = ScoringConfig(grid_cell=4, grid_period=2)
-    _, logit_ev, comp = raw_maps(CopyRecon(1.0), BrightIsFake(), x, cfg)
-    _, contrast_ev, _ = raw_maps(CopyRecon(1.0), BrightIsFake(), x, dataclasses.replace(cfg, disc_evidence="contrast"))
-    assert torch.allclose(logit_ev, torch.nn.functional.avg_pool2d(x, 4)[:, 0])  # -D(x)
+    cfg = bare(grid_cell=4, grid_period=2)
+    _, contrast_ev, comp = raw_maps(CopyRecon(1.0), BrightIsFake(), x, cfg)
     expected = -torch.nn.functional.avg_pool2d(comp, 4)[:, 0] + torch.nn.functional.avg_pool2d(x, 4)[:, 0]
     assert torch.allclose(contrast_ev, expected)  # D(composite) - D(x)
-    assert float(logit_ev[0, :, :4].min()) == 1.0 and float(contrast_ev[0, :, :4].abs().max()) == 0.0
+    assert float(contrast_ev[0, :, :4].abs().max()) == 0.0
     assert float(contrast_ev[0, :, 4:].min()) == -1.0  # dark half: reconstructed too bright, "more real" than it
-    with pytest.raises(ValueError, match="disc_evidence"):
-        raw_maps(CopyRecon(1.0), BrightIsFake(), x, dataclasses.replace(cfg, disc_evidence="other"))
-    from patchrank.pipeline.settings import TrainConfig
-
-    assert TrainConfig().scoring.to_model(64).disc_evidence == "contrast" and ScoringConfig().disc_evidence == "logit"
 
 
 def test_slice_gate_lowers_only_the_maps_of_normal_looking_slices():
+    from patchrank.model.scoring import slice_gate
+
     x = torch.zeros(3, 1, 32, 32)
     x[1, 0, 12:16, 20:24] = 2.0  # a weak finding: image score 2.0 x the top patch's rank weight
     x[2, 0, 8:24, 8:24] = 4.0  # a strong one
     base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0)
-    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None)
-    gated = score_images(
-        CopyRecon(),
-        ZeroDisc(),
-        x,
-        cfg=ScoringConfig(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0),
-        stats=None,
-    )
+    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None)
     z = plain.image_scores
-    assert float(z[0]) < 1.0 < float(z[2]) and torch.equal(gated.image_scores, z)  # scores untouched
-    shift = (gated.pixel_map - plain.pixel_map).flatten(1)
+    gated = slice_gate(plain.pixel_map, z, bare(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0))
+    assert float(z[0]) < 1.0 < float(z[2])
+    shift = (gated - plain.pixel_map).flatten(1)
     for i in range(3):  # one constant shift per slice: min(z - margin, 0) x weight
         want = 0.5 * min(float(z[i]) - 1.0, 0.0)
         assert torch.allclose(shift[i], torch.full_like(shift[i], want), atol=1e-5), i
@@ -115,21 +98,19 @@ def test_pixel_map_closing_fills_a_dark_core_and_never_lowers():
     x[0, 0, 11:17, 11:17] = 0.0  # ... around a core no brighter than normal (necrosis)
     x[0, 0, 26, 26] = 1.0  # an isolated hot pixel
     base = dict(grid_cell=4, calibration="none", pixel_calibration="none", pixel_smooth=1, disc_weight=0.0)
-    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base), stats=None).pixel_map[0]
-    closed = score_images(CopyRecon(), ZeroDisc(), x, cfg=ScoringConfig(**base, pixel_close=7), stats=None).pixel_map[0]
+    plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None).pixel_map[0]
+    closed = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_close=7), stats=None).pixel_map[0]
     assert float(plain[13, 13]) == 0.0 and float(closed[13, 13]) == pytest.approx(2.0)  # the core takes the rim's score
     assert (closed >= plain - 1e-6).all()  # a closing never lowers a value
     assert (
         float(closed[26, 26]) == pytest.approx(1.0) and float(closed[4, 4]) == 0.0
     )  # peaks kept, background untouched
     with pytest.raises(ValueError):
-        from patchrank.pipeline.settings import ScoringSettings
-
-        ScoringSettings(pixel_close=6)
+        bare(pixel_close=6)
 
 
 def test_foreground_excludes_background_patches():
-    cfg = ScoringConfig(grid_cell=4, calibration="none", disc_weight=0.0)
+    cfg = bare(grid_cell=4, calibration="none", disc_weight=0.0)
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 0:4, 0:4] = 5.0  # bright corner outside the foreground
     fg = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
@@ -144,7 +125,7 @@ def test_complementary_masking_reconstructs_every_pixel_while_hidden():
         def forward(self, x, mask):
             return mask.expand_as(x)  # 1 where hidden
 
-    cfg = ScoringConfig(grid_cell=4, calibration="none")
+    cfg = bare(grid_cell=4, calibration="none")
     out = score_images(MaskEcho(), ZeroDisc(), torch.zeros(1, 1, 16, 16), cfg=cfg, stats=None)
     assert torch.equal(out.composite, torch.ones(1, 1, 16, 16))
 
@@ -158,7 +139,7 @@ def _trained_pair(seed=0):
 
 def test_stats_normalise_normal_data():
     recon, disc = _trained_pair()
-    cfg = ScoringConfig(grid_cell=4)
+    cfg = bare(grid_cell=4)
     normal = torch.randn(24, 1, 32, 32) * 0.1
     stats = fit_score_stats(recon, disc, [(normal[:12], None), (normal[12:], None)], cfg)
     out = score_images(recon, disc, normal, cfg=cfg, stats=stats)
@@ -167,54 +148,8 @@ def test_stats_normalise_normal_data():
     assert abs(float(out.rec[out.valid].mean())) < 1e-3
 
 
-def test_image_score_calibrated_by_axial_level():
-    from patchrank.model.scoring import LEVELS, ScoreStats, level_table, normalise_image
-
-    g = torch.Generator().manual_seed(0)
-    pos = torch.rand(400, generator=g)
-    raw = 1.5 * pos + 0.3 * torch.randn(400, generator=g)  # normal slices score higher higher up
-    mean, std = level_table(raw, pos, bandwidth=0.1, prior=2.0)
-    assert mean.shape == std.shape == (LEVELS,)
-    # local-linear: no pull towards the middle at the lowest / highest level
-    assert float(mean[0]) == pytest.approx(0.0, abs=0.1) and float(mean[-1]) == pytest.approx(1.5, abs=0.1)
-    assert float(std[LEVELS // 2]) == pytest.approx(0.3, abs=0.06)
-    stats = ScoreStats(
-        torch.zeros(1),
-        torch.ones(1),
-        image_mean=float(raw.mean()),
-        image_std=float(raw.std()),
-        level_mean=mean,
-        level_std=std,
-    )
-    z = normalise_image(raw, stats, pos)
-    assert abs(float(z.mean())) < 0.2 and float(z.std()) < 1.5
-    assert abs(float(torch.corrcoef(torch.stack([z, pos]))[0, 1])) < 0.1  # the level trend is gone
-    # a low slice 1.0 above its level's normals outranks every normal high slice; the global pair misses it
-    lesion, high = torch.tensor([1.2]), torch.tensor([0.05])
-    assert float(normalise_image(lesion, stats, high)) > float(z.max())
-    glob = ScoreStats(torch.zeros(1), torch.ones(1), image_mean=stats.image_mean, image_std=stats.image_std)
-    assert float(normalise_image(lesion, glob, high)) < float(normalise_image(raw, glob, pos).max())
-    # unknown level (2D image, NaN) or stats without a level table -> the global pair
-    assert float(normalise_image(lesion, stats, torch.tensor([float("nan")]))) == pytest.approx(
-        float(normalise_image(lesion, glob, None))
-    )
-
-
-def test_fit_score_stats_learns_level_table_from_positions():
-    recon, disc = _trained_pair()
-    cfg = ScoringConfig(grid_cell=4, position_bandwidth=0.2)
-    x = torch.randn(16, 1, 32, 32) * 0.1
-    stats = fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 16))], cfg)
-    assert stats.level_mean is not None and torch.isfinite(stats.level_mean).all() and (stats.level_std > 0).all()
-    assert fit_score_stats(recon, disc, [(x, None)], cfg).level_mean is None  # no positions: global pair only
-    assert (
-        fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 16))], ScoringConfig(grid_cell=4)).level_mean
-        is None
-    )
-
-
 def test_volume_score_is_ranked_over_slices():
-    cfg = ScoringConfig()  # volume_rank k=3 decay=0.8
+    cfg = bare()  # volume_rank k=3 decay=0.8
     s = torch.tensor([0.0, 0.1, 5.0, 0.2, 0.0])
     expect = (5.0 + 0.2 * 0.8 + 0.1 * 0.64) / (1 + 0.8 + 0.64)
     assert volume_score(s, cfg) == pytest.approx(expect, rel=1e-6)
@@ -222,13 +157,11 @@ def test_volume_score_is_ranked_over_slices():
 
 def test_checkpoint_round_trip_scores_identically(tmp_path):
     recon, disc = _trained_pair(1)
-    cfg = ScoringConfig(grid_cell=4, residual="positive", rec_weight=0.7, intensity_weight=1.0, symmetry_weight=2.0)
+    cfg = bare(grid_cell=4, residual="positive", rec_weight=0.7, intensity_weight=1.0, symmetry_weight=2.0)
     x = torch.randn(6, 1, 32, 32)
-    stats = fit_score_stats(
-        recon, disc, [(x, None, torch.linspace(0, 1, 6))], dataclasses.replace(cfg, position_bandwidth=0.2)
-    )
-    # the level table and the anatomical-prior statistics travel in the checkpoint too
-    assert stats.level_mean is not None and stats.int_mean is not None and stats.sym_mean is not None
+    stats = fit_score_stats(recon, disc, [(x, None, torch.linspace(0, 1, 6))], cfg)
+    # the anatomical evidence's state travels in the checkpoint too
+    assert stats.terms["anatomy"]["int_mean"] is not None and stats.terms["anatomy"]["sym_mean"] is not None
     v = save_checkpoint(
         tmp_path / "m.pt", recon, disc, preprocess={"image_size": 32}, scoring=cfg, stats=stats, meta={"note": "t"}
     )
@@ -260,7 +193,7 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path):
 
 def test_tampered_checkpoint_is_refused(tmp_path):
     recon, disc = _trained_pair()
-    cfg = ScoringConfig(grid_cell=4)
+    cfg = bare(grid_cell=4)
     stats = fit_score_stats(recon, disc, [(torch.randn(4, 1, 32, 32), None)], cfg)
     save_checkpoint(tmp_path / "m.pt", recon, disc, preprocess={}, scoring=cfg, stats=stats)
     payload = torch.load(tmp_path / "m.pt", weights_only=True)

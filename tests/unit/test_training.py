@@ -50,25 +50,6 @@ def test_sharded_batches_cover_every_image_with_equal_steps(n, world, bs):
     assert 0 < sum(flip_of.values()) < n or n < 4
 
 
-def test_intensity_augmentation_changes_only_the_foreground():
-    rng = np.random.default_rng(0)
-    imgs = np.full((6, 1, 8, 8), -1.0, np.float32)
-    imgs[:, :, 2:6, 2:6] = rng.uniform(-0.5, 0.5, (6, 1, 4, 4))
-    plain = torch.cat(list(batches(imgs, 6, 3, 1)))
-    aug = torch.cat(list(batches(imgs, 6, 3, 1, intensity=0.2)))
-    again = torch.cat(list(batches(imgs, 6, 3, 1, intensity=0.2)))
-    assert torch.equal(aug, again)  # seeded by (seed, epoch)
-    bg = plain == -1.0
-    assert torch.equal(aug[bg], plain[bg])  # the background (brain outline) is untouched
-    assert not torch.allclose(aug[~bg], plain[~bg]) and aug.max() <= 1.0 and aug[~bg].min() > -1.0
-    # per image an affine map a * x + b with |a - 1| <= 0.2 and |b| <= 0.2
-    for p_, a_ in zip(plain, aug):
-        fg = p_ != -1.0
-        a, b = np.polyfit(p_[fg].numpy(), a_[fg].numpy(), 1)
-        assert abs(a - 1) <= 0.2 + 1e-4 and abs(b) <= 0.2 + 1e-4
-    assert torch.equal(torch.cat(list(batches(imgs, 6, 3, 1, intensity=0.0))), plain)
-
-
 def test_batches_reject_bad_rank():
     with pytest.raises(ValueError, match="rank"):
         next(batches(_coded_images(4), 2, 0, 0, rank=2, world=2))
@@ -120,7 +101,7 @@ def test_epoch_plan_adversarial_then_critic_and_resume_rules():
 def test_critic_epochs_train_the_discriminator_only(tiny_data, tmp_path):
     """The critic phase leaves the reconstructor as the adversarial epochs left it and moves the
     discriminator towards telling real images from their test-time composites."""
-    from patchrank.model.scoring import masked_composite
+    from patchrank.model.method import masked_composite
     from patchrank.model.train_step import critic_step
     from patchrank.pipeline.training.local import fit_local
 
@@ -136,9 +117,9 @@ def test_critic_epochs_train_the_discriminator_only(tiny_data, tmp_path):
     recon, disc = gan.recon, gan.disc.train()
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
     x = torch.from_numpy(train.images[:8])
-    scoring = cfg.scoring.to_model(32)
+    scoring = cfg.saved_scoring()
     assert not torch.equal(masked_composite(recon, x, scoring), x)
-    losses = [critic_step(recon, disc, opt_d, x, scoring, cfg.loss.to_model())["loss_d"] for _ in range(15)]
+    losses = [critic_step(recon, disc, opt_d, x, scoring, cfg.loss)["loss_d"] for _ in range(15)]
     assert losses[-1] < losses[0]
     assert all(p.grad is None for p in recon.parameters())
 
@@ -198,7 +179,7 @@ def _ddp_step(rank: int, world: int, port: int, tmp: str) -> None:
         half = len(x) // world
         sl = slice(rank * half, (rank + 1) * half)
         for _ in range(2):
-            m = gan_step(recon, disc, opt_g, opt_d, x[sl], mask[sl], cfg.loss.to_model())
+            m = gan_step(recon, disc, opt_g, opt_d, x[sl], mask[sl], cfg.loss)
         if rank == 0:
             torch.save({"recon": recon.module.state_dict(), "disc": disc.module.state_dict(), "m": m}, f"{tmp}/ddp.pt")
         dist.barrier()  # both ranks done with the collectives before rank 0's store goes away
@@ -237,7 +218,7 @@ def test_gan_step_under_ddp_matches_single_process_full_batch(tmp_path):
     opt_g, opt_d = build_optimizers(recon, disc, cfg)
     x, mask = _fixed_batch(cfg)
     for _ in range(2):
-        gan_step(recon, disc, opt_g, opt_d, x, mask, cfg.loss.to_model())
+        gan_step(recon, disc, opt_g, opt_d, x, mask, cfg.loss)
     for name, net in (("recon", recon), ("disc", disc)):
         for k, v in net.state_dict().items():
             torch.testing.assert_close(ddp[name][k], v, rtol=1e-4, atol=1e-5, msg=f"{name}.{k}")

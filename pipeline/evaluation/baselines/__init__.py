@@ -1,4 +1,4 @@
-"""Baselines scored in the same harness as PatchRank (`pipeline.evaluation.harness.SliceScorer`).
+"""Baselines scored in the same harness as PatchRank (`pipeline.evaluation.harness.Scorer`).
 
 Each `fit_*(train, val, cfg)` takes normal training/validation `SliceSet`s and the
 `TrainConfig` of the run (image size, epochs, batch size, seed) and returns a scorer:

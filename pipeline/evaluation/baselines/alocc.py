@@ -12,20 +12,20 @@ import torch
 import torch.nn.functional as F
 
 from patchrank.pipeline.evaluation.baselines.nets import ConvAE, ImageDiscriminator, apply, epochs_of
-from patchrank.pipeline.evaluation.harness import SliceResult
+from patchrank.pipeline.evaluation.harness import EvalResult, SliceLevel
 
 
-class ALOCCScorer:
+class ALOCCScorer(SliceLevel):
     name = "alocc"
 
     def __init__(self, recon: ConvAE, disc: ImageDiscriminator) -> None:
         self.recon, self.disc = recon, disc
 
-    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> EvalResult:
         rec = apply(self.recon, images)
         scores = -apply(self.disc, rec.astype(np.float32))
         err = np.abs(rec - images).mean(1)
-        return SliceResult(scores.astype(np.float64), np.where(foreground[:, 0], err, 0.0).astype(np.float32))
+        return EvalResult(scores.astype(np.float64), np.where(foreground[:, 0], err, 0.0).astype(np.float32))
 
 
 def fit_alocc(train, val, cfg, adv_weight: float = 0.2, noise: float = 0.1) -> ALOCCScorer:  # noqa: ARG001

@@ -7,20 +7,20 @@ import torch
 import torch.nn.functional as F
 
 from patchrank.pipeline.evaluation.baselines.nets import ConvAE, apply, epochs_of
-from patchrank.pipeline.evaluation.harness import SliceResult
+from patchrank.pipeline.evaluation.harness import EvalResult, SliceLevel
 
 
-class CAEScorer:
+class CAEScorer(SliceLevel):
     name = "cae"
 
     def __init__(self, net: ConvAE) -> None:
         self.net = net
 
-    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> EvalResult:
         err = ((apply(self.net, images) - images) ** 2).mean(1)  # (N, H, W)
         fg = foreground[:, 0]
         scores = (err * fg).sum((1, 2)) / np.maximum(fg.sum((1, 2)), 1)
-        return SliceResult(scores, np.where(fg, err, 0.0).astype(np.float32))
+        return EvalResult(scores, np.where(fg, err, 0.0).astype(np.float32))
 
 
 def fit_cae(train, val, cfg) -> CAEScorer:  # noqa: ARG001

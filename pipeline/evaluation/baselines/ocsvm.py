@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from patchrank.pipeline.evaluation.harness import SliceResult
+from patchrank.pipeline.evaluation.harness import EvalResult, SliceLevel
 
 SIDE = 32
 
@@ -23,14 +23,14 @@ def _features(images: np.ndarray) -> np.ndarray:
     return x.flatten(1).numpy().astype(np.float64)
 
 
-class OCSVMScorer:
+class OCSVMScorer(SliceLevel):
     name = "ocsvm"
 
     def __init__(self, svm) -> None:
         self.svm = svm
 
-    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> SliceResult:
-        return SliceResult(-self.svm.decision_function(_features(images)), None)
+    def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> EvalResult:
+        return EvalResult(-self.svm.decision_function(_features(images)), None)
 
 
 def fit_ocsvm(train, val, cfg, nu: float = 0.1) -> OCSVMScorer:  # noqa: ARG001

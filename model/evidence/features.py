@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .base import Batch, EvidenceTerm, NormalSet
+
 BANK_SIZE = 4096
 KEYS = ("feat_mean", "feat_std", "feat_bank", "feat_cal")
 _EPS = 1e-6
@@ -84,9 +86,30 @@ def feature_evidence(
 ) -> torch.Tensor | None:
     """x: (B, C, H, W) -> weight x calibrated nearest-normal-patch distance (B, h, w) on the
     patch grid; None when off or the statistics lack a bank (older checkpoints)."""
-    if weight <= 0 or stats is None or stats.feat_bank is None:
+    if weight <= 0 or stats.get("feat_bank") is None:
         return None
     f = encoder_features(recon, x, grid).permute(0, 2, 3, 1)  # (B, h, w, F)
-    z = (f - stats.feat_mean.to(f)) / stats.feat_std.to(f)
-    d = _nearest(z.reshape(-1, z.shape[-1]), stats.feat_bank.to(f)).reshape(z.shape[:3])
-    return weight * (d - float(stats.feat_cal[0])) / float(stats.feat_cal[1])
+    z = (f - stats["feat_mean"].to(f)) / stats["feat_std"].to(f)
+    d = _nearest(z.reshape(-1, z.shape[-1]), stats["feat_bank"].to(f)).reshape(z.shape[:3])
+    return weight * (d - float(stats["feat_cal"][0])) / float(stats["feat_cal"][1])
+
+
+class FeatureTerm(EvidenceTerm):
+    """Patch level: distance of a patch's encoder features to the nearest normal patch's, calibrated."""
+
+    name, level = "features", "patch"
+
+    def weight(self, cfg) -> float:
+        return cfg.feature_weight
+
+    def collect(self, batch: Batch, cfg):
+        return encoder_features(batch.recon, batch.x, batch.grid).cpu()
+
+    def fit(self, collected: list, normal: NormalSet, cfg):
+        state, held_out = fit_features(torch.cat(collected), normal.valid)
+        if held_out is None:
+            return None, None
+        return state, cfg.feature_weight * held_out
+
+    def apply(self, batch: Batch, state: dict, cfg):
+        return feature_evidence(batch.recon, batch.x, batch.grid, state, cfg.feature_weight)

@@ -1,7 +1,7 @@
 """Anatomical evidence that needs no network, calibrated against normal slices.
 
 Two maps computed from the preprocessed input itself, added to the calibrated
-reconstruction residual before patches are pooled and ranked (`model.scoring.combine`):
+reconstruction residual before patches are pooled and ranked (`model.method.patch_scores`):
 
 * **position** (`intensity_weight`): how unusual the locally smoothed intensity is for
   this position in normal anatomy: (x_s - mean_p) / std_p with a per-position mean/std
@@ -24,36 +24,11 @@ from __future__ import annotations
 
 import torch
 
-from .pixelmap import box_mean
+from ..method import position_stats
+from ..pixelmap import box_mean
+from .base import Batch, EvidenceTerm, NormalSet, on_volume
 
 _EPS = 1e-6
-
-
-def position_stats(values: torch.Tensor, fg: torch.Tensor, prior: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-position mean/std counted only where the position is foreground.
-
-    values, fg: (N, 1, H, W) -> mean, std: (1, 1, H, W). Positions seen as foreground in
-    few slices (outlines differ between people) are shrunk towards the global foreground
-    statistics with `prior` pseudo-slices, so an unusual outline cannot divide by a
-    near-zero sigma; sigma is floored at half the global sigma.
-    """
-    fg = fg.to(values.dtype)
-    n = fg.sum(0, keepdim=True)
-    vals = values[fg.bool()]
-    g_mean = float(vals.mean()) if vals.numel() else 0.0
-    g_var = float(vals.var()) if vals.numel() > 1 else 1.0
-    mean = ((values * fg).sum(0, keepdim=True) + prior * g_mean) / (n + prior).clamp_min(_EPS)
-    dev = ((values - mean) ** 2 * fg).sum(0, keepdim=True)
-    std = ((dev + prior * g_var) / (n + prior).clamp_min(_EPS)).sqrt()
-    return mean, std.clamp_min(0.5 * g_var**0.5 + _EPS)
-
-
-def on_volume(position: torch.Tensor | None, b: int, device) -> torch.Tensor:
-    """(B,) bool: which of b images are slices of a volume (finite relative axial position);
-    the rest (NaN, or no positions at all) are 2D images."""
-    if position is None:
-        return torch.zeros(b, dtype=torch.bool, device=device)
-    return torch.isfinite(position.to(device).float().reshape(-1))
 
 
 def raw_priors(
@@ -94,11 +69,34 @@ def prior_evidence(
     checkpoints)."""
     xs, sym, fg, sym_ok = raw
     out = None
-    if intensity_weight > 0 and stats is not None and stats.int_mean is not None:
-        z = (xs - stats.int_mean.to(xs)) / stats.int_std.to(xs)
+    if intensity_weight > 0 and stats.get("int_mean") is not None:
+        z = (xs - stats["int_mean"].to(xs)) / stats["int_std"].to(xs)
         out = intensity_weight * torch.where(fg, _signed(z, residual), torch.zeros_like(z))
-    if symmetry_weight > 0 and stats is not None and stats.sym_mean is not None:
-        z = (sym - stats.sym_mean.to(sym)) / stats.sym_std.to(sym)
+    if symmetry_weight > 0 and stats.get("sym_mean") is not None:
+        z = (sym - stats["sym_mean"].to(sym)) / stats["sym_std"].to(sym)
         term = symmetry_weight * torch.where(sym_ok, _signed(z, residual), torch.zeros_like(z))
         out = term if out is None else out + term
     return out
+
+
+class AnatomyTerm(EvidenceTerm):
+    """Pixel level, slices of volumes: intensity unusual for this position + left-right asymmetry."""
+
+    name, level = "anatomy", "pixel"
+
+    def weight(self, cfg) -> float:
+        return cfg.intensity_weight + cfg.symmetry_weight
+
+    def collect(self, batch: Batch, cfg):
+        return [t.cpu() for t in raw_priors(batch.x, batch.foreground, batch.position, cfg.prior_smooth)]
+
+    def fit(self, collected: list, normal: NormalSet, cfg):
+        raw = tuple(torch.cat(parts) for parts in zip(*collected))
+        state = fit_prior_stats(*raw)
+        if state["int_mean"] is None and state["sym_mean"] is None:
+            return None, None
+        return state, prior_evidence(raw, state, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual)
+
+    def apply(self, batch: Batch, state: dict, cfg):
+        raw = raw_priors(batch.x, batch.foreground, batch.position, cfg.prior_smooth)
+        return prior_evidence(raw, state, cfg.intensity_weight, cfg.symmetry_weight, cfg.residual)

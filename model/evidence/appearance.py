@@ -1,6 +1,6 @@
 """Normal-appearance evidence for 2D images: distance from the subspace of normal images.
 
-Slices of volumes get anatomical evidence (model.priors: an intensity atlas per position
+Slices of volumes get anatomical evidence (model.evidence.anatomy: an intensity atlas per position
 and left-right symmetry). 2D images (dermoscopy, photographs) have neither a shared
 anatomy nor a mirror axis, but a collection of normal images still has a typical
 appearance: the mean image plus its leading principal components (eigen-images). What
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from .priors import on_volume
+from .base import Batch, EvidenceTerm, NormalSet, on_volume
 
 _EPS = 1e-6
 KEYS = ("app_mean", "app_basis", "app_cal_mean", "app_cal_std")
@@ -75,17 +75,45 @@ def fit_appearance(x: torch.Tensor, components: int) -> tuple[dict, torch.Tensor
 
 def calibrated(err: torch.Tensor, stats, weight: float) -> torch.Tensor:
     """Subspace error (B, 1, H, W) -> weight x its z-score against held-out normal images."""
-    return weight * (err - stats.app_cal_mean.to(err.device)) / stats.app_cal_std.to(err.device)
+    return weight * (err - stats["app_cal_mean"].to(err.device)) / stats["app_cal_std"].to(err.device)
 
 
 def appearance_evidence(x: torch.Tensor, position: torch.Tensor | None, stats, weight: float) -> torch.Tensor | None:
     """x: (B, C, H, W) -> weight x calibrated subspace error (B, 1, H, W) on 2D images (unknown
     axial position), zero on slices of volumes; None when off or the statistics lack it."""
-    if weight <= 0 or stats is None or stats.app_basis is None:
+    if weight <= 0 or stats.get("app_basis") is None:
         return None
     b = x.shape[0]
     flat_2d = ~on_volume(position, b, x.device)
     if not flat_2d.any():
         return None
-    z = calibrated(subspace_error(x, stats.app_mean, stats.app_basis), stats, weight)
+    z = calibrated(subspace_error(x, stats["app_mean"], stats["app_basis"]), stats, weight)
     return torch.where(flat_2d[:, None, None, None], z, torch.zeros_like(z))
+
+
+class AppearanceTerm(EvidenceTerm):
+    """Pixel level, 2D images: held-out-calibrated error of the normal images' principal subspace."""
+
+    name, level = "appearance", "pixel"
+
+    def weight(self, cfg) -> float:
+        return cfg.appearance_weight
+
+    def collect(self, batch: Batch, cfg):
+        is_2d = ~on_volume(batch.position, len(batch.x), batch.x.device)
+        return batch.x[is_2d].float().cpu()
+
+    def fit(self, collected: list, normal: NormalSet, cfg):
+        images = torch.cat(collected)
+        if not len(images):
+            return None, None
+        state, held_out = fit_appearance(images, cfg.appearance_components)
+        if state["app_basis"] is None:
+            return None, None
+        n, _, h, w = normal.foreground.shape
+        full = torch.zeros(n, 1, h, w)
+        full[~on_volume(normal.position, n, "cpu")] = calibrated(held_out, state, cfg.appearance_weight)
+        return state, full
+
+    def apply(self, batch: Batch, state: dict, cfg):
+        return appearance_evidence(batch.x, batch.position, state, cfg.appearance_weight)

@@ -22,7 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .priors import on_volume
+from .base import Batch, EvidenceTerm, NormalSet, on_volume
 
 SHAPE_NEIGHBOURS = 5
 KEYS = ("shape_mean", "shape_std", "shape_bank", "shape_cal")
@@ -139,7 +139,7 @@ def shape_evidence(
     """-> (B,) weight x calibrated kNN distance of each image's lesion descriptor from the normal
     bank, on 2D images (unknown axial position); zero on slices of volumes; None when off,
     without a foreground, or when the statistics lack a bank."""
-    if weight <= 0 or foreground is None or stats is None or stats.shape_bank is None:
+    if weight <= 0 or foreground is None or stats.get("shape_bank") is None:
         return None
     b = x.shape[0]
     flat_2d = ~on_volume(position, b, "cpu")
@@ -147,9 +147,37 @@ def shape_evidence(
     if flat_2d.any():
         sel = flat_2d.to(x.device)
         desc = lesion_descriptors(x[sel].float(), foreground[sel]).cpu()
-        z = (desc - stats.shape_mean.to(desc)) / stats.shape_std.to(
+        z = (desc - stats["shape_mean"].to(desc)) / stats["shape_std"].to(
             desc
         )  # statistics live where the checkpoint was loaded
-        dist = _knn_distance(z, stats.shape_bank.to(desc))
-        out[flat_2d] = weight * (dist - float(stats.shape_cal[0])) / float(stats.shape_cal[1])
+        dist = _knn_distance(z, stats["shape_bank"].to(desc))
+        out[flat_2d] = weight * (dist - float(stats["shape_cal"][0])) / float(stats["shape_cal"][1])
     return out.to(x.device)
+
+
+class LesionShapeTerm(EvidenceTerm):
+    """Image level, 2D images with a segmented dark lesion: ABCD-descriptor distance from normal images."""
+
+    name, level = "lesion_shape", "image"
+
+    def weight(self, cfg) -> float:
+        return cfg.shape_weight
+
+    def collect(self, batch: Batch, cfg):
+        is_2d = ~on_volume(batch.position, len(batch.x), "cpu")
+        fg = (
+            batch.foreground.cpu()
+            if batch.foreground is not None
+            else torch.ones(len(batch.x), 1, *batch.x.shape[2:], dtype=torch.bool)
+        )
+        return batch.x[is_2d.to(batch.x.device)].float().cpu(), fg[is_2d]
+
+    def fit(self, collected: list, normal: NormalSet, cfg):
+        images, fg = torch.cat([c[0] for c in collected]), torch.cat([c[1] for c in collected])
+        if not len(images) or bool(fg.all()):  # no 2D images, or no lesion segmented (whole-image foreground)
+            return None, None
+        state = fit_lesion_shape(images, fg)
+        return (state if state["shape_bank"] is not None else None), None
+
+    def apply(self, batch: Batch, state: dict, cfg):
+        return shape_evidence(batch.x, batch.foreground, batch.position, state, cfg.shape_weight)

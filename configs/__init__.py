@@ -1,0 +1,1 @@
+"""Presets: partial TrainConfigs (JSON) layered over the defaults by `patchrank train --preset NAME`."""
