@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The test suite (unit + integration with a private redis-server and local Ray).
-# Extra args go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
+# Extra args go to pytest, e.g. `bash scripts/test.sh tests/unit -x`; the fast tier: `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

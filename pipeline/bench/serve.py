@@ -61,7 +61,7 @@ def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float,
     import numpy as np
     import torch
 
-    from patchrank.pipeline.service.consumer import load_prepared
+    from patchrank.pipeline.data.preprocess import load_prepared
     from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceScorer
 
     scorer = SliceScorer(checkpoint)

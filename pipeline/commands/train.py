@@ -27,7 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="JSON file with TrainConfig settings layered over the preset (flags override it)")
     p.add_argument("--modality", default="flair", help="MRI modality for BraTS-style folders (default flair)")
-    p.add_argument("--epochs", type=int, help="total epochs (default 10); with --resume, the epoch to train up to")
+    p.add_argument(
+        "--epochs", type=int, help="adversarial epochs (default 12); with --resume, the epoch to train up to"
+    )
     p.add_argument("--image-size", type=int, help="model input side, multiple of 16 (default 128)")
     p.add_argument("--batch-size", type=int, help="per-worker batch size (default 16)")
     p.add_argument("--seed", type=int, help="seeds weights, data order, flips and masks (default 0)")
@@ -87,26 +89,47 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchrank.pipeline.training.local import fit_local, prepare_data, prepare_labelled
-
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.address and args.workers == 0:
         raise ValueError("--address trains on a Ray cluster: give --workers N (N >= 1) too")
     cfg, preset = config_from_args(args)
     print(f"preset {preset}" + ("" if args.preset else " (chosen from the data; --preset overrides)"))
-    show = not args.quiet
-    train, val = prepare_data(args.data, cfg, args.modality, show=show)
-    labelled = prepare_labelled(args.val_data, cfg, args.modality, show=show) if args.val_data else None
+    options = {k: getattr(args, k) for k in ("resume", "gpu", "address", "storage", "max_failures", "cpus_per_worker")}
+    fit(args.data, Path(args.out), cfg, modality=args.modality, workers=args.workers, show=not args.quiet,
+        val_data=args.val_data, **options)  # fmt: skip
+    return 0
+
+
+def fit(
+    data,
+    out: Path,
+    cfg: TrainConfig,
+    *,
+    modality: str = "flair",
+    workers: int = 0,
+    show: bool = True,
+    val_data=None,
+    resume: bool = False,
+    gpu: bool = False,
+    address: str | None = None,
+    storage: str | None = None,
+    max_failures: int = 2,
+    cpus_per_worker: float = 1.0,
+) -> str:
+    """Train on the normal slices of `data` (in-process, or Ray Train with `workers` > 0) -> model_version."""
+    from patchrank.pipeline.training.local import fit_local, prepare_data, prepare_labelled
+
+    train, val = prepare_data(data, cfg, modality, show=show)
+    labelled = prepare_labelled(val_data, cfg, modality, show=show) if val_data else None
     print(
         f"training on {len(train)} normal slices ({len(set(train.subjects))} subjects); "
         f"score statistics from {len(val)} held-out normal slices ({len(set(val.subjects))} subjects)"
         + (" + the training slices" if val is not train else "")
         + (f"; val AUROC on {len(labelled)} labelled slices" if labelled is not None else "")
     )
-    out = Path(args.out)
-    if args.workers == 0:
-        version = fit_local(train, val, cfg, out, resume=args.resume, show=show, gpu=args.gpu, labelled=labelled)
+    if workers == 0:
+        version = fit_local(train, val, cfg, out, resume=resume, show=show, gpu=gpu, labelled=labelled)
         where = "in-process"
     else:
         from patchrank.deploy.train_launcher import launch
@@ -116,16 +139,16 @@ def run(args: argparse.Namespace) -> int:
             val,
             cfg,
             out,
-            workers=args.workers,
-            gpu=args.gpu,
-            address=args.address,
-            resume=args.resume,
-            storage=args.storage,
-            max_failures=args.max_failures,
-            cpus_per_worker=args.cpus_per_worker,
+            workers=workers,
+            gpu=gpu,
+            address=address,
+            resume=resume,
+            storage=storage,
+            max_failures=max_failures,
+            cpus_per_worker=cpus_per_worker,
             labelled=labelled,
             progress_s=10.0 if show else 0.0,
         )
-        version, where = res.model_version, f"Ray Train x{args.workers}, run {res.run_path}"
+        version, where = res.model_version, f"Ray Train x{workers}, run {res.run_path}"
     print(f"done: checkpoint {out} (model_version {version}, {where}); learning curve {out.with_suffix('.curve.csv')}")
-    return 0
+    return version

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from patchrank.model.evidence.lesion import dark_lesion
-from patchrank.pipeline.data.loaders import Scan, ScanError
+from patchrank.pipeline.data.loaders import Scan, ScanError, load_scan
 from patchrank.pipeline.settings import PreprocessConfig
 
 BACKGROUND = -1.0
@@ -136,3 +136,10 @@ def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
     t = F.interpolate(t, size=(side, side), mode="bilinear", align_corners=False)[:, 0]
     top, left = (side - h0) // 2, (side - w0) // 2
     return t[:, top : top + h0, left : left + w0].numpy()
+
+
+def load_prepared(path, preprocess: PreprocessConfig | dict) -> Prepared:
+    """A scan file -> model-ready slices, with a checkpoint's preprocessing recipe (the one loading path
+    of `patchrank score`, the Python API and the service)."""
+    pre = as_config(preprocess)
+    return preprocess_scan(load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels), pre)

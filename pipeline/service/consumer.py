@@ -33,8 +33,8 @@ import numpy as np
 import redis
 
 from patchrank.model.config import ScoringConfig
-from patchrank.pipeline.data.loaders import ScanError, load_scan
-from patchrank.pipeline.data.preprocess import Prepared, as_config, preprocess_scan
+from patchrank.pipeline.data.loaders import ScanError
+from patchrank.pipeline.data.preprocess import load_prepared
 from patchrank.pipeline.scan_scoring import finish_scan, rank_patches
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
 from patchrank.pipeline.service.settings import ServiceConfig
@@ -60,11 +60,6 @@ def check_uri(uri: str, roots: list[Path]) -> Path:
     if not any(real == r or real.is_relative_to(r) for r in roots):
         raise ScanError(f"{p.name}: path is outside the allowed input roots")
     return real
-
-
-def load_prepared(path: Path, preprocess: dict) -> Prepared:
-    pre = as_config(preprocess)
-    return preprocess_scan(load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels), pre)
 
 
 def consumer_name() -> str:

@@ -10,6 +10,13 @@ import pytest
 from patchrank.pipeline.service.slice_scorer import SliceScorer
 
 
+def pytest_collection_modifyitems(items):
+    """Every integration test (real redis-server, local Ray, end-to-end runs) is in the slow tier."""
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="module")
 def scorer(tiny_checkpoint):
     return SliceScorer(str(tiny_checkpoint), torch_threads=1)

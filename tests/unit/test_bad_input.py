@@ -15,7 +15,8 @@ import pytest
 from badinput import PATIENT_MARKER, good_volume, message_cases, nifti_header_only, write_file_cases
 
 from patchrank.pipeline.data.loaders import ScanError, load_nifti
-from patchrank.pipeline.service.consumer import check_uri, load_prepared
+from patchrank.pipeline.data.preprocess import load_prepared
+from patchrank.pipeline.service.consumer import check_uri
 from patchrank.pipeline.service.messages import MessageError, ScanMessage, message_for
 from patchrank.pipeline.settings import PreprocessConfig
 

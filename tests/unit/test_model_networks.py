@@ -114,6 +114,7 @@ def test_no_discriminator_ablation_leaves_discriminator_untouched():
     assert all(torch.equal(a, b) for a, b in zip(before, disc.parameters()))
 
 
+@pytest.mark.slow
 def test_training_reduces_reconstruction_loss():
     recon, disc, og, od = _tiny()
     gen = BoxMaskGenerator(seed=0, grid_cell=4)

@@ -19,6 +19,7 @@ def _script(name: str):
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.slow
 def test_gpu_check_smoke_runs_both_sides_and_reports(tmp_path):
     out = tmp_path / "gpu_check.json"
     assert _script("gpu_check").main(["--smoke", "--threads", "1", "--images", "32", "--out", str(out)]) == 0

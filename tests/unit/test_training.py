@@ -63,6 +63,7 @@ def tiny_data(phantom_dir):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_workers0_resume_continues_exactly(tiny_data, tmp_path):
     from patchrank.pipeline.training.local import fit_local
 
@@ -98,6 +99,7 @@ def test_epoch_plan_adversarial_then_critic_and_resume_rules():
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_critic_epochs_train_the_discriminator_only(tiny_data, tmp_path):
     """The critic phase leaves the reconstructor as the adversarial epochs left it and moves the
     discriminator towards telling real images from their test-time composites."""
@@ -125,6 +127,7 @@ def test_critic_epochs_train_the_discriminator_only(tiny_data, tmp_path):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_cli_workers0_with_labelled_val(phantom_dir, tmp_path, capsys):
     import json
 
@@ -195,6 +198,7 @@ def _fixed_batch(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_gan_step_under_ddp_matches_single_process_full_batch(tmp_path):
     """Two gloo ranks on half batches == one process on the whole batch (gradients averaged by
     DDP); also proves gan_step runs one forward per backward for each DDP module."""

@@ -1,0 +1,92 @@
+"""The Python API: `load` a checkpoint, `score` scans in-process, `train` a model as `patchrank train` does."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class ScanResult:
+    """One scored scan: the scan score (z units against normal scans), per-slice scores after through-plane
+    context, the ranked patches (boxes in the input's own slice grid) and, when asked, per-pixel maps."""
+
+    path: str
+    scan_score: float
+    slice_scores: np.ndarray  # (S,)
+    slice_index: np.ndarray  # (S,) slice numbers in the input
+    patches: list  # ranked PatchHit (pipeline.scan_scoring)
+    maps: np.ndarray | None = None  # (S, H, W) model-grid anomaly maps, gated per scan
+
+    def to_frame(self):
+        """The ranked patches as a pandas DataFrame (one row per patch, with the scan's path and score)."""
+        import pandas as pd
+
+        rows = [{"path": self.path, "scan_score": self.scan_score, **vars(p)} for p in self.patches]
+        return pd.DataFrame(rows, columns=["path", "scan_score", *_PATCH_COLUMNS])
+
+
+_PATCH_COLUMNS = ("rank", "slice_index", "row", "col", "y0", "x0", "y1", "x1", "score", "rec", "disc")
+
+
+class Detector:
+    """A trained checkpoint, ready to score scan files (NIfTI volumes, 2D images) through the one scoring path."""
+
+    def __init__(self, model) -> None:
+        from patchrank.pipeline.data.preprocess import as_config
+
+        self.model = model
+        self.preprocess = as_config(model.preprocess)
+
+    @property
+    def model_version(self) -> str:
+        return self.model.model_version
+
+    def score(self, path: str | os.PathLike, *, maps: bool = False, top: int = 10) -> ScanResult:
+        """Score one scan file; raises pipeline.data.loaders.ScanError for unreadable or unusable input."""
+        from patchrank.pipeline.data.preprocess import load_prepared
+        from patchrank.pipeline.scan_scoring import score_prepared
+
+        s = score_prepared(self.model, load_prepared(Path(path), self.preprocess), top_n=top, keep_maps=maps)
+        return ScanResult(str(path), s.scan_score, s.slice_scores, s.slice_index, s.patches, s.pixel_maps)
+
+    def score_many(self, paths: Iterable[str | os.PathLike], **kwargs) -> Iterator[ScanResult]:
+        """Score each file in turn (same options as `score`)."""
+        for path in paths:
+            yield self.score(path, **kwargs)
+
+
+def load(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Detector:
+    """Load a checkpoint (weights_only, verified against its content hash; older formats upgraded)."""
+    from patchrank.model.checkpoint import load_checkpoint
+
+    return Detector(load_checkpoint(checkpoint, map_location=device))
+
+
+def train(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    preset: str | None = None,
+    config: dict | None = None,
+    epochs: int | None = None,
+    workers: int = 0,
+    modality: str = "flair",
+    quiet: bool = True,
+) -> Path:
+    """Train on the normal scans under `data` and write the checkpoint `out`, as `patchrank train` does:
+    the preset is chosen from the data unless given, `config` (a partial TrainConfig dict) layers on top.
+    workers > 0 trains with Ray Train. Returns the checkpoint path."""
+    from patchrank.pipeline.commands.train import fit
+    from patchrank.pipeline.data.discover import config_for, discover
+
+    over = dict(config or {})
+    if epochs is not None:
+        over["epochs"] = epochs
+    cfg, _ = config_for(discover(data, modality=modality), preset, over)
+    fit(data, Path(out), cfg, modality=modality, workers=workers, show=not quiet)
+    return Path(out)
