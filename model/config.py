@@ -12,7 +12,6 @@ from typing import Literal
 
 from .losses import UNIFORM_RANK, RankConfig
 
-Calibration = Literal["none", "global", "position"]
 _FORBID = {"extra": "forbid"}  # read by pydantic when a TrainConfig embeds these dataclasses
 
 
@@ -31,8 +30,7 @@ class ScoringConfig:
     grid_period: int = 2  # M = period^2 complementary test-time masks; 0 = no masking (ablation)
     grid_cell: int | None = None  # side of a complementary-mask square in pixels; None = image side // 8
     residual: Literal["abs", "positive"] = "positive"  # positive: only brighter than predicted counts (FLAIR)
-    calibration: Calibration = "position"  # residual z-scored per pixel position, globally, or not at all
-    stat_prior: float = 8.0  # > 0: per-position statistics from foreground only, shrunk to global with this count
+    stat_prior: float = 8.0  # residual statistics per pixel position: foreground only, shrunk to global with this count
     rec_weight: float = 1.0  # weight of the reconstruction evidence in a patch score
     # PatchGAN evidence (the paper's part 2): D(reconstruction) - D(image), z-scored
     disc_weight: float = 0.5  # 0 = the discriminator only trains the reconstructor
@@ -51,7 +49,6 @@ class ScoringConfig:
     context_radius: int = 6  # through-plane context: slices of distance up to this (0 = off)
     context_decay: float = 0.25  # z units taken off a neighbour's score per slice of distance
     # the per-pixel map (heatmaps, pixel AUROC, NIfTI maps)
-    pixel_calibration: Calibration = "position"
     pixel_prior_scale: float = 0.25  # share of the intensity and symmetry evidence in the map
     pixel_smooth: int = 7  # odd box size smoothing the map (1 = none)
     pixel_close: int = 13  # odd size of a grey-scale closing (a dark core inside bright oedema takes its rim's score)

@@ -104,14 +104,11 @@ def fit_pixel_stats(residual: torch.Tensor, fg: torch.Tensor, cfg: ScoringConfig
     return pix_mean, pix_std.clamp_min(float(pix_std.median()) * 0.5 + _EPS)
 
 
-def calibrate(residual: torch.Tensor, stats: MethodStats | None, how: str) -> torch.Tensor:
-    """Residual (B, 1, H, W) -> z-scores per position ("position"), with one global pair, or unchanged."""
-    if stats is None or how == "none":
+def calibrate(residual: torch.Tensor, stats: MethodStats | None) -> torch.Tensor:
+    """Residual (B, 1, H, W) -> z-scores against normal data per pixel position (unchanged without stats)."""
+    if stats is None:
         return residual
-    mu, sd = stats.pix_mean.to(residual), stats.pix_std.to(residual)
-    if how == "global":
-        mu, sd = mu.mean(), sd.mean()
-    return (residual - mu) / sd
+    return (residual - stats.pix_mean.to(residual)) / stats.pix_std.to(residual)
 
 
 def patch_valid(foreground: torch.Tensor | None, shape: tuple[int, ...], patch: int, cfg: ScoringConfig):
@@ -164,7 +161,7 @@ def fit_score_scales(
     patch_terms: torch.Tensor | None,
 ) -> None:
     """Normal data's raw maps (and the terms' evidence on it) -> the patch and image z-score pairs, in place."""
-    res_cal = calibrate(residual, stats, cfg.calibration)
+    res_cal = calibrate(residual, stats)
     _, rec_z, disc_z, valid, _ = patch_scores(res_cal, evidence, fg, stats, cfg, pixel_terms, patch_terms)
     stats.rec_mean, stats.rec_std = float(rec_z[valid].mean()), robust_std(rec_z[valid])
     stats.disc_mean, stats.disc_std = float(disc_z[valid].mean()), robust_std(disc_z[valid])

@@ -94,14 +94,14 @@ def score_images(
     batch = Batch(x, foreground, position, recon, tuple(evidence.shape[-2:]))
     pixel_terms = _terms_at("pixel", batch, stats, cfg)
     patch_terms = _terms_at("patch", batch, stats, cfg)
-    res_cal = calibrate(residual, stats, cfg.calibration)
+    res_cal = calibrate(residual, stats)
     scores, rec_z, disc_z, valid, image_raw = patch_scores(res_cal, evidence, foreground, stats, cfg, pixel_terms,
                                                            patch_terms)  # fmt: skip
     image = image_raw if stats is None else (image_raw - stats.image_mean) / stats.image_std
     image_terms = _terms_at("image", batch, stats, cfg)
     if image_terms is not None:  # image level: e.g. the lesion's outline, not any one patch
         image = image + image_terms.to(image.device, image.dtype)
-    pcal = res_cal if cfg.pixel_calibration == cfg.calibration else calibrate(residual, stats, cfg.pixel_calibration)
+    pcal = res_cal
     if pixel_terms is not None and cfg.pixel_prior_scale:
         pcal = pcal + cfg.pixel_prior_scale * pixel_terms
     pixel = pixel_map(pcal, x, foreground, stats.rec_mean if stats else 0.0, stats.rec_std if stats else 1.0, cfg)

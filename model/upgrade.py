@@ -26,8 +26,8 @@ V1_DEFAULTS = {
 
 # Removed settings that changed only how the statistics were fitted (already baked into them), or only
 # the pixel map: dropped. Those that changed the scores themselves are refused unless at today's value.
-_DROPPED = ("stat_smooth", "position_prior", "pixel_disc_weight", "pixel_slice_context")
-_REQUIRED = {"patch_pool": "mean", "position_bandwidth": 0.0}
+_DROPPED = ("stat_smooth", "position_prior", "pixel_disc_weight", "pixel_slice_context", "pixel_calibration")
+_REQUIRED = {"patch_pool": "mean", "position_bandwidth": 0.0, "calibration": "position"}
 
 # Format 1's flat statistics keys of each evidence term, and the key whose absence means "not fitted".
 _TERM_KEYS = {
@@ -54,6 +54,8 @@ def _scoring_v1_to_v2(old: dict) -> tuple[dict, list[str]]:
     pdw = cfg["disc_weight"] if cfg["pixel_disc_weight"] is None else cfg["pixel_disc_weight"]
     if pdw:
         notes.append("pixel map: discriminator evidence no longer added")
+    if cfg["pixel_calibration"] != "position":
+        notes.append("pixel map: residual now calibrated per position")
     if cfg["pixel_slice_weight"] and not cfg["pixel_slice_context"]:
         notes.append("pixel map: slice gate now uses the context slice scores")
     for key in (*_DROPPED, *_REQUIRED, "disc_evidence"):

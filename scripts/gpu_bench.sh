@@ -39,7 +39,7 @@ smoke_brain() {
 smoke_brain & pids+=($!)
 if [ -n "$isic" ]; then
   OMP_NUM_THREADS=2 stage smoke_skin 200 $py -m patchrank.pipeline.cli bench quality --quick --gpu --data "$isic" \
-    --config docs/quality/skin_config.json --methods patchrank --out "$out/quick_skin" & pids+=($!)
+    --methods patchrank --out "$out/quick_skin" & pids+=($!)
 fi
 wait "${pids[@]}"
 parts=$(ls "$work"/brain_*/quality.json 2>/dev/null)

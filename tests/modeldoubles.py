@@ -40,7 +40,7 @@ def bare(**overrides):
     from patchrank.model import RankConfig, ScoringConfig
 
     off = dict(
-        residual="abs", pixel_calibration="global", pixel_smooth=3, pixel_close=0, pixel_guide=0,
+        residual="abs", pixel_smooth=3, pixel_close=0, pixel_guide=0,
         pixel_guide_eps=0.1, pixel_slice_weight=0.0, pixel_slice_margin=2.0, stat_prior=0.0, intensity_weight=0.0,
         symmetry_weight=0.0, prior_smooth=5, pixel_prior_scale=1.0, appearance_weight=0.0, shape_weight=0.0,
         context_radius=0, rank=RankConfig(k=4, decay=0.8),

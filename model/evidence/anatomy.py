@@ -17,7 +17,7 @@ Both assume anatomy that is aligned across subjects, so only slices of volumes c
 get neither, and their scores are the residual and discriminator evidence alone.
 
 Both are signed like the residual: "positive" counts only brighter-than-normal (FLAIR
-lesions), "abs" either direction. Measured on the BraTS folds in docs/quality.md.
+lesions), "abs" either direction. Measured on the BraTS folds in docs/experiments.md.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ abnormal appearance, per pixel:
 calibrated per position against normal images that the subspace was *not* fitted on
 (two halves, each scored under the other half's subspace), so the calibration sees
 held-out error, as new images will. The final subspace is fitted on all the normal
-images. Measured on the ISIC folds in docs/quality.md.
+images. Measured on the ISIC folds in docs/experiments.md.
 """
 
 from __future__ import annotations

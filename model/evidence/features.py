@@ -3,7 +3,7 @@
 Training on normal images only gives the masked reconstructor an encoder whose features
 describe local appearance at several scales. The residual asks "can the hidden patch be
 inpainted from its surroundings?"; an abnormal region inpaints well from abnormal
-surroundings (measured on dermoscopy, docs/quality.md), but its *features* are still unlike
+surroundings (measured on dermoscopy, docs/experiments.md), but its *features* are still unlike
 any normal patch's. So, PatchCore-style but on the model's own encoder (nothing pretrained,
 nothing downloaded):
 

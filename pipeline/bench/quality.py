@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--train-seed",
         type=int,
         help="seed of everything but the folds (validation split, weights, masks, "
-        "batch order): the same folds trained again, to measure training noise (docs/quality.md seventh pass)",
+        "batch order): the same folds trained again, to measure training noise (docs/experiments.md)",
     )
     p.add_argument("--quick", action="store_true", help=f"development mode: {json.dumps(QUICK)}, 2 folds")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated subset (default: all)")

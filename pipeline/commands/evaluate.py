@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="score a labelled dataset and write report.json, roc.png and montage.png",
         description="Evaluate a checkpoint on labelled data (BraTS-style folder with _seg masks, ISIC-style "
         "folder with labels.csv, or a manifest CSV). Slice inclusion and labels follow the protocol in "
-        "docs/quality.md. Writes OUT/report.json, OUT/roc.png, OUT/montage.png.",
+        "docs/experiments.md. Writes OUT/report.json, OUT/roc.png, OUT/montage.png.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `patchrank train`")
     p.add_argument("--data", required=True, help="dataset folder or manifest CSV")

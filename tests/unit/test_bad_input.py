@@ -129,8 +129,16 @@ def test_scoring_settings_reject_even_smoothing_and_negative_weights():
 
     from patchrank.pipeline.settings import TrainConfig
 
-    bads = ({"prior_smooth": 4}, {"pixel_smooth": 8}, {"symmetry_weight": -1.0}, {"intensity_weight": -0.5},
-            {"pixel_guide_eps": 0}, {"residual": "square"}, {"no_such_setting": 1}, {"rank": {"k": 0, "decay": 1}})
+    bads = (
+        {"prior_smooth": 4},
+        {"pixel_smooth": 8},
+        {"symmetry_weight": -1.0},
+        {"intensity_weight": -0.5},
+        {"pixel_guide_eps": 0},
+        {"residual": "square"},
+        {"no_such_setting": 1},
+        {"rank": {"k": 0, "decay": 1}},
+    )
     for bad in bads:
         with pytest.raises(ValidationError):
             TrainConfig(scoring=bad)

@@ -41,11 +41,15 @@ def test_subspace_error_is_zero_inside_and_positive_outside():
 
 def test_only_2d_images_get_it_and_off_cases():
     x = _normal_images(40)
-    stats = ScoreStats(torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), terms={"appearance": fit_appearance(x, 9)[0]})
+    stats = ScoreStats(
+        torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), terms={"appearance": fit_appearance(x, 9)[0]}
+    )
     y = _normal_images(3, seed=3)
     ev = appearance_evidence(y, torch.tensor([NAN, 0.5, NAN]), stats.terms["appearance"], 2.0)
     assert ev.shape == (3, 1, 32, 32) and not ev[1].any() and ev[0].any() and ev[2].any()
-    assert appearance_evidence(y, torch.tensor([0.1, 0.5, 0.9]), stats.terms["appearance"], 2.0) is None  # all slices of volumes
+    assert (
+        appearance_evidence(y, torch.tensor([0.1, 0.5, 0.9]), stats.terms["appearance"], 2.0) is None
+    )  # all slices of volumes
     assert appearance_evidence(y, None, stats.terms["appearance"], 0.0) is None
     assert appearance_evidence(y, None, {}, 2.0) is None  # older checkpoints
     assert set(fit_appearance(x[:3], 9)[0].values()) == {None} and fit_appearance(x[:3], 9)[1] is None  # too few images
@@ -106,9 +110,7 @@ def test_checkpoint_carries_the_subspace(tmp_path):
 def test_new_normal_images_score_like_the_calibration_images():
     """The statistics use each fitting image's held-out error, so new normal images get image
     z-scores centred on 0 (with in-sample errors they would all look abnormal)."""
-    cfg = bare(
-        grid_cell=4, disc_weight=0.0, min_foreground=0.0, appearance_weight=4.0, appearance_components=20
-    )
+    cfg = bare(grid_cell=4, disc_weight=0.0, min_foreground=0.0, appearance_weight=4.0, appearance_components=20)
     stats = fit_score_stats(Mean(), ZeroDisc(), [(_normal_images(64), None)], cfg)
     new = score_images(Mean(), ZeroDisc(), _normal_images(64, seed=21), cfg=cfg, stats=stats).image_scores
     assert abs(float(new.mean())) < 1.0  # in-sample errors: +2.8 here

@@ -133,7 +133,7 @@ def test_slice_gate_uses_the_scan_scores_with_context():
 def test_score_images_leaves_the_slice_gate_to_the_scan():
     x = torch.zeros(2, 1, 32, 32)
     x[1, 0, 8:24, 8:24] = 4.0
-    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0)
+    base = dict(grid_cell=4, disc_weight=0.0)
     gated_cfg = bare(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0)
     out = score_images(CopyRecon(), ZeroDisc(), x, cfg=gated_cfg, stats=None)
     plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None)

@@ -119,7 +119,8 @@ def test_bank_survives_the_checkpoint(tmp_path):
         assert torch.equal(lm.stats.terms["features"][key], stats.terms["features"][key])
     x = _normal(3, seed=9)
     assert torch.allclose(
-        feature_evidence(lm.recon, x, (8, 8), lm.stats.terms["features"], 2.0), feature_evidence(r, x, (8, 8), stats.terms["features"], 2.0)
+        feature_evidence(lm.recon, x, (8, 8), lm.stats.terms["features"], 2.0),
+        feature_evidence(r, x, (8, 8), stats.terms["features"], 2.0),
     )
 
 

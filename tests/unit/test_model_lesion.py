@@ -150,7 +150,9 @@ def test_score_images_ranks_an_irregular_lesion_first_and_fit_needs_a_segmented_
     # whole-image foreground (no lesion segmented) or slices of volumes: no bank is fitted
     cfg = dataclasses.replace(base, shape_weight=1.0)
     assert fit_score_stats(Mean(), ZeroDisc(), [(x, None, None)], cfg).terms.get("lesion_shape") is None
-    assert fit_score_stats(Mean(), ZeroDisc(), [(x, m, torch.linspace(0, 1, 40))], cfg).terms.get("lesion_shape") is None
+    assert (
+        fit_score_stats(Mean(), ZeroDisc(), [(x, m, torch.linspace(0, 1, 40))], cfg).terms.get("lesion_shape") is None
+    )
 
 
 def test_bank_survives_the_checkpoint(tmp_path):

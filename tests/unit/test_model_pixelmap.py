@@ -50,7 +50,7 @@ def test_scoring_applies_the_guided_filter_only_when_asked():
 
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 10:20, 10:20] = 2.0  # a bright lesion with sharp borders
-    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", pixel_smooth=7, disc_weight=0.0)
+    base = dict(grid_cell=4, pixel_smooth=7, disc_weight=0.0)
     plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None).pixel_map[0]
     guided = score_images(
         CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_guide=3, pixel_guide_eps=0.01), stats=None

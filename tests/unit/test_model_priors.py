@@ -48,8 +48,10 @@ def test_prior_stats_and_evidence_sign():
     stats = ScoreStats(torch.zeros(1, 1, 32, 32), torch.ones(1, 1, 32, 32), terms={"anatomy": st})
     y = _normal_brains(1, seed=5)
     y[0, :, 22:25, 8:11] -= 1.0  # darker than normal, one side only
+
     def ev(how):
         return prior_evidence(raw_priors(y, None, torch.tensor([0.5]), 3), stats.terms["anatomy"], 1.0, 1.0, how)
+
     # "positive" counts only brighter-than-normal, "abs" either way
     assert ev("positive")[0, 0, 23, 9] < ev("abs")[0, 0, 23, 9]
     assert ev("abs")[0, 0, 23, 9] > 3
@@ -64,9 +66,7 @@ def test_symmetry_evidence_finds_a_lesion_the_residual_misses():
     ranks a normal structure first, the symmetry term puts the lesion's patch on top."""
     normal = _normal_brains(64)
     pos = torch.linspace(0, 1, 64)
-    base = bare(
-        grid_cell=4, residual="positive", disc_weight=0.0, min_foreground=0.0, prior_smooth=3, stat_prior=8.0
-    )
+    base = bare(grid_cell=4, residual="positive", disc_weight=0.0, min_foreground=0.0, prior_smooth=3, stat_prior=8.0)
     lesion = _normal_brains(1, seed=9)
     lesion[0, :, 24:27, 20:23] = 0.8  # normal brightness, but only on one side
     scores = {}
@@ -117,6 +117,8 @@ def test_pixel_prior_scale_changes_only_the_pixel_map():
     # share 0: the residual-only map, up to the affine normalisation (fitted with the evidence in the patches)
     a, b = outs[0.0].pixel_map.flatten(), plain.pixel_map.flatten()
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9999
+
     def lesion_px(o):
         return float(o.pixel_map[0, 25, 21])
+
     assert lesion_px(outs[0.0]) < lesion_px(outs[0.5]) < lesion_px(outs[1.0])

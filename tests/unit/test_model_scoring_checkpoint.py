@@ -23,7 +23,7 @@ from patchrank.model.checkpoint import CheckpointError
 
 
 def test_score_shapes_and_hot_region():
-    cfg = bare(grid_cell=4, calibration="none", disc_weight=0.0)
+    cfg = bare(grid_cell=4, disc_weight=0.0)
     x = torch.zeros(2, 1, 32, 32)
     x[1, 0, 12:16, 20:24] = 2.0  # one hot patch in image 1, cell (3, 5)
     out = score_images(CopyRecon(), ZeroDisc(), x, cfg=cfg, stats=None)
@@ -42,7 +42,7 @@ def test_pixel_map_smoothing_and_discriminator_weight():
 
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 14:16, 14:16] = 2.0  # a 2x2 hot spot
-    base = dict(grid_cell=4, calibration="none", pixel_calibration="none")
+    base = dict(grid_cell=4)
     sharp = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_smooth=1), stats=None).pixel_map[0]
     wide = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_smooth=9), stats=None).pixel_map[0]
     assert float(sharp[14, 14]) == pytest.approx(2.0) and float(sharp[20, 20]) == 0.0
@@ -80,7 +80,7 @@ def test_slice_gate_lowers_only_the_maps_of_normal_looking_slices():
     x = torch.zeros(3, 1, 32, 32)
     x[1, 0, 12:16, 20:24] = 2.0  # a weak finding: image score 2.0 x the top patch's rank weight
     x[2, 0, 8:24, 8:24] = 4.0  # a strong one
-    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", disc_weight=0.0)
+    base = dict(grid_cell=4, disc_weight=0.0)
     plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None)
     z = plain.image_scores
     gated = slice_gate(plain.pixel_map, z, bare(**base, pixel_slice_weight=0.5, pixel_slice_margin=1.0))
@@ -97,7 +97,7 @@ def test_pixel_map_closing_fills_a_dark_core_and_never_lowers():
     x[0, 0, 8:20, 8:20] = 2.0  # bright rim (oedema) ...
     x[0, 0, 11:17, 11:17] = 0.0  # ... around a core no brighter than normal (necrosis)
     x[0, 0, 26, 26] = 1.0  # an isolated hot pixel
-    base = dict(grid_cell=4, calibration="none", pixel_calibration="none", pixel_smooth=1, disc_weight=0.0)
+    base = dict(grid_cell=4, pixel_smooth=1, disc_weight=0.0)
     plain = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base), stats=None).pixel_map[0]
     closed = score_images(CopyRecon(), ZeroDisc(), x, cfg=bare(**base, pixel_close=7), stats=None).pixel_map[0]
     assert float(plain[13, 13]) == 0.0 and float(closed[13, 13]) == pytest.approx(2.0)  # the core takes the rim's score
@@ -110,7 +110,7 @@ def test_pixel_map_closing_fills_a_dark_core_and_never_lowers():
 
 
 def test_foreground_excludes_background_patches():
-    cfg = bare(grid_cell=4, calibration="none", disc_weight=0.0)
+    cfg = bare(grid_cell=4, disc_weight=0.0)
     x = torch.zeros(1, 1, 32, 32)
     x[0, 0, 0:4, 0:4] = 5.0  # bright corner outside the foreground
     fg = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
@@ -125,7 +125,7 @@ def test_complementary_masking_reconstructs_every_pixel_while_hidden():
         def forward(self, x, mask):
             return mask.expand_as(x)  # 1 where hidden
 
-    cfg = bare(grid_cell=4, calibration="none")
+    cfg = bare(grid_cell=4)
     out = score_images(MaskEcho(), ZeroDisc(), torch.zeros(1, 1, 16, 16), cfg=cfg, stats=None)
     assert torch.equal(out.composite, torch.ones(1, 1, 16, 16))
 
