@@ -172,7 +172,8 @@ def launch(
             from patchrank.pipeline.training.loop import critic_epochs, total_epochs
 
             print(
-                f"{src} has already trained {total_epochs(cfg)} epoch(s) ({cfg.epochs} adversarial + {critic_epochs(cfg)} critic); raise --epochs to train more"
+                f"{src} has already trained {total_epochs(cfg)} epoch(s) ({cfg.epochs} adversarial + "
+                f"{critic_epochs(cfg)} critic); raise --epochs to train more"
             )
             if src != out:
                 _copy_atomic(src, out)

@@ -4,9 +4,9 @@ Contents (plain dicts, lists, numbers, strings and tensors only, so that
 `torch.load(..., weights_only=True)` can read it and nothing is ever unpickled):
   format, model_version, arch {recon, disc}, preprocess, scoring, stats,
   recon_state, disc_state, meta, and optionally train_state (optimizers, epoch, mask
-  RNG) for resuming. Older formats are upgraded on load (model.upgrade). model_version is a content hash of everything that changes
-  scores (weights, architecture, preprocessing, scoring config, statistics), so two
-  files score identically exactly when their versions match.
+  RNG) for resuming. Older formats are upgraded on load (model.upgrade). model_version is
+  a content hash of everything that changes scores (weights, architecture, preprocessing,
+  scoring config, statistics), so two files score identically exactly when their versions match.
 """
 
 from __future__ import annotations

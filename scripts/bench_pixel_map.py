@@ -51,7 +51,8 @@ def main() -> int:
         print(f"{name:>9}: best {min(t):.3f} s, median {statistics.median(t):.3f} s")
     g, p = times["guided"], times["previous"]
     print(
-        f"ratio guided / previous: best x{min(g) / min(p):.3f}, median x{statistics.median(g) / statistics.median(p):.3f}"
+        f"ratio guided / previous: best x{min(g) / min(p):.3f}, median "
+        f"x{statistics.median(g) / statistics.median(p):.3f}"
     )
     return 0
 

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                 "all": summarise([r for rs in per_seed.values() for r in rs], [method])[method],
             }
             lines.append(
-                f"\n**{key}**\n\n| seed | slice AUROC | AUPRC | small-lesion | pixel AUROC | Dice | fold runs |\n|---|---|---|---|---|---|---|"
+                f"\n**{key}**\n\n| seed | slice AUROC | AUPRC | small-lesion | pixel AUROC | Dice | fold runs "
+                f"|\n|---|---|---|---|---|---|---|"
             )
             for s, st in [*summary[key]["per_seed"].items(), ("all", summary[key]["all"])]:
                 cells = [

@@ -9,8 +9,9 @@ Asymmetry, Border irregularity, Colour variegation and Diameter. Each image gets
 
 read on the lesion proper (`dark_lesion`: pixels darker than Otsu's threshold, without the
 dilation preprocessing adds so that ranked patches include the border; the dilation smooths
-the outline the descriptors measure), and normal images' descriptors (z-scored per dimension) form a bank. A new image's evidence is
-its mean distance to the `SHAPE_NEIGHBOURS` nearest normal descriptors, calibrated against
+the outline the descriptors measure), and normal images' descriptors (z-scored per dimension)
+form a bank. A new image's evidence is its mean distance to the `SHAPE_NEIGHBOURS` nearest
+normal descriptors, calibrated against
 the bank's own leave-one-out distances (what a new normal image shows), so that it is a
 z-score added to the image score. Measured on the ISIC folds in docs/experiments.md.
 """

@@ -346,9 +346,11 @@ def _markdown(s: dict, samples: list[dict]) -> str:
     lines = [
         f"Load: {s['scans']} scans ({s['image']}) on {s['machine']}, {s['date']}",
         "",
-        "| scans | total s | scans/s overall | steady scans/s (median, CV) | peak queue depth | results (logical / physical) | lost | dead letters |",
+        "| scans | total s | scans/s overall | steady scans/s (median, CV) | peak queue depth | results "
+        "(logical / physical) | lost | dead letters |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {s['scans']} | {s['seconds']} | {s['scans_per_s']} | {s['steady_scans_per_s_median']} ({s['steady_rate_cv']}) | {s['peak_queue_depth']} | "
+        f"| {s['scans']} | {s['seconds']} | {s['scans_per_s']} | {s['steady_scans_per_s_median']} "
+        f"({s['steady_rate_cv']}) | {s['peak_queue_depth']} | "
         f"{s['results_logical']} / {s['results_physical']} | {s['lost']} | {s['dead_letters']} |",
         "",
         "Peak RSS per process (MiB):",

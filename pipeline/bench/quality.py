@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
         f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
         f"{', GPU ' + torch.cuda.get_device_name(0) if args.gpu else ''}  \n"
-        f"folds: {folds} (subject-level), seed {args.seed}, training seed {cfg.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
+        f"folds: {folds} (subject-level), seed {args.seed}, training seed {cfg.seed}, epochs {cfg.epochs}, "
+        f"image size {cfg.preprocess.image_size}  \n"
         f"wall time: {wall / 60:.1f} min\n\n"
     )
     table = header + markdown_table(res["summary"])

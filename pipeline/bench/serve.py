@@ -6,7 +6,8 @@ Model: --checkpoint, or a freshly initialised model of the default architecture 
 a checkpoint (throughput does not depend on the weights).
 Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images) over the same
 preprocessed slices in batches of B, in-process, best of 1 and all torch threads
-(preprocessing and I/O excluded), measured right before and right after each service run. End to end: a private redis-server + local Ray + the Serve app; clock from
+(preprocessing and I/O excluded), measured right before and right after each service run. End to end: a private
+redis-server + local Ray + the Serve app; clock from
 the first XADD to the stream drained (every result in Parquet and acknowledged), after
 one warm-up scan; per configuration (scorer replicas x max batch size).
 Latency per scan: `latency_s` (dequeue -> result row) and `queue_s + latency_s`
@@ -179,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     replicas = [int(x) for x in args.replicas.split(",")]
     batches = [int(x) for x in args.batch_sizes.split(",")]
     print(
-        f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load {_load()}"
+        f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, "
+        f"{platform.processor() or platform.machine()}, load {_load()}"
     )
     results = []
     with services() as url:
@@ -199,13 +201,16 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
     print(
-        "\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / p95 (s) | enqueue->result p50 / p95 (s) | load avg |"
+        "\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / "
+        "p95 (s) | enqueue->result p50 / p95 (s) | load avg |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for x in results:
         print(
-            f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | {x['bare_slices_per_s']:.1f} | "
-            f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / {x['e2e_p95']:.2f} | {x['load']} |"
+            f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | "
+            f"{x['bare_slices_per_s']:.1f} | "
+            f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / "
+            f"{x['e2e_p95']:.2f} | {x['load']} |"
         )
     if args.json_out:
         Path(args.json_out).write_text(

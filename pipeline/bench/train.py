@@ -106,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
     train, val = synthetic_slices(args.images, size, ch), synthetic_slices(8, size, ch, seed=1)
     print(
         f"bench train: {args.images} slices {ch}x{size}x{size}, batch {args.batch_size}/worker, {args.epochs} epochs "
-        f"(median img/s of epochs 2..), {args.threads} thread(s) per process, {'GPU' if args.gpu else 'CPU'}; load avg {_load()}"
+        f"(median img/s of epochs 2..), {args.threads} thread(s) per process, {'GPU' if args.gpu else 'CPU'}; "
+        f"load avg {_load()}"
     )
     rows = []
     with tempfile.TemporaryDirectory(prefix="patchrank-bench-train-") as tmp:
@@ -162,12 +163,14 @@ def run(args: argparse.Namespace) -> int:
         r["cpu_ratio_vs_plain"] = r["images_per_cpu_s"] / plain_cpu
     print(f"\n(ratios vs the mean of the two plain runs: {plain:.1f} img/s, {plain_cpu:.1f} img/CPU-s)")
     print(
-        "| mode | workers | images/s (wall) | ratio | images per CPU-s | ratio | wall s incl. start-up | load avg 1/5/15 min |\n"
+        "| mode | workers | images/s (wall) | ratio | images per CPU-s | ratio | wall s incl. start-up | load "
+        "avg 1/5/15 min |\n"
         "|---|---|---|---|---|---|---|---|"
     )
     for r in rows:
         print(
-            f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['ratio_vs_plain']:.2f} | {r['images_per_cpu_s']:.1f} | "
+            f"| {r['mode']} | {r['workers']} | {r['images_per_s']:.1f} | {r['ratio_vs_plain']:.2f} | "
+            f"{r['images_per_cpu_s']:.1f} | "
             f"{r['cpu_ratio_vs_plain']:.2f} | {r['wall_s']:.0f} | {r['load']} |"
         )
     info = {

@@ -34,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs=2,
         default=(6.0, 12.0),
         metavar=("MIN", "MAX"),
-        help="lesion radius range in voxels of the 96^3 phantoms (default 6 12; smaller lesions need a longer training)",
+        help="lesion radius range in voxels of the 96^3 phantoms (default 6 12; smaller lesions need a longer "
+        "training)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     if not rep["n_normal"] or not rep["n_abnormal"]:
         raise DatasetError(
             f"evaluation needs normal and abnormal examples; {args.data} gave "
-            f"{rep['n_normal']} normal and {rep['n_abnormal']} abnormal (labels from _seg masks, labels.csv or a manifest)"
+            f"{rep['n_normal']} normal and {rep['n_abnormal']} abnormal (labels from _seg masks, labels.csv or "
+            f"a manifest)"
         )
     rep.update(
         checkpoint=str(args.checkpoint),

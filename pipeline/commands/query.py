@@ -73,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k:>14}: {row[k]}")
         for p in store.patches_of(row["result_id"], args.patches):
             print(
-                f"  #{p['rank']} slice {p['slice_index']} rows {p['y0']}:{p['y1']} cols {p['x0']}:{p['x1']} score {p['score']:.3f} (rec {p['rec']:.2f}, disc {p['disc']:.2f})"
+                f"  #{p['rank']} slice {p['slice_index']} rows {p['y0']}:{p['y1']} cols {p['x0']}:{p['x1']} "
+                f"score {p['score']:.3f} (rec {p['rec']:.2f}, disc {p['disc']:.2f})"
             )
         if args.png:
             from patchrank.pipeline.service.heatmap import render_scan_png

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         deploy(app)
         info = scorer_info()
         print(
-            f"serving {redact_url(url)} stream {app.service.keys.stream} with model {info.model_version}; results in {app.service.output_dir}"
+            f"serving {redact_url(url)} stream {app.service.keys.stream} with model {info.model_version}; "
+            f"results in {app.service.output_dir}"
         )
         if args.detach:
             print("deployed; stop with `serve shutdown` or `serve delete patchrank`")
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
             while True:
                 b = client.backlog()
                 print(
-                    f"{time.strftime('%H:%M:%S')} backlog {b.total} (lag {b.lag}, pending {b.pending}), consumers {b.consumers}, stream length {b.length}",
+                    f"{time.strftime('%H:%M:%S')} backlog {b.total} (lag {b.lag}, pending {b.pending}), "
+                    f"consumers {b.consumers}, stream length {b.length}",
                     flush=True,
                 )
                 time.sleep(args.every)

@@ -44,7 +44,8 @@ def read_manifest(path: str | Path) -> list[Record]:
     head = [h.strip().lower() for h in rows[0]]
     if "path" not in head:
         raise DatasetError(
-            f"{path.name}: a manifest needs a header with a 'path' column (and optionally subject, label, mask, foreground)"
+            f"{path.name}: a manifest needs a header with a 'path' column (and optionally subject, label, "
+            f"mask, foreground)"
         )
     col = {h: i for i, h in enumerate(head)}
     get = lambda row, key: row[col[key]].strip() if key in col and col[key] < len(row) else ""  # noqa: E731

@@ -101,11 +101,13 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False)
 def _only_critic_added(old: dict, new: dict) -> bool:
     """A kept checkpoint trained without the critic phase, where the new training differs only
     by adding it: continuing it (resume) gives the same model as training from scratch."""
+
     def strip(k):
         return {
             **k,
             "train_config": {n: v for n, v in k["train_config"].items() if n not in ("critic_epochs", "lr_critic")},
         }  # noqa: E731
+
     return (
         "critic_epochs" not in old["train_config"]
         and "critic_epochs" in new["train_config"]

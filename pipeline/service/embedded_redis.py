@@ -69,7 +69,8 @@ class EmbeddedRedis:
         self.port = free_port()
         conf = self.workdir / "redis.conf"  # password via a 0600 config file, not the command line
         conf.write_text(
-            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {self.workdir}\nrequirepass {self.password}\n'
+            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {self.workdir}\nrequirepass '
+            f"{self.password}\n"
         )
         conf.chmod(0o600)
         self.proc = subprocess.Popen(

@@ -28,7 +28,8 @@ class ResultStore:
             if files:
                 paths = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
                 self.con.execute(
-                    f"CREATE VIEW {table}_all AS SELECT * FROM read_parquet([{paths}], union_by_name=true, hive_partitioning=false)"
+                    f"CREATE VIEW {table}_all AS SELECT * FROM read_parquet([{paths}], union_by_name=true, "
+                    f"hive_partitioning=false)"
                 )
             else:
                 self.con.register(f"{table}_all", pa.Table.from_pylist([], schema=SCHEMAS[table]))
@@ -81,7 +82,8 @@ class ResultStore:
 
     def patches_of(self, result_id: str, n: int) -> list[dict]:
         rel = self.con.execute(
-            "SELECT rank, slice_index, row, col, y0, x0, y1, x1, score, rec, disc FROM patches WHERE result_id = ? ORDER BY rank LIMIT ?",
+            "SELECT rank, slice_index, row, col, y0, x0, y1, x1, score, rec, disc FROM patches WHERE result_id "
+            "= ? ORDER BY rank LIMIT ?",
             [result_id, n],
         )
         cols = [d[0] for d in rel.description]

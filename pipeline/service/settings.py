@@ -46,7 +46,8 @@ class ServiceConfig(BaseModel):
         10.0,
         gt=0,
         le=600,
-        description="on shutdown, wait this long for in-flight scans (keep below Serve's graceful_shutdown_timeout_s, 20 s)",
+        description="on shutdown, wait this long for in-flight scans (keep below Serve's "
+        "graceful_shutdown_timeout_s, 20 s)",
     )
     flush_scans: int = Field(16, ge=1, description="write a Parquet part once this many results are buffered")
     flush_interval_s: float = Field(1.0, gt=0, description="... or once the oldest buffered result is this old")

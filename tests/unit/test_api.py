@@ -45,6 +45,7 @@ def test_train_picks_the_preset_and_writes_a_loadable_checkpoint(phantom_dir, tm
 
 
 def test_import_patchrank_installs_no_generic_top_level_names(tmp_path):
-    code = "import patchrank, importlib.util as u; print([n for n in ('model', 'pipeline', 'actors', 'deploy') if u.find_spec(n)])"
+    names = "('model', 'pipeline', 'actors', 'deploy')"
+    code = f"import patchrank, importlib.util as u; print([n for n in {names} if u.find_spec(n)])"
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

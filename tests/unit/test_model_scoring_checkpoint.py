@@ -209,7 +209,8 @@ def test_model_package_is_pure_pytorch():
     """`import model` must not pull in ray, redis, pyarrow, nibabel (or pydantic)."""
     code = (
         "import sys, patchrank.model, patchrank.model.checkpoint, patchrank.model.scoring, patchrank.model.train_step\n"
-        "bad = [m for m in ('ray', 'redis', 'pyarrow', 'nibabel', 'pydantic', 'duckdb', 'pipeline') if m in sys.modules]\n"
+        "bad = [m for m in ('ray', 'redis', 'pyarrow', 'nibabel', 'pydantic', 'duckdb', 'pipeline') if m in "
+        "sys.modules]\n"
         "print(','.join(bad))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
