@@ -205,7 +205,7 @@ class StreamConsumer:
     async def _score(self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float) -> _Result:
         try:
             path = check_uri(msg.uri, self.roots)
-            prep = await asyncio.to_thread(load_prepared, path, self.info.preprocess)
+            prep = await asyncio.to_thread(load_prepared, path, self.info.preprocess, msg.series_uid)
         except ScanError as exc:
             log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
             return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
@@ -217,7 +217,7 @@ class StreamConsumer:
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
         out = merge_chunks(list(parts))
         score = finish_scan(out.image_scores, prep, self.scoring).scan_score
-        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches)
+        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches, prep.geometry)
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [
             TopPatch(
@@ -237,6 +237,7 @@ class StreamConsumer:
             result_id=rid,
             scan_id=msg.scan_id,
             uri=msg.uri,
+            series_uid=msg.series_uid,
             status="ok",
             n_slices=n,
             scan_score=float(score) if np.isfinite(score) else None,
@@ -263,6 +264,7 @@ class StreamConsumer:
                 rank=h.rank,
                 rec=h.rec,
                 disc=h.disc,
+                **{c: getattr(h, c) for c in ("i", "j", "k", "ras_x_mm", "ras_y_mm", "ras_z_mm")},
                 model_version=mv,
                 stream_id=entry_id,
                 scored_at=now,
@@ -279,6 +281,7 @@ class StreamConsumer:
             result_id=uuid.uuid4().hex,
             scan_id=msg.scan_id,
             uri=msg.uri,
+            series_uid=msg.series_uid,
             status="failed",
             error=error[:1000],
             latency_s=time.monotonic() - t0,
