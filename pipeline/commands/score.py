@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.data.bids import entities
     from patchrank.pipeline.data.dicom import SeriesRef, series_scan_id
     from patchrank.pipeline.data.geometry import canonical_to_native, write_map
     from patchrank.pipeline.data.loaders import ScanError
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         series = isinstance(path, SeriesRef)
         scan_id = series_scan_id(path) if series else scan_id_for(path)
         where = {
+            **entities(path.folder if series else path),
             "scan_id": scan_id,
             "uri": str(path.folder if series else path),
             "series_uid": path.uid if series else None,

@@ -33,6 +33,7 @@ import numpy as np
 import redis
 
 from patchrank.model.config import ScoringConfig
+from patchrank.pipeline.data.bids import entities
 from patchrank.pipeline.data.loaders import ScanError
 from patchrank.pipeline.data.preprocess import load_prepared
 from patchrank.pipeline.scan_scoring import finish_scan, rank_patches
@@ -238,6 +239,7 @@ class StreamConsumer:
             scan_id=msg.scan_id,
             uri=msg.uri,
             series_uid=msg.series_uid,
+            **entities(msg.uri),
             status="ok",
             n_slices=n,
             scan_score=float(score) if np.isfinite(score) else None,
@@ -282,6 +284,7 @@ class StreamConsumer:
             scan_id=msg.scan_id,
             uri=msg.uri,
             series_uid=msg.series_uid,
+            **entities(msg.uri),
             status="failed",
             error=error[:1000],
             latency_s=time.monotonic() - t0,

@@ -15,7 +15,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2  # 2: patch centres (i, j, k, ras_*_mm), scans.series_uid
+SCHEMA_VERSION = 2  # 2: patch centres (i, j, k, ras_*_mm), scans.series_uid / subject / session
 TABLES = ("scans", "patches")
 
 
@@ -40,6 +40,8 @@ class ScanRow(_Row):
     scan_id: str = Field(min_length=1, max_length=64)
     uri: str = Field(max_length=4096)
     series_uid: str | None = Field(None, max_length=64, description="DICOM SeriesInstanceUID when uri is its folder")
+    subject: str | None = Field(None, max_length=128, description="BIDS sub-<label> from the file name")
+    session: str | None = Field(None, max_length=128, description="BIDS ses-<label> from the file name")
     status: Literal["ok", "failed"]
     error: str | None = Field(None, max_length=1000)
     n_slices: int = Field(0, ge=0)
@@ -96,6 +98,8 @@ SCANS_SCHEMA = pa.schema(
         ("scan_id", pa.string()),
         ("uri", pa.string()),
         ("series_uid", pa.string()),
+        ("subject", pa.string()),
+        ("session", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("n_slices", pa.int32()),

@@ -79,3 +79,27 @@ def test_score_keeps_the_model_modality(tiny_checkpoint, phantom_dir, tmp_path, 
     assert sum(r["series_uid"] is not None for r in rows) == 1
     assert rows[0]["scan_score"] == pytest.approx(rows[1]["scan_score"], abs=1e-6)  # DICOM == NIfTI
     assert "skipped 2 scans of another modality than flair" in capsys.readouterr().out
+
+
+def test_bids_discovery_keeps_subject_and_session(phantom_dir, tmp_path):
+    from patchrank.pipeline.data.bids import entities
+    from patchrank.pipeline.data.discover import discover
+
+    flair = next(phantom_dir.rglob("*_flair.nii.gz"))
+    layout = [
+        "sub-01/ses-1/anat/sub-01_ses-1_FLAIR.nii.gz",
+        "sub-01/ses-2/anat/sub-01_ses-2_FLAIR.nii.gz",
+        "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz",
+        "sub-02/anat/sub-02_FLAIR.nii",
+        "sub-02/anat/sub-02_T2w.nii.gz",
+        "sub-02/func/sub-02_task-rest_bold.nii.gz",
+    ]
+    for rel in layout:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        img = nib.load(str(flair))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine), str(tmp_path / rel))
+    recs = discover(tmp_path, modality="flair")
+    assert [(r.subject, r.session) for r in recs] == [("sub-01", "ses-1"), ("sub-01", "ses-2"), ("sub-02", None)]
+    assert [r.subject for r in discover(tmp_path, modality="t1")] == ["sub-01"]
+    assert entities(tmp_path / layout[1]) == {"subject": "sub-01", "session": "ses-2"}
+    assert entities("/x/BraTS15_pat0001_flair.nii.gz") == {"subject": None, "session": None}
