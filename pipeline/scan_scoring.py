@@ -155,6 +155,14 @@ def map_volume(prep: Prepared, maps: np.ndarray) -> np.ndarray:
     return vol
 
 
+def write_scan_map(path, prep: Prepared, maps) -> None:
+    """A volume's gated per-slice maps (S, h, w; tensor or array) -> NIfTI on the input's own grid and affine."""
+    from patchrank.pipeline.data.geometry import canonical_to_native, write_map
+
+    canon = map_volume(prep, np.asarray(maps, dtype=np.float32))
+    write_map(path, canonical_to_native(canon, prep.geometry), prep.geometry)
+
+
 def score_prepared(
     model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False
 ) -> ScanScore:

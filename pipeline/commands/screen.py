@@ -48,6 +48,7 @@ def app_args(args: argparse.Namespace, *, redis_url: str, checkpoint: str, out: 
         max_inflight_scans=args.inflight,
         device="cuda" if args.scorer_gpus > 0 else "cpu",
         torch_threads=threads,
+        write_maps=bool(getattr(args, "maps", False)),
     )
     n = args.scorer_replicas
     scorer = Placement(num_cpus=0.5, num_gpus=args.scorer_gpus, min_replicas=n, max_replicas=n)
@@ -63,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="Parquet result dataset directory (created; appended to)")
     p.add_argument("--top", type=int, default=10, help="scans to list in the summary")
+    p.add_argument(
+        "--maps", action="store_true", help="write each volume's anomaly map as OUT/maps/<scan_id>.nii.gz (input grid)"
+    )
     p.add_argument(
         "--modality",
         help="score only scans of this modality (default: the one the checkpoint was trained on, e.g. flair)",

@@ -36,7 +36,7 @@ from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.bids import entities
 from patchrank.pipeline.data.loaders import ScanError
 from patchrank.pipeline.data.preprocess import load_prepared
-from patchrank.pipeline.scan_scoring import finish_scan, rank_patches
+from patchrank.pipeline.scan_scoring import finish_scan, rank_patches, write_scan_map
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
 from patchrank.pipeline.service.settings import ServiceConfig
 from patchrank.pipeline.service.sink import ParquetSink
@@ -217,7 +217,12 @@ class StreamConsumer:
         ]
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
         out = merge_chunks(list(parts))
-        score = finish_scan(out.image_scores, prep, self.scoring).scan_score
+        scan_scores = finish_scan(out.image_scores, prep, self.scoring, out.pixel_map if self.cfg.write_maps else None)
+        score = scan_scores.scan_score
+        map_uri = None
+        if self.cfg.write_maps and prep.geometry is not None:
+            map_uri = f"maps/{msg.scan_id}.nii.gz"
+            await asyncio.to_thread(write_scan_map, Path(self.cfg.output_dir) / map_uri, prep, scan_scores.maps)
         hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches, prep.geometry)
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [
@@ -240,6 +245,7 @@ class StreamConsumer:
             uri=msg.uri,
             series_uid=msg.series_uid,
             **entities(msg.uri),
+            map_uri=map_uri,
             status="ok",
             n_slices=n,
             scan_score=float(score) if np.isfinite(score) else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -32,7 +33,7 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     study = "1.2.3.4.5"
     uid, _ = write_series(vol, AFFINE, scans / "pacs", description="AX FLAIR", study_uid=study, seed=1)
     write_series(vol * 0.5 + 20, AFFINE, scans / "pacs", description="T1 SAG", study_uid=study, seed=2)
-    cfg = service_config(redis_url, tmp_path, tiny_checkpoint, allowed_roots=[str(scans)])
+    cfg = service_config(redis_url, tmp_path, tiny_checkpoint, allowed_roots=[str(scans)], write_maps=True)
     client = StreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
     try:
         report = enqueue_paths(client, [scans], modality="flair", show=False)
@@ -43,7 +44,7 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     scorer = LocalScorer(SliceScorer(cfg.checkpoint, torch_threads=1))
     asyncio.run(drive([make_consumer(cfg, scorer)], cfg, timeout_s=90))
     store = ResultStore(cfg.output_dir)
-    _, rows = store.sql("SELECT uri, series_uid, status, scan_score, result_id FROM scans ORDER BY uri")
+    _, rows = store.sql("SELECT uri, series_uid, status, scan_score, result_id, map_uri FROM scans ORDER BY uri")
     assert [r[2] for r in rows] == ["ok", "ok"]
     by_kind = {("dicom" if r[1] else "nifti"): r for r in rows}
     assert by_kind["dicom"][1] == uid and by_kind["dicom"][0] == str((scans / "pacs").resolve())
@@ -51,5 +52,10 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     q = "SELECT ras_x_mm, ras_y_mm, ras_z_mm, k FROM patches WHERE result_id = ? ORDER BY rank"
     top = [store.con.execute(q, [by_kind[k][4]]).fetchall() for k in ("dicom", "nifti")]
     assert len(top[0]) > 0 and np.allclose(np.array(top[0])[:, :3], np.array(top[1])[:, :3], atol=1e-3)
+    maps = {k: nib.as_closest_canonical(nib.load(str(Path(cfg.output_dir) / by_kind[k][5]))) for k in by_kind}
+    assert np.allclose(maps["dicom"].affine, maps["nifti"].affine, atol=1e-4)  # both overlay the same place
+    assert np.allclose(np.asarray(maps["dicom"].dataobj), np.asarray(maps["nifti"].dataobj), atol=1e-5)
+    nifti_map = nib.load(str(Path(cfg.output_dir) / by_kind["nifti"][5]))
+    assert np.allclose(nifti_map.affine, AFFINE, atol=1e-5) and nifti_map.shape == vol.shape  # the input's grid
     dump = str(store.sql("SELECT * FROM scans")[1]) + str(store.sql("SELECT * FROM patches")[1])
     assert SECRET not in dump and SECRET not in caplog.text

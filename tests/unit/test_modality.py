@@ -73,12 +73,16 @@ def test_score_keeps_the_model_modality(tiny_checkpoint, phantom_dir, tmp_path, 
     write_series(np.asarray(img.dataobj, dtype=np.float32), img.affine, folder / "dicom" / "b", description="T1 SAG")
     out = tmp_path / "r.json"
     argv = ["score", str(folder), "--checkpoint", str(tiny_checkpoint), "--json", str(out), "--modality", "flair"]
+    argv += ["--maps", str(tmp_path / "maps")]
     assert main(argv) == 0
     rows = json.loads(out.read_text())["results"]
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert sum(r["series_uid"] is not None for r in rows) == 1
     assert rows[0]["scan_score"] == pytest.approx(rows[1]["scan_score"], abs=1e-6)  # DICOM == NIfTI
     assert "skipped 2 scans of another modality than flair" in capsys.readouterr().out
+    maps = [nib.as_closest_canonical(nib.load(r["map"])) for r in rows]
+    assert all(r["map"] == str(tmp_path / "maps" / f"{r['scan_id']}.nii.gz") for r in rows)
+    assert np.allclose(maps[0].affine, maps[1].affine) and np.allclose(maps[0].dataobj, maps[1].dataobj, atol=1e-6)
 
 
 def test_bids_discovery_keeps_subject_and_session(phantom_dir, tmp_path):
