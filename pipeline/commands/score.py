@@ -39,10 +39,12 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.loaders import ScanError
     from patchrank.pipeline.data.modality import model_modality, select
     from patchrank.pipeline.data.preprocess import as_config, load_prepared
+    from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.scan_scoring import score_prepared
     from patchrank.pipeline.service.messages import scan_id_for
 
     model = load_checkpoint(args.checkpoint)
+    threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
     files, skipped = walk_scans(args.paths)
     modality = args.modality or model_modality(model.meta)
@@ -65,7 +67,13 @@ def run(args: argparse.Namespace) -> int:
                 where["map"] = str(Path(args.maps) / f"{scan_id}.nii.gz")
                 write_map(where["map"], canonical_to_native(s.extras["map_volume"], prep.geometry), prep.geometry)
             results.append(
-                {**where, "status": "ok", "scan_score": s.scan_score, "top_patches": [p.__dict__ for p in s.patches]}
+                {
+                    **where,
+                    "status": "ok",
+                    "scan_score": s.scan_score,
+                    "flagged": operating_point.flagged(s.scan_score, threshold),
+                    "top_patches": [p.__dict__ for p in s.patches],
+                }
             )
         except ScanError as exc:
             results.append({**where, "status": "failed", "error": str(exc), "scan_score": None, "top_patches": []})
@@ -73,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'rank':>4}  {'score':>8}  scan  [top patches: slice (row,col) score]")
     for i, r in enumerate(ok, 1):
         tops = ", ".join(f"s{p['slice_index']} ({p['row']},{p['col']}) {p['score']:.2f}" for p in r["top_patches"])
-        print(f"{i:>4}  {r['scan_score']:8.3f}  {Path(r['uri']).name}  [{tops}]")
+        flag = "  FLAGGED" if r["flagged"] else ""
+        print(f"{i:>4}  {r['scan_score']:8.3f}  {Path(r['uri']).name}  [{tops}]{flag}")
     for r in results:
         if r["status"] == "failed":
             print(f"FAILED  {r['uri']}: {r['error']}")

@@ -36,6 +36,7 @@ from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.bids import entities
 from patchrank.pipeline.data.loaders import ScanError
 from patchrank.pipeline.data.preprocess import load_prepared
+from patchrank.pipeline.evaluation import operating_point
 from patchrank.pipeline.scan_scoring import finish_scan, rank_patches, write_scan_map
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
 from patchrank.pipeline.service.settings import ServiceConfig
@@ -93,6 +94,7 @@ class StreamConsumer:
         self.scoring = ScoringConfig.from_dict(info.scoring)
         self.roots = cfg.resolved_roots()
         self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version)
+        self.threshold = operating_point.load(cfg.checkpoint, info.model_version)  # None: rows get flagged=None
         self.stats = {
             k: 0 for k in ("read", "claimed", "ok", "failed", "dead", "duplicate", "infra_errors", "acked", "parts")
         }
@@ -246,6 +248,7 @@ class StreamConsumer:
             series_uid=msg.series_uid,
             **entities(msg.uri),
             map_uri=map_uri,
+            flagged=operating_point.flagged(float(score), self.threshold),
             status="ok",
             n_slices=n,
             scan_score=float(score) if np.isfinite(score) else None,

@@ -15,7 +15,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2  # 2: patch centres (i, j, k, ras_*_mm), scans.series_uid / subject / session / map_uri
+SCHEMA_VERSION = 2  # 2: patch centres (i, j, k, ras_*_mm), scans.series_uid / subject / session / map_uri / flagged
 TABLES = ("scans", "patches")
 
 
@@ -43,6 +43,7 @@ class ScanRow(_Row):
     subject: str | None = Field(None, max_length=128, description="BIDS sub-<label> from the file name")
     session: str | None = Field(None, max_length=128, description="BIDS ses-<label> from the file name")
     map_uri: str | None = Field(None, max_length=256, description="anomaly map NIfTI, relative to the dataset root")
+    flagged: bool | None = Field(None, description="scan_score >= the model's operating point (None: none fitted)")
     status: Literal["ok", "failed"]
     error: str | None = Field(None, max_length=1000)
     n_slices: int = Field(0, ge=0)
@@ -102,6 +103,7 @@ SCANS_SCHEMA = pa.schema(
         ("subject", pa.string()),
         ("session", pa.string()),
         ("map_uri", pa.string()),
+        ("flagged", pa.bool_()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("n_slices", pa.int32()),

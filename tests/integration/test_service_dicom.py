@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,9 @@ import pytest
 from dicomkit import SECRET, write_series
 from servicekit import LocalScorer, drive, make_consumer, service_config
 
+from patchrank.model.checkpoint import load_checkpoint
 from patchrank.pipeline.commands.enqueue import enqueue_paths
+from patchrank.pipeline.evaluation import operating_point
 from patchrank.pipeline.service.results import ResultStore
 from patchrank.pipeline.service.slice_scorer import SliceScorer
 from patchrank.pipeline.service.streams import StreamClient
@@ -33,7 +36,10 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     study = "1.2.3.4.5"
     uid, _ = write_series(vol, AFFINE, scans / "pacs", description="AX FLAIR", study_uid=study, seed=1)
     write_series(vol * 0.5 + 20, AFFINE, scans / "pacs", description="T1 SAG", study_uid=study, seed=2)
-    cfg = service_config(redis_url, tmp_path, tiny_checkpoint, allowed_roots=[str(scans)], write_maps=True)
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    operating_point.save(ckpt, load_checkpoint(ckpt).model_version, {"threshold": 0.0})
+    cfg = service_config(redis_url, tmp_path, ckpt, allowed_roots=[str(scans)], write_maps=True)
     client = StreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
     try:
         report = enqueue_paths(client, [scans], modality="flair", show=False)
@@ -44,7 +50,10 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     scorer = LocalScorer(SliceScorer(cfg.checkpoint, torch_threads=1))
     asyncio.run(drive([make_consumer(cfg, scorer)], cfg, timeout_s=90))
     store = ResultStore(cfg.output_dir)
-    _, rows = store.sql("SELECT uri, series_uid, status, scan_score, result_id, map_uri FROM scans ORDER BY uri")
+    _, rows = store.sql(
+        "SELECT uri, series_uid, status, scan_score, result_id, map_uri, flagged FROM scans ORDER BY uri"
+    )
+    assert [r[6] for r in rows] == [r[3] >= 0.0 for r in rows]
     assert [r[2] for r in rows] == ["ok", "ok"]
     by_kind = {("dicom" if r[1] else "nifti"): r for r in rows}
     assert by_kind["dicom"][1] == uid and by_kind["dicom"][0] == str((scans / "pacs").resolve())
