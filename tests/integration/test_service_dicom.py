@@ -68,3 +68,27 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     assert np.allclose(nifti_map.affine, AFFINE, atol=1e-5) and nifti_map.shape == vol.shape  # the input's grid
     dump = str(store.sql("SELECT * FROM scans")[1]) + str(store.sql("SELECT * FROM patches")[1])
     assert SECRET not in dump and SECRET not in caplog.text
+    _check_report(Path(cfg.output_dir), tmp_path)
+
+
+def _check_report(results: Path, tmp_path: Path) -> None:
+    """`patchrank report` on the screening: self-contained, both scans with images, renders in Chromium."""
+    import subprocess
+
+    from PIL import Image
+
+    from patchrank.pipeline.cli import main
+
+    out = tmp_path / "report.html"
+    assert main(["report", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("<tr><td") == 2 and text.count("data:image/png;base64,") >= 2
+    assert "http://" not in text and "https://" not in text and SECRET not in text
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        return  # the browser check needs Chromium (apt-get install chromium)
+    shot = tmp_path / "report.png"
+    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}", "--window-size=1200,1000"]
+    subprocess.run([*cmd, out.as_uri()], capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.std() > 10 and (pixels < 60).mean() > 0.01  # rendered: text and dark scan images, not blank
