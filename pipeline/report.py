@@ -39,7 +39,7 @@ def _slice_png(image: np.ndarray, overlay: np.ndarray | None, boxes: list[tuple]
     fig, ax = plt.subplots(figsize=(4.2 if overlay is not None else 3.4, 3.4), dpi=80)
     ax.imshow(image if rgb else image, cmap=None if rgb else "gray", interpolation="nearest")
     if overlay is not None:
-        lo, hi = np.percentile(overlay, [50, 99.8])
+        lo, hi = np.percentile(overlay, [90, 99.8])  # colour only the top 10 % of the slice
         shown = np.ma.masked_less(overlay, lo)
         im = ax.imshow(shown, cmap="inferno", alpha=0.55, vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="anomaly")
