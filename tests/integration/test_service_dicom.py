@@ -26,7 +26,7 @@ AFFINE = np.array([[-1.0, 0, 0, 30.0], [0, -1.1, 0, 40.0], [0, 0, 2.0, -10.0], [
 
 
 @pytest.mark.timeout(180)
-def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_checkpoint, tmp_path, caplog):
+def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_checkpoint, tmp_path, caplog, capsys):
     caplog.set_level(logging.DEBUG)
     scans = tmp_path / "scans"
     flair = next(phantom_dir.rglob("*_flair.nii.gz"))
@@ -68,6 +68,11 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     assert np.allclose(nifti_map.affine, AFFINE, atol=1e-5) and nifti_map.shape == vol.shape  # the input's grid
     dump = str(store.sql("SELECT * FROM scans")[1]) + str(store.sql("SELECT * FROM patches")[1])
     assert SECRET not in dump and SECRET not in caplog.text
+    from patchrank.pipeline.cli import main
+
+    capsys.readouterr()
+    assert main(["query", cfg.output_dir, "--flagged"]) == 0
+    assert f"{sum(r[6] for r in rows)} flagged" in capsys.readouterr().out
     _check_report(Path(cfg.output_dir), tmp_path)
 
 
