@@ -64,7 +64,7 @@ def enqueue_paths(
     client.ensure_group()
     seen: set[str] = set()
     pending = []
-    bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=not show)
+    bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=None if show else True)  # None: TTY only
     for f in files:
         try:
             msg = message_for(f, modality)

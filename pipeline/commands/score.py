@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     files, other = select(files, modality, args.modality_pattern)
     skipped += other
     results = []
-    for path in tqdm(files, desc="scoring", unit="scan"):
+    for path in tqdm(files, desc="scoring", unit="scan", disable=None):  # a bar on a terminal only
         series = isinstance(path, SeriesRef)
         scan_id = series_scan_id(path) if series else scan_id_for(path)
         where = {

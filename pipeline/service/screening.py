@@ -109,7 +109,7 @@ def wait_drained(
     """Block until every entry of the stream is acknowledged (lag + pending == 0)."""
     b = client.backlog()
     total = b.total
-    bar = tqdm(total=total, desc="scoring", unit="scan", disable=not show)
+    bar = tqdm(total=total, desc="scoring", unit="scan", disable=None if show else True)  # None: TTY only
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while b.total > 0:
