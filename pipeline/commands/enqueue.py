@@ -27,14 +27,16 @@ class EnqueueReport:
 
 
 def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Folders are walked for scan files; a file named explicitly is always queued, so an
-    unsupported or broken file becomes a `failed` result instead of vanishing."""
+    """Folders are walked for scan files (and DICOM series); a file named explicitly is always queued (a
+    DICOM file as its one-file series when it is a readable image), so an unsupported or broken file becomes
+    a `failed` result instead of vanishing."""
     files, skipped = [], []
     for raw in paths:
         p = Path(raw)
-        if p.is_file() and not is_dicom_file(p):
-            files.append(p)
-        elif p.exists():  # a folder, or a DICOM file (grouped into its series)
+        if p.is_file():
+            series = walk_scans([p])[0] if is_dicom_file(p) else []
+            files.extend(series or [p])
+        elif p.exists():
             found, skip = walk_scans([p])
             files.extend(found)
             skipped.extend((str(q), why) for q, why in skip)
