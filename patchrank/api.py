@@ -21,6 +21,19 @@ class ScanResult:
     slice_index: np.ndarray  # (S,) slice numbers in the input
     patches: list  # ranked PatchHit (pipeline.scan_scoring)
     maps: np.ndarray | None = None  # (S, H, W) model-grid anomaly maps, gated per scan
+    map_volume: np.ndarray | None = None  # volumes with maps=True: the map on the input's own voxel grid
+    affine: np.ndarray | None = None  # volumes: the input's own affine (voxel -> RAS mm)
+    geometry: object | None = None  # volumes: pipeline.data.geometry.Geometry
+
+    def save_map(self, path: str | os.PathLike) -> Path:
+        """Write the anomaly map as NIfTI on the input's grid and affine (overlay it on the original in 3D
+        Slicer / ITK-SNAP). Needs a volume scored with maps=True."""
+        from patchrank.pipeline.data.geometry import write_map
+
+        if self.map_volume is None or self.geometry is None:
+            raise ValueError("no map: score a volume with maps=True")
+        write_map(path, self.map_volume, self.geometry)
+        return Path(path)
 
     def to_frame(self):
         """The ranked patches as a pandas DataFrame (one row per patch, with the scan's path and score)."""
@@ -30,7 +43,8 @@ class ScanResult:
         return pd.DataFrame(rows, columns=["path", "scan_score", *_PATCH_COLUMNS])
 
 
-_PATCH_COLUMNS = ("rank", "slice_index", "row", "col", "y0", "x0", "y1", "x1", "score", "rec", "disc")
+_PATCH_COLUMNS = ("rank", "slice_index", "row", "col", "y0", "x0", "y1", "x1", "score", "rec", "disc",
+                  "i", "j", "k", "ras_x_mm", "ras_y_mm", "ras_z_mm")  # fmt: skip
 
 
 class Detector:
@@ -46,13 +60,26 @@ class Detector:
     def model_version(self) -> str:
         return self.model.model_version
 
-    def score(self, path: str | os.PathLike, *, maps: bool = False, top: int = 10) -> ScanResult:
-        """Score one scan file; raises pipeline.data.loaders.ScanError for unreadable or unusable input."""
+    def score(
+        self, path: str | os.PathLike, *, maps: bool = False, top: int = 10, series_uid: str | None = None
+    ) -> ScanResult:
+        """Score one scan file or DICOM series (a folder, + its SeriesInstanceUID when it holds several, or a
+        `pipeline.data.dicom.SeriesRef`); raises pipeline.data.loaders.ScanError for unreadable or unusable input."""
+        from patchrank.pipeline.data.dicom import SeriesRef
+        from patchrank.pipeline.data.geometry import canonical_to_native
         from patchrank.pipeline.data.preprocess import load_prepared
         from patchrank.pipeline.scan_scoring import score_prepared
 
-        s = score_prepared(self.model, load_prepared(Path(path), self.preprocess), top_n=top, keep_maps=maps)
-        return ScanResult(str(path), s.scan_score, s.slice_scores, s.slice_index, s.patches, s.pixel_maps)
+        src = path if isinstance(path, SeriesRef) else Path(path)
+        prep = load_prepared(src, self.preprocess, series_uid)
+        s = score_prepared(self.model, prep, top_n=top, keep_maps=maps)
+        canon, geo = s.extras.get("map_volume"), prep.geometry
+        res = ScanResult(str(path), s.scan_score, s.slice_scores, s.slice_index, s.patches, s.pixel_maps)
+        if geo is not None:
+            res.affine, res.geometry = geo.native, geo
+            if canon is not None:
+                res.map_volume = canonical_to_native(canon, geo)
+        return res
 
     def score_many(self, paths: Iterable[str | os.PathLike], **kwargs) -> Iterator[ScanResult]:
         """Score each file in turn (same options as `score`)."""

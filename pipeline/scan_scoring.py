@@ -31,6 +31,25 @@ class PatchHit:
     score: float
     rec: float
     disc: float
+    # Box centre in the input file's own voxel indices (2D images: i = column, j = row, k = 0) and, for
+    # volumes, in world millimetres (RAS+, as NIfTI); see pipeline.data.geometry.
+    i: float = 0.0
+    j: float = 0.0
+    k: float = 0.0
+    ras_x_mm: float | None = None
+    ras_y_mm: float | None = None
+    ras_z_mm: float | None = None
+
+
+def locate(y0: int, x0: int, y1: int, x1: int, slice_index: int, geometry=None) -> dict:
+    """A native-slice box -> its centre as PatchHit's i, j, k and ras_*_mm fields."""
+    from patchrank.pipeline.data.geometry import box_centre
+
+    c = box_centre(y0, x0, y1, x1, slice_index)
+    if geometry is None:  # a 2D image: rows are y, columns x
+        return {"i": c[1], "j": c[0], "k": c[2]}
+    ijk, ras = geometry.native_index(c), geometry.world(c)
+    return dict(zip(("i", "j", "k", "ras_x_mm", "ras_y_mm", "ras_z_mm"), map(float, [*ijk, *ras])))
 
 
 @dataclass
@@ -80,9 +99,10 @@ def patch_box(
 
 
 def rank_patches(
-    out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[int, int], top_n: int
+    out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[int, int], top_n: int, geometry=None
 ) -> list[PatchHit]:
-    """Top-n valid patches over all slices of one scan, most suspicious first."""
+    """Top-n valid patches over all slices of one scan, most suspicious first (geometry: the volume's
+    pipeline.data.geometry.Geometry, for file-voxel and world coordinates)."""
     s, h, w = out.patch_scores.shape
     image_size = out.pixel_map.shape[-1]
     patch = image_size // w
@@ -109,6 +129,7 @@ def rank_patches(
                 float(out.patch_scores[si, r, c]),
                 float(out.rec[si, r, c]),
                 float(out.disc[si, r, c]),
+                **locate(y0, x0, y1, x1, int(slice_index[si]), geometry),
             )
         )
     return hits
@@ -124,11 +145,30 @@ def finish_scan(
     return score_scan(image_scores, cfg, slice_index=index, maps=maps)
 
 
+def map_volume(prep: Prepared, maps: np.ndarray) -> np.ndarray:
+    """Model-grid maps of the scored slices (S, h, w) -> a canonical volume (X, Y, Z) at the scan's native
+    in-plane size; slices that were not scored get the map's minimum (nothing to see there)."""
+    from patchrank.pipeline.data.preprocess import to_native
+
+    vol = np.full(prep.geometry.canonical_shape, float(np.min(maps)), dtype=np.float32)
+    vol[..., np.asarray(prep.slice_index)] = to_native(maps, prep.native_shape).transpose(1, 2, 0)
+    return vol
+
+
+def write_scan_map(path, prep: Prepared, maps) -> None:
+    """A volume's gated per-slice maps (S, h, w; tensor or array) -> NIfTI on the input's own grid and affine."""
+    from patchrank.pipeline.data.geometry import canonical_to_native, write_map
+
+    canon = map_volume(prep, np.asarray(maps, dtype=np.float32))
+    write_map(path, canonical_to_native(canon, prep.geometry), prep.geometry)
+
+
 def score_prepared(
     model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False
 ) -> ScanScore:
     out = score_slices(model, prep.images, prep.foreground, prep.position, batch_size)
     scan = finish_scan(out.image_scores, prep, model.scoring, out.pixel_map if keep_maps else None)
-    hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n)
+    hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n, prep.geometry)
     maps = scan.maps.numpy() if keep_maps else None
-    return ScanScore(scan.scan_score, scan.slice_scores.numpy(), prep.slice_index, hits, maps)
+    extras = {"map_volume": map_volume(prep, maps)} if keep_maps and prep.geometry is not None else {}
+    return ScanScore(scan.scan_score, scan.slice_scores.numpy(), prep.slice_index, hits, maps, extras)

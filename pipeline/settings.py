@@ -77,6 +77,9 @@ class TrainConfig(Strict):
     val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of training subjects held out")
     max_val_slices: int = Field(512, ge=8, description="normal slices per set (seeded sample) for the statistics")
     stats_every: int = Field(4, ge=1, description="refit the score statistics every N epochs (and first and last)")
+    modality: str | None = Field(
+        None, description="what the model is trained on (e.g. flair, rgb); scoring keeps only such scans"
+    )
     preprocess: PreprocessConfig = PreprocessConfig()
     arch: ArchConfig = ArchConfig()
     masks: MaskConfig = MaskConfig()

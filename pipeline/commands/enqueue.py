@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from patchrank.pipeline.data.dicom import is_dicom_file
 from patchrank.pipeline.data.files import walk_scans
 
 
@@ -26,14 +27,16 @@ class EnqueueReport:
 
 
 def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Folders are walked for scan files; a file named explicitly is always queued, so an
-    unsupported or broken file becomes a `failed` result instead of vanishing."""
+    """Folders are walked for scan files (and DICOM series); a file named explicitly is always queued (a
+    DICOM file as its one-file series when it is a readable image), so an unsupported or broken file becomes
+    a `failed` result instead of vanishing."""
     files, skipped = [], []
     for raw in paths:
         p = Path(raw)
         if p.is_file():
-            files.append(p)
-        elif p.is_dir():
+            series = walk_scans([p])[0] if is_dicom_file(p) else []
+            files.extend(series or [p])
+        elif p.exists():
             found, skip = walk_scans([p])
             files.extend(found)
             skipped.extend((str(q), why) for q, why in skip)
@@ -43,17 +46,27 @@ def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]
 
 
 def enqueue_paths(
-    client, paths: list[str | Path], *, modality: str | None = None, show: bool = True, batch: int = 256
+    client,
+    paths: list[str | Path],
+    *,
+    modality: str | None = None,
+    pattern: str | None = None,
+    show: bool = True,
+    batch: int = 256,
 ) -> EnqueueReport:
-    """Walk paths, validate one ScanMessage per file, XADD them (pipelined, in batches)."""
+    """Walk paths, keep the scans of `modality` (all when None; see pipeline.data.modality), validate one
+    ScanMessage per scan file or DICOM series, XADD them (pipelined, in batches)."""
+    from patchrank.pipeline.data.modality import select
     from patchrank.pipeline.service.messages import message_for
 
     files, skipped = collect(paths)
+    files, other = select(files, modality, pattern)
+    skipped += other
     report = EnqueueReport(skipped=skipped)
     client.ensure_group()
     seen: set[str] = set()
     pending = []
-    bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=not show)
+    bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=None if show else True)  # None: TTY only
     for f in files:
         try:
             msg = message_for(f, modality)
@@ -87,7 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="redis://[:password@]host:port/db or rediss:// (TLS); default $PATCHRANK_REDIS_URL",
     )
     p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
-    p.add_argument("--modality", help="modality tag stored in each message (e.g. flair)")
+    p.add_argument("--modality", help="queue only scans of this modality (e.g. flair), tagged with it")
+    p.add_argument(
+        "--modality-pattern",
+        help="regular expression a DICOM series' SeriesDescription/ProtocolName must match (default per modality)",
+    )
     p.set_defaults(func=run)
 
 
@@ -103,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     ).redis_kwargs()
     client = StreamClient.from_url(args.redis_url, StreamKeys(args.namespace), **kw)
     try:
-        report = enqueue_paths(client, args.paths, modality=args.modality)
+        report = enqueue_paths(client, args.paths, modality=args.modality, pattern=args.modality_pattern)
     finally:
         client.close()
     print(f"{redact_url(args.redis_url)} stream {StreamKeys(args.namespace).stream}")

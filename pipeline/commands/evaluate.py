@@ -24,6 +24,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=8, help="slices in the montage (default 8)")
     p.add_argument("--gpu", action="store_true", help="score on the CUDA device")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--fpr",
+        type=float,
+        default=0.05,
+        help="fit the scan-score threshold at this false-positive rate on normal scans and store it beside the "
+        "checkpoint (<checkpoint>.operating_point.json; default 0.05; 0 = do not fit)",
+    )
     p.set_defaults(func=run)
 
 
@@ -65,6 +72,13 @@ def run(args: argparse.Namespace) -> int:
         n_scans=len(scans),
         seconds=round(time.perf_counter() - t0, 2),
     )
+    if args.fpr > 0 and "scan_scores" in data.extra and rep.get("n_normal_scans"):
+        from patchrank.pipeline.evaluation import operating_point
+
+        point = operating_point.fit_threshold(data.extra["scan_scores"], data.extra["scan_labels"], args.fpr)
+        rep["operating_point"] = point
+        where = operating_point.save(args.checkpoint, model.model_version, point)
+        print(f"operating point: threshold {point['threshold']:.4f} at FPR {point['fpr']:.3f}, stored in {where}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=2))

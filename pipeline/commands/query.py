@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sql", help='run SQL over the tables, e.g. "SELECT status, count(*) FROM scans GROUP BY 1"')
     p.add_argument("--scan", help="scan_id (or unique prefix) to show / render")
     p.add_argument("--png", help="with --scan: write the heatmap with ranked patch boxes to this PNG")
+    p.add_argument("--flagged", action="store_true", help="list the flagged scans (score >= the operating point)")
     p.set_defaults(func=run)
 
 
@@ -43,6 +44,23 @@ def _resolve(store, prefix: str) -> str:
     return ids[0]
 
 
+def _flagged(store, model_version: str | None) -> int:
+    """The flagged scans, highest score first (results written before operating points have none)."""
+    if "flagged" not in store.sql("SELECT * FROM scans LIMIT 0")[0]:
+        print("0 flagged: these results predate operating points (no flagged column)")
+        return 0
+    where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
+    rel = store.con.execute(
+        f"SELECT scan_id, scan_score, uri, series_uid FROM scans WHERE flagged {where} "
+        "ORDER BY scan_score DESC, scan_id",
+        params,
+    )
+    rows = rel.fetchall()
+    print(f"{len(rows)} flagged")
+    _print_table([d[0] for d in rel.description], rows)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.service.results import ResultStore, format_ranking
 
@@ -56,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"SQL error: {str(exc).splitlines()[0]}") from None
         _print_table(cols, rows)
         return 0
+    if args.flagged:
+        return _flagged(store, args.model_version)
     if args.scan:
         scan_id = _resolve(store, args.scan)
         row = store.scan(scan_id, args.model_version)
@@ -69,8 +89,14 @@ def run(args: argparse.Namespace) -> int:
             "model_version",
             "latency_s",
             "scored_at",
+            "series_uid",
+            "subject",
+            "session",
+            "map_uri",
+            "flagged",
         ):
-            print(f"{k:>14}: {row[k]}")
+            if k in row:
+                print(f"{k:>14}: {row[k]}")
         for p in store.patches_of(row["result_id"], args.patches):
             print(
                 f"  #{p['rank']} slice {p['slice_index']} rows {p['y0']}:{p['y1']} cols {p['x0']}:{p['x1']} "

@@ -17,49 +17,84 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--top", type=int, default=3, help="patches to list per scan (default 3)")
     p.add_argument("--json", dest="json_out", help="also write all results to this JSON file")
+    p.add_argument(
+        "--maps", metavar="DIR", help="write each volume's anomaly map as DIR/<scan_id>.nii.gz on the input's grid"
+    )
+    p.add_argument(
+        "--modality",
+        help="score only scans of this modality (default: the one the checkpoint was trained on, e.g. flair)",
+    )
+    p.add_argument(
+        "--modality-pattern",
+        help="regular expression a DICOM series' SeriesDescription/ProtocolName must match (default per modality)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from patchrank.model.checkpoint import load_checkpoint
-    from patchrank.pipeline.data.loaders import ScanError, load_scan
-    from patchrank.pipeline.data.preprocess import as_config, preprocess_scan
+    from patchrank.pipeline.data.bids import entities
+    from patchrank.pipeline.data.dicom import SeriesRef, series_scan_id
+    from patchrank.pipeline.data.geometry import canonical_to_native, write_map
+    from patchrank.pipeline.data.loaders import ScanError
+    from patchrank.pipeline.data.modality import model_modality, select
+    from patchrank.pipeline.data.preprocess import as_config, load_prepared
+    from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.scan_scoring import score_prepared
+    from patchrank.pipeline.service.messages import scan_id_for
 
     model = load_checkpoint(args.checkpoint)
+    threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
     files, skipped = walk_scans(args.paths)
+    modality = args.modality or model_modality(model.meta)
+    files, other = select(files, modality, args.modality_pattern)
+    skipped += other
     results = []
-    for path in tqdm(files, desc="scoring", unit="scan"):
+    for path in tqdm(files, desc="scoring", unit="scan", disable=None):  # a bar on a terminal only
+        series = isinstance(path, SeriesRef)
+        scan_id = series_scan_id(path) if series else scan_id_for(path)
+        where = {
+            **entities(path.folder if series else path),
+            "scan_id": scan_id,
+            "uri": str(path.folder if series else path),
+            "series_uid": path.uid if series else None,
+        }
         try:
-            prep = preprocess_scan(load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels), pre)
-            s = score_prepared(model, prep, top_n=args.top)
+            prep = load_prepared(path, pre)
+            s = score_prepared(model, prep, top_n=args.top, keep_maps=bool(args.maps))
+            if args.maps and "map_volume" in s.extras:
+                where["map"] = str(Path(args.maps) / f"{scan_id}.nii.gz")
+                write_map(where["map"], canonical_to_native(s.extras["map_volume"], prep.geometry), prep.geometry)
             results.append(
                 {
-                    "uri": str(path),
+                    **where,
                     "status": "ok",
                     "scan_score": s.scan_score,
+                    "flagged": operating_point.flagged(s.scan_score, threshold),
                     "top_patches": [p.__dict__ for p in s.patches],
                 }
             )
         except ScanError as exc:
-            results.append(
-                {"uri": str(path), "status": "failed", "error": str(exc), "scan_score": None, "top_patches": []}
-            )
+            results.append({**where, "status": "failed", "error": str(exc), "scan_score": None, "top_patches": []})
     ok = sorted((r for r in results if r["status"] == "ok"), key=lambda r: -r["scan_score"])
     print(f"{'rank':>4}  {'score':>8}  scan  [top patches: slice (row,col) score]")
     for i, r in enumerate(ok, 1):
         tops = ", ".join(f"s{p['slice_index']} ({p['row']},{p['col']}) {p['score']:.2f}" for p in r["top_patches"])
-        print(f"{i:>4}  {r['scan_score']:8.3f}  {Path(r['uri']).name}  [{tops}]")
+        flag = "  FLAGGED" if r["flagged"] else ""
+        print(f"{i:>4}  {r['scan_score']:8.3f}  {Path(r['uri']).name}  [{tops}]{flag}")
     for r in results:
         if r["status"] == "failed":
             print(f"FAILED  {r['uri']}: {r['error']}")
     aux = [p for p, why in skipped if why.startswith("label/mask")]
+    others = [(p, why) for p, why in skipped if why.startswith(("modality", "DICOM series description"))]
     for path, why in skipped:
-        if not why.startswith("label/mask"):
+        if not why.startswith("label/mask") and (path, why) not in others:
             print(f"skipped {path}: {why}")
     if aux:
         print(f"skipped {len(aux)} label/mask files (not scans)")
+    if others:
+        print(f"skipped {len(others)} scans of another modality than {modality}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"model_version": model.model_version, "results": results}, indent=2))
     return 0

@@ -48,6 +48,7 @@ def app_args(args: argparse.Namespace, *, redis_url: str, checkpoint: str, out: 
         max_inflight_scans=args.inflight,
         device="cuda" if args.scorer_gpus > 0 else "cpu",
         torch_threads=threads,
+        write_maps=bool(getattr(args, "maps", False)),
     )
     n = args.scorer_replicas
     scorer = Placement(num_cpus=0.5, num_gpus=args.scorer_gpus, min_replicas=n, max_replicas=n)
@@ -63,6 +64,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="Parquet result dataset directory (created; appended to)")
     p.add_argument("--top", type=int, default=10, help="scans to list in the summary")
+    p.add_argument(
+        "--maps", action="store_true", help="write each volume's anomaly map as OUT/maps/<scan_id>.nii.gz (input grid)"
+    )
+    p.add_argument(
+        "--modality",
+        help="score only scans of this modality (default: the one the checkpoint was trained on, e.g. flair)",
+    )
+    p.add_argument(
+        "--modality-pattern",
+        help="regular expression a DICOM series' SeriesDescription/ProtocolName must match (default per modality)",
+    )
     p.add_argument(
         "--timeout", type=float, default=6 * 3600, help="give up if the stream is not drained after this many seconds"
     )
@@ -85,11 +97,15 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.data.modality import model_modality
+
+    modality = args.modality or model_modality(load_checkpoint(args.checkpoint).meta)
     embedded = "private redis-server" if args.redis_url is None else "existing Redis"
     print(f"screen: {embedded}, {'Ray at ' + args.address if args.address else 'local Ray'}")
     with services(args.redis_url, args.address, args.num_cpus) as url:
         app = app_args(args, redis_url=url, checkpoint=args.checkpoint, out=args.out, roots=allowed_roots(args.paths))
-        res = screen(args.paths, app, timeout_s=args.timeout)
+        res = screen(args.paths, app, timeout_s=args.timeout, modality=modality, pattern=args.modality_pattern)
     print(f"scored {res.queued} scans in {res.seconds:.1f}s with model {res.model_version}; results in {res.out}")
     if res.skipped:
         from collections import Counter

@@ -120,6 +120,8 @@ def fit(
     """Train on the normal slices of `data` (in-process, or Ray Train with `workers` > 0) -> model_version."""
     from patchrank.pipeline.training.local import fit_local, prepare_data, prepare_labelled
 
+    if cfg.modality is None:  # recorded in the checkpoint: score/screen keep only scans of this modality
+        cfg = cfg.model_copy(update={"modality": "rgb" if cfg.preprocess.channels == 3 else modality})
     train, val = prepare_data(data, cfg, modality, show=show)
     labelled = prepare_labelled(val_data, cfg, modality, show=show) if val_data else None
     print(

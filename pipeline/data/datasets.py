@@ -44,6 +44,7 @@ class Record:
     labels_path: str | None = None
     mask_path: str | None = None
     extra_paths: list[str] = field(default_factory=list)
+    session: str | None = None  # BIDS ses-<label>, when known
 
 
 def _find(case: Path, tokens: tuple[str, ...]) -> Path | None:

@@ -3,6 +3,7 @@
 Dispatch (first match wins):
   * a .csv file: a manifest (header with `path`) or an ISIC ground-truth CSV;
   * a folder with `labels.csv` or an ISIC `*GroundTruth*.csv`: ISIC-style;
+  * a BIDS root (sub-*/[ses-*/]anat/*_<suffix>.nii[.gz]): the images of the modality (pipeline.data.bids);
   * a folder of case folders holding NIfTI files: BraTS-style (2015-2023 namings, phantoms);
   * any other folder with scans below it: a plain folder of normal images / volumes.
 """
@@ -36,6 +37,10 @@ def discover(path: str | Path, modality: str = "flair") -> list[Record]:
     labels = find_label_csv(path)
     if labels is not None:
         return read_isic_csv(labels)
+    from patchrank.pipeline.data.bids import discover_bids, is_bids
+
+    if is_bids(path):
+        return discover_bids(path, modality)
     if _has_cases(path):
         return discover_brats(path, modality)
     return discover_plain(path)

@@ -15,9 +15,13 @@ def is_auxiliary(path: Path) -> bool:
     return any(tok in path.name for tok in AUXILIARY_TOKENS)
 
 
-def walk_scans(paths: list[str | Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """-> (scan files sorted, [(path, reason skipped)]). Folders are walked recursively."""
-    files: list[Path] = []
+def walk_scans(paths: list[str | Path]) -> tuple[list, list[tuple[Path, str]]]:
+    """-> (scans sorted: files, and one `dicom.SeriesRef` per DICOM series; [(path, reason skipped)]).
+    Folders are walked recursively; DICOM files (any names) are grouped by SeriesInstanceUID."""
+    from patchrank.pipeline.data.dicom import group_series, is_dicom_file
+
+    files: list = []
+    dicom: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for raw in paths:
         p = Path(raw)
@@ -29,9 +33,13 @@ def walk_scans(paths: list[str | Path]) -> tuple[list[Path], list[tuple[Path, st
             if q.name.startswith("."):
                 continue
             if not q.name.lower().endswith(SCAN_SUFFIXES):
-                skipped.append((q, "unsupported file type"))
+                if is_dicom_file(q):
+                    dicom.append(q)
+                else:
+                    skipped.append((q, "unsupported file type"))
             elif is_auxiliary(q):
                 skipped.append((q, "label/mask file, not a scan"))
             else:
                 files.append(q)
-    return sorted(set(files)), skipped
+    series, skip = group_series(sorted(set(dicom)))
+    return sorted(set(files), key=str) + series, skipped + skip

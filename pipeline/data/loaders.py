@@ -32,6 +32,7 @@ class Scan:
     kind: str
     foreground: np.ndarray | None = None
     labels: np.ndarray | None = None  # (H, W, S) int, > 0 = abnormal, when known
+    geometry: object | None = None  # volumes: geometry.Geometry (canonical voxel -> file voxel / RAS mm)
 
 
 def scan_kind(path: str | Path) -> str:
@@ -41,6 +42,13 @@ def scan_kind(path: str | Path) -> str:
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
     raise ScanError(f"unsupported file type: {Path(path).name} (expected .nii, .nii.gz, .png, .jpg)")
+
+
+def scan_kind_or_none(path: str | Path) -> str | None:
+    try:
+        return scan_kind(path)
+    except ScanError:
+        return None
 
 
 def _check_file(path: Path) -> None:
@@ -134,8 +142,15 @@ def load_scan(
     label_path: str | Path | None = None,
     extra_channel_paths: list[str | Path] | None = None,
     max_voxels: int | None = None,
+    series_uid: str | None = None,
 ) -> Scan:
-    """Load one scan (plus optional brain mask, label map, extra modalities) as a `Scan`."""
+    """Load one scan (plus optional brain mask, label map, extra modalities) as a `Scan`. A DICOM series is
+    a `dicom.SeriesRef`, or a folder (+ its SeriesInstanceUID when the folder holds several)."""
+    folder = isinstance(path, str | Path) and Path(path).is_dir()
+    if series_uid is not None or not isinstance(path, str | Path) or (folder and scan_kind_or_none(path) is None):
+        from patchrank.pipeline.data.dicom import load_series_scan
+
+        return load_series_scan(path, series_uid, channels=channels, max_voxels=max_voxels)
     kind = scan_kind(path)
     if kind == "image":
         arr = load_image(path, channels=channels)
@@ -164,4 +179,14 @@ def load_scan(
         if lab.shape != shape:
             raise ScanError(f"{Path(label_path).name}: label shape {lab.shape} differs from image shape {shape}")
         labels = np.rint(lab).astype(np.int16)
-    return Scan(np.stack(vols), "volume", fg, labels)
+    return Scan(np.stack(vols), "volume", fg, labels, _file_geometry(path))
+
+
+def _file_geometry(path: str | Path):
+    """The file's own affine and grid (header only), for coordinates in the input's voxels and world mm."""
+    import nibabel as nib
+
+    from patchrank.pipeline.data.geometry import Geometry
+
+    img = nib.load(str(path))
+    return Geometry.of(img.affine, img.shape)

@@ -43,6 +43,7 @@ class Prepared:
     lesion_voxels: np.ndarray | None = None  # (S,) abnormal voxels per slice (native)
     area_fraction: np.ndarray | None = None  # (S,) foreground area / largest slice's
     position: np.ndarray | None = None  # (S,) relative axial level in [0, 1] (NaN for 2D images)
+    geometry: object | None = None  # volumes: the input's geometry.Geometry (file voxels, world mm)
 
 
 def as_config(cfg: PreprocessConfig | dict) -> PreprocessConfig:
@@ -124,8 +125,9 @@ def preprocess_scan(scan: Scan, cfg: PreprocessConfig | dict, *, all_slices: boo
         lab = scan.labels[..., keep].transpose(2, 0, 1) > 0  # (S, H0, W0)
         labels, lesions = lab, lab.reshape(len(keep), -1).sum(1)
     return Prepared(
-        images.astype(np.float32), foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position
-    )
+        images.astype(np.float32), foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position,
+        scan.geometry,
+    )  # fmt: skip
 
 
 def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
@@ -138,8 +140,10 @@ def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
     return t[:, top : top + h0, left : left + w0].numpy()
 
 
-def load_prepared(path, preprocess: PreprocessConfig | dict) -> Prepared:
-    """A scan file -> model-ready slices, with a checkpoint's preprocessing recipe (the one loading path
-    of `patchrank score`, the Python API and the service)."""
+def load_prepared(path, preprocess: PreprocessConfig | dict, series_uid: str | None = None) -> Prepared:
+    """A scan file or DICOM series (a `dicom.SeriesRef`, or a folder + SeriesInstanceUID) -> model-ready
+    slices, with a checkpoint's preprocessing recipe (the one loading path of `patchrank score`, the Python
+    API and the service)."""
     pre = as_config(preprocess)
-    return preprocess_scan(load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels), pre)
+    scan = load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels, series_uid=series_uid)
+    return preprocess_scan(scan, pre)

@@ -46,6 +46,7 @@ class EvalResult:
     scores: np.ndarray  # (N,) higher = more abnormal
     maps: np.ndarray | None  # (N, H, W) per-pixel anomaly maps at model resolution
     patches: np.ndarray | None = None  # (N, h, w) patch scores, -inf where not valid
+    scan_score: float | None = None  # scan-level scorers: the scan's score (model.scoring.score_scan)
 
 
 class Scorer(Protocol):
@@ -92,7 +93,8 @@ class PatchRankScorer:
 
         maps = None if full.maps is None else torch.from_numpy(full.maps)
         scan = finish_scan(torch.from_numpy(np.asarray(full.scores, dtype=np.float32)), prep, self.model.scoring, maps)
-        return EvalResult(scan.slice_scores.numpy(), None if maps is None else scan.maps.numpy(), full.patches)
+        maps = None if maps is None else scan.maps.numpy()
+        return EvalResult(scan.slice_scores.numpy(), maps, full.patches, float(scan.scan_score))
 
 
 @dataclass
@@ -149,6 +151,7 @@ def evaluate_scorer(scorer: Scorer, scans: list[EvalScan], *, max_pixels: int = 
         k: [] for k in ("scores", "labels", "small", "images", "maps", "patches", "pix_s", "pix_y")
     }
     gt, shapes, names = [], [], []
+    data_scans: list[tuple[float, int, str]] = []
     for t in scans:
         keep = np.flatnonzero(t.labels >= 0)
         if keep.size == 0:
@@ -158,6 +161,8 @@ def evaluate_scorer(scorer: Scorer, scans: list[EvalScan], *, max_pixels: int = 
             res = scorer.score(p.images[keep], p.foreground[keep], None if p.position is None else p.position[keep])
         else:  # scan-level steps need every slice of the scan (unlabelled ones are neighbours too)
             full = scorer.finish_scan(scorer.score(p.images, p.foreground, p.position), p)
+            if full.scan_score is not None:  # a scan is abnormal when any of its labelled slices is
+                data_scans.append((full.scan_score, int((t.labels[keep] == 1).any()), t.record.subject))
             res = EvalResult(
                 full.scores[keep],
                 None if full.maps is None else full.maps[keep],
@@ -190,6 +195,9 @@ def evaluate_scorer(scorer: Scorer, scans: list[EvalScan], *, max_pixels: int = 
             idx = np.random.default_rng(seed).choice(s.size, max_pixels, replace=False)
             s, y = s[idx], y[idx]
         data.pix_scores, data.pix_labels = s, y.astype(np.int64)
+    if data_scans:
+        data.extra["scan_scores"] = np.array([s for s, _, _ in data_scans], dtype=np.float64)
+        data.extra["scan_labels"] = np.array([y for _, y, _ in data_scans], dtype=np.int64)
     return data
 
 
@@ -202,6 +210,10 @@ def report(data: EvalData) -> dict:
         "image_auroc": metrics.safe(metrics.auroc, y, s),
         "image_auprc": metrics.safe(metrics.auprc, y, s),
     }
+    if "scan_scores" in data.extra:
+        ys, ss = data.extra["scan_labels"], data.extra["scan_scores"]
+        out.update(n_normal_scans=int((ys == 0).sum()), n_abnormal_scans=int((ys == 1).sum()))
+        out["scan_auroc"] = metrics.safe(metrics.auroc, ys, ss)
     has_masks = any(g is not None for g in data.gt)
     if has_masks:
         sel = (y == 0) | data.small

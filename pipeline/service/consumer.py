@@ -33,9 +33,11 @@ import numpy as np
 import redis
 
 from patchrank.model.config import ScoringConfig
+from patchrank.pipeline.data.bids import entities
 from patchrank.pipeline.data.loaders import ScanError
 from patchrank.pipeline.data.preprocess import load_prepared
-from patchrank.pipeline.scan_scoring import finish_scan, rank_patches
+from patchrank.pipeline.evaluation import operating_point
+from patchrank.pipeline.scan_scoring import finish_scan, rank_patches, write_scan_map
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
 from patchrank.pipeline.service.settings import ServiceConfig
 from patchrank.pipeline.service.sink import ParquetSink
@@ -92,6 +94,7 @@ class StreamConsumer:
         self.scoring = ScoringConfig.from_dict(info.scoring)
         self.roots = cfg.resolved_roots()
         self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version)
+        self.threshold = operating_point.load(cfg.checkpoint, info.model_version)  # None: rows get flagged=None
         self.stats = {
             k: 0 for k in ("read", "claimed", "ok", "failed", "dead", "duplicate", "infra_errors", "acked", "parts")
         }
@@ -205,7 +208,7 @@ class StreamConsumer:
     async def _score(self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float) -> _Result:
         try:
             path = check_uri(msg.uri, self.roots)
-            prep = await asyncio.to_thread(load_prepared, path, self.info.preprocess)
+            prep = await asyncio.to_thread(load_prepared, path, self.info.preprocess, msg.series_uid)
         except ScanError as exc:
             log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
             return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
@@ -216,8 +219,13 @@ class StreamConsumer:
         ]
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
         out = merge_chunks(list(parts))
-        score = finish_scan(out.image_scores, prep, self.scoring).scan_score
-        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches)
+        scan_scores = finish_scan(out.image_scores, prep, self.scoring, out.pixel_map if self.cfg.write_maps else None)
+        score = scan_scores.scan_score
+        map_uri = None
+        if self.cfg.write_maps and prep.geometry is not None:
+            map_uri = f"maps/{msg.scan_id}.nii.gz"
+            await asyncio.to_thread(write_scan_map, Path(self.cfg.output_dir) / map_uri, prep, scan_scores.maps)
+        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches, prep.geometry)
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [
             TopPatch(
@@ -237,6 +245,10 @@ class StreamConsumer:
             result_id=rid,
             scan_id=msg.scan_id,
             uri=msg.uri,
+            series_uid=msg.series_uid,
+            **entities(msg.uri),
+            map_uri=map_uri,
+            flagged=operating_point.flagged(float(score), self.threshold),
             status="ok",
             n_slices=n,
             scan_score=float(score) if np.isfinite(score) else None,
@@ -263,6 +275,7 @@ class StreamConsumer:
                 rank=h.rank,
                 rec=h.rec,
                 disc=h.disc,
+                **{c: getattr(h, c) for c in ("i", "j", "k", "ras_x_mm", "ras_y_mm", "ras_z_mm")},
                 model_version=mv,
                 stream_id=entry_id,
                 scored_at=now,
@@ -279,6 +292,8 @@ class StreamConsumer:
             result_id=uuid.uuid4().hex,
             scan_id=msg.scan_id,
             uri=msg.uri,
+            series_uid=msg.series_uid,
+            **entities(msg.uri),
             status="failed",
             error=error[:1000],
             latency_s=time.monotonic() - t0,

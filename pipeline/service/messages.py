@@ -34,6 +34,9 @@ class ScanMessage(BaseModel):
     schema_version: Literal[1] = SCHEMA_VERSION
     scan_id: str = Field(pattern=r"^[0-9a-f]{16,64}$", description="stable id: see scan_id_for")
     uri: str = Field(min_length=1, max_length=MAX_URI_CHARS, description="absolute local path of the scan file")
+    series_uid: str | None = Field(
+        None, max_length=64, pattern=r"^[0-9][0-9.]*$", description="DICOM SeriesInstanceUID; uri is then its folder"
+    )
     modality: str | None = Field(None, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")
     submitted_at: float = Field(ge=0, description="unix seconds when enqueued")
 
@@ -67,6 +70,14 @@ def scan_id_for(path: str | Path) -> str:
     return h.hexdigest()[:32]
 
 
-def message_for(path: str | Path, modality: str | None = None) -> ScanMessage:
+def message_for(path, modality: str | None = None) -> ScanMessage:
+    """A message for a scan file, or for a DICOM series (a `dicom.SeriesRef`: its folder + SeriesInstanceUID)."""
+    from patchrank.pipeline.data.dicom import SeriesRef, series_scan_id
+
+    if isinstance(path, SeriesRef):
+        uri = str(path.folder.resolve())
+        return ScanMessage(
+            scan_id=series_scan_id(path), uri=uri, series_uid=path.uid, modality=modality, submitted_at=time.time()
+        )
     p = Path(path).resolve()
     return ScanMessage(scan_id=scan_id_for(p), uri=str(p), modality=modality, submitted_at=time.time())

@@ -109,7 +109,7 @@ def wait_drained(
     """Block until every entry of the stream is acknowledged (lag + pending == 0)."""
     b = client.backlog()
     total = b.total
-    bar = tqdm(total=total, desc="scoring", unit="scan", disable=not show)
+    bar = tqdm(total=total, desc="scoring", unit="scan", disable=None if show else True)  # None: TTY only
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     try:
         while b.total > 0:
@@ -136,7 +136,14 @@ class ScreenResult:
 
 
 def screen(
-    paths: list[str | Path], app: AppArgs, *, timeout_s: float | None = None, show: bool = True, keep_app: bool = False
+    paths: list[str | Path],
+    app: AppArgs,
+    *,
+    timeout_s: float | None = None,
+    show: bool = True,
+    keep_app: bool = False,
+    modality: str | None = None,
+    pattern: str | None = None,
 ) -> ScreenResult:
     """Enqueue `paths` and score them through the Serve app described by `app`.
 
@@ -151,7 +158,7 @@ def screen(
         client.ensure_group()
         deploy(app)
         info = scorer_info()
-        report = enqueue_paths(client, paths, show=show)
+        report = enqueue_paths(client, paths, modality=modality, pattern=pattern, show=show)
         wait_drained(client, timeout_s=timeout_s, show=show)
     finally:
         client.close()

@@ -52,6 +52,7 @@ class ServiceConfig(BaseModel):
     flush_scans: int = Field(16, ge=1, description="write a Parquet part once this many results are buffered")
     flush_interval_s: float = Field(1.0, gt=0, description="... or once the oldest buffered result is this old")
     top_patches: int = Field(20, ge=1, le=1000, description="patches stored per scan in the patches table")
+    write_maps: bool = Field(False, description="write each volume's anomaly map as <output_dir>/maps/<scan_id>.nii.gz")
     # Scorer
     max_batch_size: int = Field(32, ge=1, le=4096, description="@serve.batch max slices per forward")
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=10)

@@ -1,7 +1,10 @@
 """Parquet sink: result rows -> atomic part files in a partitioned dataset.
 
-Layout: <root>/<table>/model_version=<v>/date=<YYYY-MM-DD>/part-<time>-<uuid>.parquet
-for table in (scans, patches). A part is written under a hidden temporary name in the
+Layout: <root>/<table>/<model_version>/<YYYY-MM-DD>/part-<time>-<uuid>.parquet
+for table in (scans, patches). The folder names are plain (not hive `key=value`), so pandas.read_parquet,
+pyarrow.dataset, polars and DuckDB read <root>/<table> as it is: model_version is a column of every file,
+never also a partition key (datasets written before, with `model_version=<v>/date=<d>` folders, are still read
+here). A part is written under a hidden temporary name in the
 same folder, fsynced and renamed into place, so a reader never sees a half-written
 file. Patches are written before scans: a scan row is the commit marker of a result,
 and patch rows whose scan row never landed are ignored by readers (pipeline/query.py).
@@ -61,7 +64,7 @@ def write_part(folder: Path, table: pa.Table) -> Path:
 def part_files(root: str | Path, table: str) -> list[Path]:
     base = Path(root) / table
     return (
-        sorted(p for p in base.glob("model_version=*/date=*/*.parquet") if not p.name.startswith("."))
+        sorted(p for p in base.glob("*/*/*.parquet") if not p.name.startswith("."))
         if base.is_dir()
         else []
     )
@@ -71,7 +74,7 @@ def written_keys(root: str | Path, model_version: str | None = None) -> set[tupl
     """(scan_id, model_version) of every scan row already in the dataset."""
     keys: set[tuple[str, str]] = set()
     for p in part_files(root, "scans"):
-        if model_version is not None and p.parent.parent.name != f"model_version={model_version}":
+        if model_version is not None and p.parent.parent.name not in (model_version, f"model_version={model_version}"):
             continue
         t = pq.read_table(p, columns=["scan_id", "model_version"])
         keys.update(zip(t.column("scan_id").to_pylist(), t.column("model_version").to_pylist()))
@@ -104,7 +107,7 @@ class ParquetSink:
             for r in rows:
                 groups[(r.model_version, r.scored_at.strftime("%Y-%m-%d"))].append(r)
             for (version, date), part in sorted(groups.items()):
-                folder = self.root / table / f"model_version={version}" / f"date={date}"
+                folder = self.root / table / version / date
                 written.append(write_part(folder, to_arrow(table, part)))
         self.seen.update((s.scan_id, s.model_version) for s in fresh)
         log.debug("wrote %d scan results, %d patch rows in %d parts", len(fresh), len(patches), len(written))

@@ -15,7 +15,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: patch centres (i, j, k, ras_*_mm), scans.series_uid / subject / session / map_uri / flagged
 TABLES = ("scans", "patches")
 
 
@@ -39,6 +39,11 @@ class ScanRow(_Row):
     result_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     scan_id: str = Field(min_length=1, max_length=64)
     uri: str = Field(max_length=4096)
+    series_uid: str | None = Field(None, max_length=64, description="DICOM SeriesInstanceUID when uri is its folder")
+    subject: str | None = Field(None, max_length=128, description="BIDS sub-<label> from the file name")
+    session: str | None = Field(None, max_length=128, description="BIDS ses-<label> from the file name")
+    map_uri: str | None = Field(None, max_length=256, description="anomaly map NIfTI, relative to the dataset root")
+    flagged: bool | None = Field(None, description="scan_score >= the model's operating point (None: none fitted)")
     status: Literal["ok", "failed"]
     error: str | None = Field(None, max_length=1000)
     n_slices: int = Field(0, ge=0)
@@ -67,6 +72,12 @@ class PatchRow(_Row):
     rank: int = Field(ge=1)
     rec: float
     disc: float
+    i: float | None = Field(None, description="box centre in the input file's own voxel indices (data.geometry)")
+    j: float | None = None
+    k: float | None = None
+    ras_x_mm: float | None = Field(None, description="box centre in world mm, RAS+ (volumes only)")
+    ras_y_mm: float | None = None
+    ras_z_mm: float | None = None
     model_version: str = Field(min_length=1, max_length=64)
     stream_id: str = Field(max_length=64)
     scored_at: datetime
@@ -88,6 +99,11 @@ SCANS_SCHEMA = pa.schema(
         ("result_id", pa.string()),
         ("scan_id", pa.string()),
         ("uri", pa.string()),
+        ("series_uid", pa.string()),
+        ("subject", pa.string()),
+        ("session", pa.string()),
+        ("map_uri", pa.string()),
+        ("flagged", pa.bool_()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("n_slices", pa.int32()),
@@ -119,6 +135,12 @@ PATCHES_SCHEMA = pa.schema(
         ("rank", pa.int32()),
         ("rec", pa.float64()),
         ("disc", pa.float64()),
+        ("i", pa.float64()),
+        ("j", pa.float64()),
+        ("k", pa.float64()),
+        ("ras_x_mm", pa.float64()),
+        ("ras_y_mm", pa.float64()),
+        ("ras_z_mm", pa.float64()),
         ("model_version", pa.string()),
         ("stream_id", pa.string()),
         ("scored_at", _TS),

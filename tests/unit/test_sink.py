@@ -82,8 +82,8 @@ def test_parts_are_partitioned_atomic_and_versioned(tmp_path):
     s2, p2 = _result("b" * 16, None, status="failed")
     written = sink.write([s1, s2], p1 + p2)
     assert {p.parent.relative_to(tmp_path).as_posix() for p in written} == {
-        "patches/model_version=v1/date=2026-01-02",
-        "scans/model_version=v1/date=2026-01-02",
+        "patches/v1/2026-01-02",
+        "scans/v1/2026-01-02",
     }
     assert not list(tmp_path.rglob(".*.tmp")), "no temporary files left behind"
     scans = pq.read_table(part_files(tmp_path, "scans")[0])

@@ -1,0 +1,50 @@
+"""The operating point: threshold at a false-positive rate on normal scans, stored beside the checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from patchrank.pipeline.evaluation import operating_point as op
+
+
+def test_threshold_at_five_percent_fpr_known_answer():
+    normal = np.arange(40, dtype=float)  # 0..39: 5 % of 40 = 2 normals may be flagged -> threshold 38
+    abnormal = np.array([37.5, 38.0, 50.0, 60.0])
+    p = op.fit_threshold(np.r_[normal, abnormal], np.r_[np.zeros(40), np.ones(4)], fpr=0.05)
+    assert p["threshold"] == 38.0 and p["fpr"] == 0.05 and p["tpr"] == 0.75
+    strict = op.fit_threshold(normal, np.zeros(40), fpr=0.0)
+    assert strict["threshold"] > 39.0 and strict["fpr"] == 0.0 and strict["tpr"] is None
+    with pytest.raises(ValueError):
+        op.fit_threshold(abnormal, np.ones(4))
+
+
+def test_sidecar_is_keyed_by_model_version(tmp_path):
+    ckpt = tmp_path / "m.pt"
+    op.save(ckpt, "v1", {"threshold": 1.5})
+    assert op.load(ckpt, "v1") == 1.5 and op.load(ckpt, "v2") is None
+    op.sidecar(ckpt).write_text("not json")
+    assert op.load(ckpt, "v1") is None
+    assert op.flagged(2.0, 1.5) is True and op.flagged(1.0, 1.5) is False
+    assert op.flagged(2.0, None) is None and op.flagged(float("nan"), 1.5) is None
+
+
+def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, phantom_dir, tmp_path, capsys):
+    import shutil
+
+    from patchrank.pipeline.cli import main
+
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(phantom_dir), "--out", str(tmp_path / "ev")]
+    assert main([*args, "--quiet"]) == 0
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["n_normal_scans"] == 4 and rep["n_abnormal_scans"] == 4 and 0.0 <= rep["scan_auroc"] <= 1.0
+    point = json.loads(op.sidecar(ckpt).read_text())
+    assert point["threshold"] == rep["operating_point"]["threshold"] and point["fpr"] <= 0.05
+    out = tmp_path / "s.json"
+    assert main(["score", str(phantom_dir), "--checkpoint", str(ckpt), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["flagged"] for r in rows] == [r["scan_score"] >= point["threshold"] for r in rows]
