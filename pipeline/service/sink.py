@@ -63,11 +63,7 @@ def write_part(folder: Path, table: pa.Table) -> Path:
 
 def part_files(root: str | Path, table: str) -> list[Path]:
     base = Path(root) / table
-    return (
-        sorted(p for p in base.glob("*/*/*.parquet") if not p.name.startswith("."))
-        if base.is_dir()
-        else []
-    )
+    return sorted(p for p in base.glob("*/*/*.parquet") if not p.name.startswith(".")) if base.is_dir() else []
 
 
 def written_keys(root: str | Path, model_version: str | None = None) -> set[tuple[str, str]]:
