@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from patchrank.pipeline.data.files import walk_scans
+from patchrank.pipeline.data.files import walk_s3, walk_scans
 
 
 @dataclass
@@ -25,11 +25,16 @@ class EnqueueReport:
         return "\n".join(lines)
 
 
-def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Folders are walked for scan files; a file named explicitly is always queued, so an
-    unsupported or broken file becomes a `failed` result instead of vanishing."""
+def collect(paths: list[str | Path], endpoint: str | None = None) -> tuple[list, list[tuple[str, str]]]:
+    """Folders (and s3:// prefixes) are walked for scan files; a file named explicitly is always
+    queued, so an unsupported or broken file becomes a `failed` result instead of vanishing."""
     files, skipped = [], []
     for raw in paths:
+        if isinstance(raw, str) and raw.startswith("s3://"):
+            found, skip = walk_s3(raw, endpoint)
+            files.extend(found)
+            skipped.extend(skip)
+            continue
         p = Path(raw)
         if p.is_file():
             files.append(p)
@@ -43,12 +48,18 @@ def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]
 
 
 def enqueue_paths(
-    client, paths: list[str | Path], *, modality: str | None = None, show: bool = True, batch: int = 256
+    client,
+    paths: list[str | Path],
+    *,
+    modality: str | None = None,
+    show: bool = True,
+    batch: int = 256,
+    endpoint: str | None = None,
 ) -> EnqueueReport:
     """Walk paths, validate one ScanMessage per file, XADD them (pipelined, in batches)."""
     from patchrank.pipeline.service.messages import message_for
 
-    files, skipped = collect(paths)
+    files, skipped = collect(paths, endpoint)
     report = EnqueueReport(skipped=skipped)
     client.ensure_group()
     seen: set[str] = set()
@@ -56,7 +67,7 @@ def enqueue_paths(
     bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=not show)
     for f in files:
         try:
-            msg = message_for(f, modality)
+            msg = message_for(f, modality, endpoint)
         except (OSError, ValueError) as exc:
             report.skipped.append((str(f), f"cannot stat/describe file ({exc.__class__.__name__})"))
             bar.update(1)
@@ -80,7 +91,11 @@ def enqueue_paths(
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enqueue", help="queue scan files on the Redis stream for the scoring service")
-    p.add_argument("paths", nargs="+", help="scan files or folders (.nii, .nii.gz, .png, .jpg); folders are walked")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        help="scan files or folders (.nii, .nii.gz, .png, .jpg), local or s3://bucket/prefix; folders are walked",
+    )
     p.add_argument(
         "--redis-url",
         default=os.environ.get("PATCHRANK_REDIS_URL"),
@@ -88,6 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
     p.add_argument("--modality", help="modality tag stored in each message (e.g. flair)")
+    p.add_argument(
+        "--s3-endpoint", default=None, help="S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)"
+    )
     p.set_defaults(func=run)
 
 
@@ -103,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     ).redis_kwargs()
     client = StreamClient.from_url(args.redis_url, StreamKeys(args.namespace), **kw)
     try:
-        report = enqueue_paths(client, args.paths, modality=args.modality)
+        report = enqueue_paths(client, args.paths, modality=args.modality, endpoint=args.s3_endpoint)
     finally:
         client.close()
     print(f"{redact_url(args.redis_url)} stream {StreamKeys(args.namespace).stream}")

@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,11 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import redis
 
 from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.loaders import ScanError
-from patchrank.pipeline.data.preprocess import load_prepared
+from patchrank.pipeline.data.preprocess import Prepared, load_prepared
+from patchrank.pipeline.data.storage import S3Uri, fetch, is_s3, stat, under_root
 from patchrank.pipeline.scan_scoring import finish_scan, rank_patches
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
 from patchrank.pipeline.service.settings import ServiceConfig
@@ -47,19 +50,41 @@ log = logging.getLogger(__name__)
 ScoreChunk = Callable[[SliceChunk], Awaitable[ChunkResult]]
 
 
-def check_uri(uri: str, roots: list[Path]) -> Path:
-    """The scan path, resolved (symlinks and '..' followed), if it lies under an allowed root."""
+def check_uri(uri: str, roots: list[Path | str]) -> Path | str:
+    """The scan's location if it lies under an allowed root: a local path resolved (symlinks and
+    '..' followed), or an s3:// URI whose bucket and key prefix match an s3:// root."""
     if "\x00" in uri:
         raise ScanError("invalid path (NUL byte)")
+    if is_s3(uri):
+        try:
+            u = S3Uri.parse(uri)
+        except ValueError as exc:
+            raise ScanError(str(exc)) from None
+        if not roots:
+            raise ScanError("no allowed input roots are configured; refusing to read any file")
+        if not any(is_s3(r) and under_root(str(u), r) for r in roots):
+            raise ScanError(f"{u.name}: object is outside the allowed input roots")
+        return str(u)
     p = Path(uri)
     if not p.is_absolute():
         raise ScanError("path must be absolute")
     if not roots:
         raise ScanError("no allowed input roots are configured; refusing to read any file")
     real = p.resolve()
-    if not any(real == r or real.is_relative_to(r) for r in roots):
+    if not any(isinstance(r, Path) and (real == r or real.is_relative_to(r)) for r in roots):
         raise ScanError(f"{p.name}: path is outside the allowed input roots")
     return real
+
+
+def load_uri(path: Path | str, preprocess: dict, endpoint: str | None = None) -> Prepared:
+    """load_prepared for a checked location; an s3:// object is first copied to a private temp folder."""
+    if not is_s3(path):
+        return load_prepared(path, preprocess)
+    info = stat(str(path), endpoint)  # connection errors propagate: infrastructure, retried
+    if info.type != pafs.FileType.File:
+        raise ScanError(f"{S3Uri.parse(str(path)).name}: object not found")
+    with tempfile.TemporaryDirectory(prefix="patchrank-scan-") as tmp:
+        return load_prepared(fetch(str(path), tmp, endpoint, info.size), preprocess)
 
 
 def consumer_name() -> str:
@@ -91,7 +116,7 @@ class StreamConsumer:
         self.name = name or consumer_name()
         self.scoring = ScoringConfig.from_dict(info.scoring)
         self.roots = cfg.resolved_roots()
-        self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version)
+        self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version, endpoint=cfg.s3_endpoint_url)
         self.stats = {
             k: 0 for k in ("read", "claimed", "ok", "failed", "dead", "duplicate", "infra_errors", "acked", "parts")
         }
@@ -205,7 +230,7 @@ class StreamConsumer:
     async def _score(self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float) -> _Result:
         try:
             path = check_uri(msg.uri, self.roots)
-            prep = await asyncio.to_thread(load_prepared, path, self.info.preprocess)
+            prep = await asyncio.to_thread(load_uri, path, self.info.preprocess, self.cfg.s3_endpoint_url)
         except ScanError as exc:
             log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
             return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
