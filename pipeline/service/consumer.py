@@ -1,7 +1,8 @@
 """The stream consumer: plain asyncio Python, wrapped by the Serve ingest deployment.
 
-Loop: XAUTOCLAIM stalled entries (every claim_every_s) and XREADGROUP new ones ->
-per entry: validate the JSON message -> check the URI against the allowed roots ->
+Loop: XAUTOCLAIM stalled entries (every claim_every_s), XTRIM the acknowledged head of the
+stream (every trim_every_s) and XREADGROUP new ones -> per entry: validate the JSON
+message -> check the URI against the allowed roots ->
 load + preprocess (pipeline.data.preprocess.preprocess_scan, in a worker thread) -> send the
 slices, in chunks, concurrently to `score_chunk` (the Serve scorer, or a local
 function) -> rank patches (pipeline.scan_scoring) and the volume score
@@ -118,7 +119,19 @@ class StreamConsumer:
         self.roots = cfg.resolved_roots()
         self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version, endpoint=cfg.s3_endpoint_url)
         self.stats = {
-            k: 0 for k in ("read", "claimed", "ok", "failed", "dead", "duplicate", "infra_errors", "acked", "parts")
+            k: 0
+            for k in (
+                "read",
+                "claimed",
+                "ok",
+                "failed",
+                "dead",
+                "duplicate",
+                "infra_errors",
+                "acked",
+                "parts",
+                "trimmed",
+            )
         }
         self._buffer: list[_Result] = []
         self._active: set[str] = set()
@@ -131,7 +144,7 @@ class StreamConsumer:
         await self.client.ensure_group()
         log.info("consumer %s started (model_version %s)", self.name, self.info.model_version)
         flusher = asyncio.create_task(self._flush_loop(stop))
-        last_claim, backoff = 0.0, 0.5
+        last_claim, last_trim, backoff = 0.0, time.monotonic(), 0.5
         try:
             while not stop.is_set():
                 try:
@@ -149,6 +162,9 @@ class StreamConsumer:
                         ]
                         self.stats["claimed"] += len(claimed)
                         self._spawn(claimed, claimed=True)
+                    if self.cfg.trim_every_s and time.monotonic() - last_trim >= self.cfg.trim_every_s:
+                        last_trim = time.monotonic()
+                        self.stats["trimmed"] += await self.client.trim_acked()
                     free = self.cfg.max_inflight_scans - len(self._tasks)
                     if free > 0:
                         entries = await self.client.read(self.name, min(free, self.cfg.read_count), self.cfg.block_ms)

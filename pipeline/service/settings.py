@@ -55,6 +55,11 @@ class ServiceConfig(BaseModel):
         description="on shutdown, wait this long for in-flight scans (keep below Serve's "
         "graceful_shutdown_timeout_s, 20 s)",
     )
+    trim_every_s: float = Field(
+        30.0,
+        ge=0,
+        description="how often a consumer trims acknowledged entries off the stream (XTRIM MINID); 0 = never",
+    )
     flush_scans: int = Field(16, ge=1, description="write a Parquet part once this many results are buffered")
     flush_interval_s: float = Field(1.0, gt=0, description="... or once the oldest buffered result is this old")
     top_patches: int = Field(20, ge=1, le=1000, description="patches stored per scan in the patches table")
