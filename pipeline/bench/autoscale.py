@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> int:
                 max_inflight_scans=2,
                 chunk_slices=8,
                 max_batch_size=16,
-                claim_idle_ms=3000,
+                claim_idle_ms=6000,
                 claim_every_s=1.0,
                 max_deliveries=10,
                 flush_scans=4,

@@ -23,6 +23,7 @@ from patchrank.pipeline.service.tables import SCHEMAS
 class ResultStore:
     def __init__(self, root: str | Path, *, endpoint: str | None = None) -> None:
         self.root: str | Path = str(root).rstrip("/") if is_s3(root) else Path(root)
+        self.endpoint = endpoint
         if not (self._s3_exists(endpoint) if is_s3(root) else self.root.is_dir()):
             raise FileNotFoundError(f"no result dataset at {self.root}")
         self.con = duckdb.connect()

@@ -166,6 +166,11 @@ def test_scans_checkpoint_and_results_on_s3(s3, tmp_path, redis_url, phantom_dir
     assert status[gone.scan_id] == ("failed", f"{flair[1].name}: object not found")
     assert sorted(s for s, _ in status.values()) == ["failed"] * 3 + ["ok"] * 3, status
     assert all(r["uri"].startswith(f"s3://{BUCKET}/archive/") for r in rows.values())
+    from patchrank.pipeline.service.heatmap import render_scan_png
+
+    ok = next(sid for sid, r in rows.items() if r["status"] == "ok")
+    png = render_scan_png(ResultStore(cfg.output_dir, endpoint=s3.endpoint), ok, tmp_path / "h.png")
+    assert png.stat().st_size > 1000  # the heatmap reads the scan back from the bucket
 
 
 def test_s3_server_killed_and_restarted_mid_run(s3, tmp_path, redis_url, phantom_dir, tiny_checkpoint):
