@@ -129,7 +129,11 @@ class IngestWorker(_ConsumerHost):
     async def __init__(self, config: dict) -> None:
         cfg = ServiceConfig(**config)
         self.scorer = await asyncio.to_thread(
-            SliceScorer, cfg.checkpoint, device=cfg.device, torch_threads=cfg.torch_threads
+            SliceScorer,
+            cfg.checkpoint,
+            device=cfg.device,
+            torch_threads=cfg.torch_threads,
+            endpoint=cfg.s3_endpoint_url,
         )
         self._start(cfg, self._local_info, self._local_score)
 

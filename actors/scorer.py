@@ -20,8 +20,10 @@ from patchrank.pipeline.service.slice_scorer import ChunkResult, SliceChunk, Sli
 
 @serve.deployment(name="Scorer", max_ongoing_requests=256)
 class ScorerDeployment:
-    def __init__(self, checkpoint: str, device: str = "cpu", torch_threads: int | None = None) -> None:
-        self.scorer = SliceScorer(checkpoint, device=device, torch_threads=torch_threads)
+    def __init__(
+        self, checkpoint: str, device: str = "cpu", torch_threads: int | None = None, s3_endpoint: str | None = None
+    ) -> None:
+        self.scorer = SliceScorer(checkpoint, device=device, torch_threads=torch_threads, endpoint=s3_endpoint)
 
     def reconfigure(self, user_config: dict) -> None:
         """user_config: {max_batch_size: int, batch_wait_timeout_s: float} (both optional)."""

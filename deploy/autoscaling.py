@@ -5,7 +5,8 @@ Each ingest replica reports {"backlog": lag + pending} (XINFO GROUPS) through
 freshest maximum over replicas and asks for ceil(backlog / target_backlog_per_replica)
 replicas, clamped to the (capacity-adjusted) min/max. Scale-down waits until the lower
 count has been wanted for `downscale_delay_s`, so a briefly empty stream does not
-churn replicas. Declared in serve_config.yaml as
+churn replicas, and from then on the lower count is asked for on every tick until it is
+reached (Serve's own downscale delay needs consecutive decisions). Declared in serve_config.yaml as
 
     autoscaling_config:
       min_replicas: 1          # >= 1: replicas report the backlog, so one must stay up
@@ -47,13 +48,14 @@ class BacklogPolicy:
             return max(min(int(ctx.target_num_replicas), hi), lo), state
         backlog = max(float(v) for v in per_replica.values())
         want = desired_replicas(backlog, self.target, lo, hi)
-        now = ctx.current_time or time.time()
+        now = ctx.current_time if ctx.current_time is not None else time.time()
         if want < current:
+            # Keep asking for the lower count every tick once the delay has passed: Ray Serve
+            # (2.5x+) applies its own downscale_delay_s on top and acts only after the lower
+            # count has been wanted on consecutive ticks for that long.
             since = state.setdefault("below_since", now)
             if now - since < self.delay:
                 want = current
-            else:
-                state.pop("below_since", None)  # scaling down now; the next decrease waits again
         else:
             state.pop("below_since", None)
         state["backlog"] = backlog

@@ -70,7 +70,7 @@ def build_app(args: dict | AppArgs) -> Application:
         ray_actor_options=_actor_options(a.scorer),
         user_config={"max_batch_size": s.max_batch_size, "batch_wait_timeout_s": s.batch_wait_timeout_s},
         **_scaling(a.scorer, None),
-    ).bind(s.checkpoint, s.device, s.torch_threads)
+    ).bind(s.checkpoint, s.device, s.torch_threads, s.s3_endpoint_url)
     policy = {
         "policy_function": "patchrank.deploy.autoscaling:BacklogPolicy",
         "policy_kwargs": {

@@ -115,7 +115,7 @@ async def drive(consumers: list[StreamConsumer], cfg: ServiceConfig, *, timeout_
     client = AsyncStreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
     t0 = time.monotonic()
     try:
-        quiet = 0
+        quiet, seen = 0, False  # seen: the stream has had entries (trimming may empty it again)
         while quiet < 3:
             if time.monotonic() - t0 > timeout_s:
                 raise TimeoutError(f"stream not drained after {timeout_s}s")
@@ -130,7 +130,8 @@ async def drive(consumers: list[StreamConsumer], cfg: ServiceConfig, *, timeout_
             except Exception:  # noqa: BLE001 - Redis may be down on purpose
                 quiet = 0
                 continue
-            quiet = quiet + 1 if b.total == 0 and b.length > 0 else 0
+            seen = seen or b.length > 0
+            quiet = quiet + 1 if b.total == 0 and seen else 0
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 60)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = ["quality", "train", "serve", "load", "dicom"]
+BENCHES = ["quality", "train", "serve", "load", "dicom", "autoscale"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from patchrank.pipeline.data.dicom import is_dicom_file
-from patchrank.pipeline.data.files import walk_scans
+from patchrank.pipeline.data.files import walk_s3, walk_scans
 
 
 @dataclass
@@ -26,12 +26,17 @@ class EnqueueReport:
         return "\n".join(lines)
 
 
-def collect(paths: list[str | Path]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Folders are walked for scan files (and DICOM series); a file named explicitly is always queued (a
-    DICOM file as its one-file series when it is a readable image), so an unsupported or broken file becomes
-    a `failed` result instead of vanishing."""
+def collect(paths: list[str | Path], endpoint: str | None = None) -> tuple[list, list[tuple[str, str]]]:
+    """Folders (and s3:// prefixes) are walked for scan files and DICOM series; a file named explicitly is
+    always queued (a DICOM file as its one-file series when it is a readable image), so an unsupported or
+    broken file becomes a `failed` result instead of vanishing."""
     files, skipped = [], []
     for raw in paths:
+        if isinstance(raw, str) and raw.startswith("s3://"):
+            found, skip = walk_s3(raw, endpoint)
+            files.extend(found)
+            skipped.extend(skip)
+            continue
         p = Path(raw)
         if p.is_file():
             series = walk_scans([p])[0] if is_dicom_file(p) else []
@@ -53,13 +58,14 @@ def enqueue_paths(
     pattern: str | None = None,
     show: bool = True,
     batch: int = 256,
+    endpoint: str | None = None,
 ) -> EnqueueReport:
     """Walk paths, keep the scans of `modality` (all when None; see pipeline.data.modality), validate one
     ScanMessage per scan file or DICOM series, XADD them (pipelined, in batches)."""
     from patchrank.pipeline.data.modality import select
     from patchrank.pipeline.service.messages import message_for
 
-    files, skipped = collect(paths)
+    files, skipped = collect(paths, endpoint)
     files, other = select(files, modality, pattern)
     skipped += other
     report = EnqueueReport(skipped=skipped)
@@ -69,7 +75,7 @@ def enqueue_paths(
     bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=None if show else True)  # None: TTY only
     for f in files:
         try:
-            msg = message_for(f, modality)
+            msg = message_for(f, modality, endpoint)
         except (OSError, ValueError) as exc:
             report.skipped.append((str(f), f"cannot stat/describe file ({exc.__class__.__name__})"))
             bar.update(1)
@@ -93,7 +99,11 @@ def enqueue_paths(
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("enqueue", help="queue scan files on the Redis stream for the scoring service")
-    p.add_argument("paths", nargs="+", help="scan files or folders (.nii, .nii.gz, .png, .jpg); folders are walked")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        help="scan files or folders (.nii, .nii.gz, .png, .jpg), local or s3://bucket/prefix; folders are walked",
+    )
     p.add_argument(
         "--redis-url",
         default=os.environ.get("PATCHRANK_REDIS_URL"),
@@ -104,6 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--modality-pattern",
         help="regular expression a DICOM series' SeriesDescription/ProtocolName must match (default per modality)",
+    )
+    p.add_argument(
+        "--s3-endpoint", default=None, help="S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)"
     )
     p.set_defaults(func=run)
 
@@ -120,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
     ).redis_kwargs()
     client = StreamClient.from_url(args.redis_url, StreamKeys(args.namespace), **kw)
     try:
-        report = enqueue_paths(client, args.paths, modality=args.modality, pattern=args.modality_pattern)
+        report = enqueue_paths(
+            client, args.paths, modality=args.modality, pattern=args.modality_pattern, endpoint=args.s3_endpoint
+        )
     finally:
         client.close()
     print(f"{redact_url(args.redis_url)} stream {StreamKeys(args.namespace).stream}")

@@ -11,7 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="query scoring results (Parquet): top scans, SQL, per-scan heatmap PNG",
         description="Tables: scans, patches (deduplicated logical results) and scans_all, patches_all (every row).",
     )
-    p.add_argument("dir", help="result dataset directory (the --out of `patchrank screen`)")
+    p.add_argument("dir", help="result dataset: directory or s3://bucket/prefix (the --out of `patchrank screen`)")
+    p.add_argument(
+        "--s3-endpoint", default=None, help="S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)"
+    )
     p.add_argument("--top", type=int, default=10, help="list the N most suspicious scans (default 10)")
     p.add_argument("--patches", type=int, default=3, help="top patches listed per scan (default 3)")
     p.add_argument("--model-version", help="only results of this model version")
@@ -64,7 +67,7 @@ def _flagged(store, model_version: str | None) -> int:
 def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.service.results import ResultStore, format_ranking
 
-    store = ResultStore(args.dir)
+    store = ResultStore(args.dir, endpoint=args.s3_endpoint)
     if args.sql:
         import duckdb
 

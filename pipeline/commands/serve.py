@@ -15,9 +15,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     from patchrank.pipeline.commands.screen import add_service_args
 
     p = sub.add_parser("serve", help="run the scoring service on an existing Redis stream until Ctrl-C")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="Parquet result dataset directory")
-    p.add_argument("--roots", nargs="+", required=True, help="folders the service may read scans from")
+    p.add_argument("--checkpoint", required=True, help="checkpoint path or s3://bucket/key")
+    p.add_argument("--out", required=True, help="Parquet result dataset: directory or s3://bucket/prefix")
+    p.add_argument(
+        "--roots", nargs="+", required=True, help="folders or s3://bucket/prefix roots the service may read scans from"
+    )
     p.add_argument("--every", type=float, default=10.0, help="status line every N seconds (default 10)")
     p.add_argument(
         "--detach", action="store_true", help="deploy to the cluster at --address and exit (the app keeps running)"

@@ -1,4 +1,4 @@
-"""Walking user-given paths for scan files (shared by `score`, `enqueue`, `screen`)."""
+"""Walking user-given paths or s3:// prefixes for scan files (shared by `score`, `enqueue`, `screen`)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,27 @@ def walk_scans(paths: list[str | Path]) -> tuple[list, list[tuple[Path, str]]]:
                 files.append(q)
     series, skip = group_series(sorted(set(dicom)))
     return sorted(set(files), key=str) + series, skipped + skip
+
+
+def walk_s3(uri: str, endpoint: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
+    """An s3:// object or prefix -> (scan object URIs sorted, [(uri, reason skipped)])."""
+    from patchrank.pipeline.data.storage import S3Uri, is_file, list_files
+
+    u = str(S3Uri.parse(uri))
+    if is_file(u, endpoint):  # named explicitly: always queued, a bad file becomes a `failed` row
+        return [u], []
+    objects = list_files(u, endpoint)
+    if not objects:
+        return [], [(u, "not found")]
+    files, skipped = [], []
+    for o in objects:
+        name = o.rsplit("/", 1)[-1]
+        if name.startswith("."):
+            continue
+        if not name.lower().endswith(SCAN_SUFFIXES):
+            skipped.append((o, "unsupported file type"))
+        elif is_auxiliary(Path(name)):
+            skipped.append((o, "label/mask file, not a scan"))
+        else:
+            files.append(o)
+    return files, skipped

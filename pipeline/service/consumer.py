@@ -1,7 +1,8 @@
 """The stream consumer: plain asyncio Python, wrapped by the Serve ingest deployment.
 
-Loop: XAUTOCLAIM stalled entries (every claim_every_s) and XREADGROUP new ones ->
-per entry: validate the JSON message -> check the URI against the allowed roots ->
+Loop: XAUTOCLAIM stalled entries (every claim_every_s), XTRIM the acknowledged head of the
+stream (every trim_every_s) and XREADGROUP new ones -> per entry: validate the JSON
+message -> check the URI against the allowed roots ->
 load + preprocess (pipeline.data.preprocess.preprocess_scan, in a worker thread) -> send the
 slices, in chunks, concurrently to `score_chunk` (the Serve scorer, or a local
 function) -> rank patches (pipeline.scan_scoring) and the volume score
@@ -23,6 +24,7 @@ import asyncio
 import logging
 import os
 import socket
+import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -30,12 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import redis
 
 from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.bids import entities
 from patchrank.pipeline.data.loaders import ScanError
-from patchrank.pipeline.data.preprocess import load_prepared
+from patchrank.pipeline.data.preprocess import Prepared, load_prepared
+from patchrank.pipeline.data.storage import S3Uri, fetch, is_s3, stat, under_root
 from patchrank.pipeline.evaluation import operating_point
 from patchrank.pipeline.scan_scoring import finish_scan, rank_patches, write_scan_map
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
@@ -49,19 +53,44 @@ log = logging.getLogger(__name__)
 ScoreChunk = Callable[[SliceChunk], Awaitable[ChunkResult]]
 
 
-def check_uri(uri: str, roots: list[Path]) -> Path:
-    """The scan path, resolved (symlinks and '..' followed), if it lies under an allowed root."""
+def check_uri(uri: str, roots: list[Path | str]) -> Path | str:
+    """The scan's location if it lies under an allowed root: a local path resolved (symlinks and
+    '..' followed), or an s3:// URI whose bucket and key prefix match an s3:// root."""
     if "\x00" in uri:
         raise ScanError("invalid path (NUL byte)")
+    if is_s3(uri):
+        try:
+            u = S3Uri.parse(uri)
+        except ValueError as exc:
+            raise ScanError(str(exc)) from None
+        if not roots:
+            raise ScanError("no allowed input roots are configured; refusing to read any file")
+        if not any(is_s3(r) and under_root(str(u), r) for r in roots):
+            raise ScanError(f"{u.name}: object is outside the allowed input roots")
+        return str(u)
     p = Path(uri)
     if not p.is_absolute():
         raise ScanError("path must be absolute")
     if not roots:
         raise ScanError("no allowed input roots are configured; refusing to read any file")
     real = p.resolve()
-    if not any(real == r or real.is_relative_to(r) for r in roots):
+    if not any(isinstance(r, Path) and (real == r or real.is_relative_to(r)) for r in roots):
         raise ScanError(f"{p.name}: path is outside the allowed input roots")
     return real
+
+
+def load_uri(
+    path: Path | str, preprocess: dict, endpoint: str | None = None, series_uid: str | None = None
+) -> Prepared:
+    """load_prepared for a checked location (a file, or a DICOM series' folder); an s3:// object is first
+    copied to a private temp folder."""
+    if not is_s3(path):
+        return load_prepared(path, preprocess, series_uid)
+    info = stat(str(path), endpoint)  # connection errors propagate: infrastructure, retried
+    if info.type != pafs.FileType.File:
+        raise ScanError(f"{S3Uri.parse(str(path)).name}: object not found")
+    with tempfile.TemporaryDirectory(prefix="patchrank-scan-") as tmp:
+        return load_prepared(fetch(str(path), tmp, endpoint, info.size), preprocess)
 
 
 def consumer_name() -> str:
@@ -93,10 +122,22 @@ class StreamConsumer:
         self.name = name or consumer_name()
         self.scoring = ScoringConfig.from_dict(info.scoring)
         self.roots = cfg.resolved_roots()
-        self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version)
+        self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version, endpoint=cfg.s3_endpoint_url)
         self.threshold = operating_point.load(cfg.checkpoint, info.model_version)  # None: rows get flagged=None
         self.stats = {
-            k: 0 for k in ("read", "claimed", "ok", "failed", "dead", "duplicate", "infra_errors", "acked", "parts")
+            k: 0
+            for k in (
+                "read",
+                "claimed",
+                "ok",
+                "failed",
+                "dead",
+                "duplicate",
+                "infra_errors",
+                "acked",
+                "parts",
+                "trimmed",
+            )
         }
         self._buffer: list[_Result] = []
         self._active: set[str] = set()
@@ -109,7 +150,7 @@ class StreamConsumer:
         await self.client.ensure_group()
         log.info("consumer %s started (model_version %s)", self.name, self.info.model_version)
         flusher = asyncio.create_task(self._flush_loop(stop))
-        last_claim, backoff = 0.0, 0.5
+        last_claim, last_trim, backoff = 0.0, time.monotonic(), 0.5
         try:
             while not stop.is_set():
                 try:
@@ -127,6 +168,9 @@ class StreamConsumer:
                         ]
                         self.stats["claimed"] += len(claimed)
                         self._spawn(claimed, claimed=True)
+                    if self.cfg.trim_every_s and time.monotonic() - last_trim >= self.cfg.trim_every_s:
+                        last_trim = time.monotonic()
+                        self.stats["trimmed"] += await self.client.trim_acked()
                     free = self.cfg.max_inflight_scans - len(self._tasks)
                     if free > 0:
                         entries = await self.client.read(self.name, min(free, self.cfg.read_count), self.cfg.block_ms)
@@ -208,7 +252,9 @@ class StreamConsumer:
     async def _score(self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float) -> _Result:
         try:
             path = check_uri(msg.uri, self.roots)
-            prep = await asyncio.to_thread(load_prepared, path, self.info.preprocess, msg.series_uid)
+            prep = await asyncio.to_thread(
+                load_uri, path, self.info.preprocess, self.cfg.s3_endpoint_url, msg.series_uid
+            )
         except ScanError as exc:
             log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
             return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
@@ -319,6 +365,16 @@ class StreamConsumer:
             batch, self._buffer = self._buffer, []
             if not batch:
                 return
+            try:  # another consumer may have finished the same entry meanwhile (a redelivery raced us)
+                done = await self.client.done(self.info.model_version, [r.scan.scan_id for r in batch])
+            except Exception:  # noqa: BLE001 - Redis down: the write below fails the same way
+                done = [False] * len(batch)
+            raced = [r for r, d in zip(batch, done) if d]
+            batch = [r for r, d in zip(batch, done) if not d]
+            if raced:
+                await self._ack_raced(raced)
+            if not batch:
+                return
             try:
                 parts = await asyncio.to_thread(
                     self.sink.write, [r.scan for r in batch], [p for r in batch for p in r.patches]
@@ -351,3 +407,14 @@ class StreamConsumer:
                 key = "dead" if r.dead_reason is not None else r.scan.status
                 self.stats[key] += 1
                 self._active.discard(r.entry_id)
+
+    async def _ack_raced(self, raced: list[_Result]) -> None:
+        """Results whose key another consumer has written since we read the entry: acknowledge,
+        write nothing (narrows the window in which a redelivery race writes a second row)."""
+        try:
+            self.stats["acked"] += await self.client.ack([r.entry_id for r in raced])
+            self.stats["duplicate"] += len(raced)
+        except Exception:  # noqa: BLE001 - stays pending; the next delivery sees the done-set
+            pass
+        for r in raced:
+            self._active.discard(r.entry_id)

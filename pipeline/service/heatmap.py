@@ -11,8 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
-from patchrank.pipeline.data.loaders import load_scan
+from patchrank.pipeline.data.loaders import Scan, load_scan
+from patchrank.pipeline.data.storage import fetch, is_s3
 from patchrank.pipeline.service.results import ResultStore
+
+
+def _load(uri: str, endpoint: str | None) -> Scan:
+    """The scan at a result row's uri: a file, or an s3:// object copied to a temp folder first."""
+    if not is_s3(uri):
+        return load_scan(uri)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="patchrank-heatmap-") as tmp:
+        return load_scan(fetch(uri, tmp, endpoint))
 
 
 def render_scan_png(
@@ -36,7 +47,7 @@ def render_scan_png(
     patches = store.patches_of(row["result_id"], 1000)
     if not patches:
         raise ValueError(f"scan {scan_id} has no scored patches")
-    arr = load_scan(row["uri"]).array[0]  # (H, W, S) first channel
+    arr = _load(row["uri"], store.endpoint).array[0]  # (H, W, S) first channel
     slices = list(dict.fromkeys(p["slice_index"] for p in patches[:boxes]))[:panels]
     fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 4.6), squeeze=False)
     lo_all = min(p["score"] for p in patches)

@@ -33,7 +33,9 @@ class ScanMessage(BaseModel):
 
     schema_version: Literal[1] = SCHEMA_VERSION
     scan_id: str = Field(pattern=r"^[0-9a-f]{16,64}$", description="stable id: see scan_id_for")
-    uri: str = Field(min_length=1, max_length=MAX_URI_CHARS, description="absolute local path of the scan file")
+    uri: str = Field(
+        min_length=1, max_length=MAX_URI_CHARS, description="absolute local path or s3:// URI of the scan file"
+    )
     series_uid: str | None = Field(
         None, max_length=64, pattern=r"^[0-9][0-9.]*$", description="DICOM SeriesInstanceUID; uri is then its folder"
     )
@@ -62,18 +64,36 @@ class ScanMessage(BaseModel):
             ) from None
 
 
-def scan_id_for(path: str | Path) -> str:
-    """Stable id of a file: sha256(resolved path, size, mtime_ns), 32 hex chars."""
+def _s3_id(uri: str, endpoint: str | None) -> tuple[str, str]:
+    from patchrank.pipeline.data.storage import S3Uri, stat
+
+    u = str(S3Uri.parse(uri))
+    info = stat(u, endpoint)
+    if info.type.name != "File":
+        raise FileNotFoundError(f"no such object: {S3Uri.parse(u).name}")
+    h = hashlib.sha256(f"{u}\0{info.size}\0{info.mtime_ns}".encode())
+    return u, h.hexdigest()[:32]
+
+
+def scan_id_for(path: str | Path, endpoint: str | None = None) -> str:
+    """Stable id of a file: sha256(resolved path, size, mtime_ns), 32 hex chars; for an
+    s3:// object the same over (normalised URI, size, last-modified)."""
+    if isinstance(path, str) and path.startswith("s3://"):
+        return _s3_id(path, endpoint)[1]
     p = Path(path).resolve()
     st = os.stat(p)
     h = hashlib.sha256(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
     return h.hexdigest()[:32]
 
 
-def message_for(path, modality: str | None = None) -> ScanMessage:
-    """A message for a scan file, or for a DICOM series (a `dicom.SeriesRef`: its folder + SeriesInstanceUID)."""
+def message_for(path, modality: str | None = None, endpoint: str | None = None) -> ScanMessage:
+    """A message for a scan file (local or s3://), or for a DICOM series (a `dicom.SeriesRef`: its folder +
+    SeriesInstanceUID)."""
     from patchrank.pipeline.data.dicom import SeriesRef, series_scan_id
 
+    if isinstance(path, str) and path.startswith("s3://"):
+        uri, sid = _s3_id(path, endpoint)
+        return ScanMessage(scan_id=sid, uri=uri, modality=modality, submitted_at=time.time())
     if isinstance(path, SeriesRef):
         uri = str(path.folder.resolve())
         return ScanMessage(

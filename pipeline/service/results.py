@@ -1,4 +1,4 @@
-"""DuckDB over the Parquet result dataset (pipeline/sink.py layout).
+"""DuckDB over the Parquet result dataset (pipeline/service/sink.py layout), a folder or s3:// prefix.
 
 Views (one logical result per (scan_id, model_version): the first one written wins;
 patch rows belong to the winning result, orphans of an interrupted write are dropped):
@@ -12,20 +12,28 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 
+from patchrank.pipeline.data.storage import S3Uri, filesystem, is_s3
 from patchrank.pipeline.service.sink import part_files
 from patchrank.pipeline.service.tables import SCHEMAS
 
 
 class ResultStore:
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
+    def __init__(self, root: str | Path, *, endpoint: str | None = None) -> None:
+        self.root: str | Path = str(root).rstrip("/") if is_s3(root) else Path(root)
+        self.endpoint = endpoint
+        if not (self._s3_exists(endpoint) if is_s3(root) else self.root.is_dir()):
             raise FileNotFoundError(f"no result dataset at {self.root}")
         self.con = duckdb.connect()
         for table in ("scans", "patches"):
-            files = part_files(self.root, table)
-            if files:
+            files = part_files(self.root, table, endpoint)
+            if files and is_s3(root):  # pyarrow reads the objects; DuckDB scans the Arrow dataset
+                fs, _ = filesystem(self.root, endpoint)
+                parts = [S3Uri.parse(f).path for f in files]
+                self.con.register(f"{table}_all", ds.dataset(parts, schema=SCHEMAS[table], filesystem=fs))
+            elif files:
                 paths = ", ".join("'" + str(p).replace("'", "''") + "'" for p in files)
                 self.con.execute(
                     f"CREATE VIEW {table}_all AS SELECT * FROM read_parquet([{paths}], union_by_name=true, "
@@ -40,6 +48,10 @@ class ResultStore:
         self.con.execute(
             "CREATE VIEW patches AS SELECT p.* FROM patches_all p SEMI JOIN scans s ON p.result_id = s.result_id"
         )
+
+    def _s3_exists(self, endpoint: str | None) -> bool:
+        fs, base = filesystem(self.root, endpoint)
+        return bool(fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True)))
 
     def sql(self, query: str) -> tuple[list[str], list[tuple]]:
         rel = self.con.execute(query)

@@ -132,7 +132,7 @@ class ScreenResult:
     skipped: list[tuple[str, str]]
     model_version: str
     seconds: float
-    out: Path
+    out: str | Path
 
 
 def screen(
@@ -158,12 +158,13 @@ def screen(
         client.ensure_group()
         deploy(app)
         info = scorer_info()
-        report = enqueue_paths(client, paths, modality=modality, pattern=pattern, show=show)
+        report = enqueue_paths(
+            client, paths, modality=modality, pattern=pattern, show=show, endpoint=cfg.s3_endpoint_url
+        )
         wait_drained(client, timeout_s=timeout_s, show=show)
     finally:
         client.close()
         if not keep_app:
             undeploy()
-    return ScreenResult(
-        len(report.queued), report.skipped, info.model_version, time.monotonic() - t0, Path(cfg.output_dir)
-    )
+    out = cfg.output_dir if cfg.output_dir.startswith("s3://") else Path(cfg.output_dir)
+    return ScreenResult(len(report.queued), report.skipped, info.model_version, time.monotonic() - t0, out)

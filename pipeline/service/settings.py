@@ -27,10 +27,16 @@ class ServiceConfig(BaseModel):
     )
     redis_ca_certs: str | None = Field(None, description="CA bundle for rediss:// (default: system store)")
     namespace: str = Field(DEFAULT_NAMESPACE, description="prefix of every Redis key (pipeline/keys.py)")
-    checkpoint: str = Field(description="model checkpoint the scorer loads once")
-    output_dir: str = Field(description="Parquet dataset root (tables scans/ and patches/)")
+    checkpoint: str = Field(description="model checkpoint the scorer loads once (path or s3://bucket/key)")
+    output_dir: str = Field(description="Parquet dataset root (tables scans/, patches/): folder or s3://bucket/prefix")
     allowed_roots: list[str] = Field(
-        default_factory=list, description="scan URIs must resolve under one of these folders"
+        default_factory=list, description="scan URIs must lie under one of these folders or s3://bucket/prefix roots"
+    )
+    s3_endpoint_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^/@\s]+/?$",
+        description="S3-compatible endpoint (MinIO, Ceph, moto); default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, "
+        "else AWS. Credentials always come from the standard AWS environment/config, never from here",
     )
     # Consumer (ingest)
     read_count: int = Field(8, ge=1, le=1000, description="entries fetched per XREADGROUP")
@@ -48,6 +54,11 @@ class ServiceConfig(BaseModel):
         le=600,
         description="on shutdown, wait this long for in-flight scans (keep below Serve's "
         "graceful_shutdown_timeout_s, 20 s)",
+    )
+    trim_every_s: float = Field(
+        30.0,
+        ge=0,
+        description="how often a consumer trims acknowledged entries off the stream (XTRIM MINID); 0 = never",
     )
     flush_scans: int = Field(16, ge=1, description="write a Parquet part once this many results are buffered")
     flush_interval_s: float = Field(1.0, gt=0, description="... or once the oldest buffered result is this old")
@@ -92,8 +103,11 @@ class ServiceConfig(BaseModel):
             kw["ssl_ca_certs"] = self.redis_ca_certs
         return kw
 
-    def resolved_roots(self) -> list[Path]:
-        return [Path(r).resolve() for r in self.allowed_roots]
+    def resolved_roots(self) -> list[Path | str]:
+        """Local roots resolved to real paths; s3:// roots normalised (validated bucket/key)."""
+        from patchrank.pipeline.data.storage import S3Uri, is_s3
+
+        return [str(S3Uri.parse(r)) if is_s3(r) else Path(r).resolve() for r in self.allowed_roots]
 
 
 def redact_url(url: str) -> str:

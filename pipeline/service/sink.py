@@ -4,10 +4,13 @@ Layout: <root>/<table>/<model_version>/<YYYY-MM-DD>/part-<time>-<uuid>.parquet
 for table in (scans, patches). The folder names are plain (not hive `key=value`), so pandas.read_parquet,
 pyarrow.dataset, polars and DuckDB read <root>/<table> as it is: model_version is a column of every file,
 never also a partition key (datasets written before, with `model_version=<v>/date=<d>` folders, are still read
-here). A part is written under a hidden temporary name in the
-same folder, fsynced and renamed into place, so a reader never sees a half-written
-file. Patches are written before scans: a scan row is the commit marker of a result,
-and patch rows whose scan row never landed are ignored by readers (pipeline/query.py).
+here). Locally a part is written under a hidden temporary name in
+the same folder, fsynced and renamed into place, so a reader never sees a half-written
+file. On s3:// (no rename) the whole part is encoded in memory first and sent as one PUT
+to its final, unique key: S3 makes an object visible only once its upload completes, so
+a part is again all or nothing. Patches are written before scans: a scan row is the
+commit marker of a result, and patch rows whose scan row never landed are ignored by
+readers (pipeline/service/results.py), on both backends.
 
 Exactly-once results on at-least-once delivery: the sink remembers which
 (scan_id, model_version) keys it has written (`seen`, seeded from the dataset), the
@@ -25,8 +28,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from patchrank.pipeline.data.storage import S3, filesystem, is_s3
 from patchrank.pipeline.service.tables import PatchRow, ScanRow, to_arrow
 
 log = logging.getLogger(__name__)
@@ -43,10 +48,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _part_name() -> str:
+    return f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+
+
+def write_object_part(fs: pafs.FileSystem, folder: str, table: pa.Table) -> str:
+    """Write one Parquet part to an object store as a single upload to a unique key."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression="zstd")
+    data = buf.getvalue()  # fully encoded before the upload starts: nothing partial is ever sent
+    key = f"{folder}/{_part_name()}"
+    with fs.open_output_stream(key) as out:
+        out.write(data)
+    return key
+
+
 def write_part(folder: Path, table: pa.Table) -> Path:
     """Write one Parquet part atomically (hidden temp name, fsync, rename)."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+    name = _part_name()
     tmp = folder / f".{name}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -61,32 +81,55 @@ def write_part(folder: Path, table: pa.Table) -> Path:
     return folder / name
 
 
-def part_files(root: str | Path, table: str) -> list[Path]:
+def part_files(root: str | Path, table: str, endpoint: str | None = None) -> list:
+    """Visible part files of a table: Paths locally, s3:// URI strings on S3."""
+    if is_s3(root):
+        fs, base = filesystem(root, endpoint)
+        sel = pafs.FileSelector(f"{base}/{table}", recursive=True, allow_not_found=True)
+        return sorted(
+            S3 + i.path
+            for i in fs.get_file_info(sel)
+            if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
+        )
     base = Path(root) / table
     return sorted(p for p in base.glob("*/*/*.parquet") if not p.name.startswith(".")) if base.is_dir() else []
 
 
-def written_keys(root: str | Path, model_version: str | None = None) -> set[tuple[str, str]]:
+def read_part(part: str | Path, columns: list[str] | None = None, endpoint: str | None = None) -> pa.Table:
+    """One part file (a path or an s3:// URI) as an Arrow table."""
+    fs, path = filesystem(part, endpoint)
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def written_keys(
+    root: str | Path, model_version: str | None = None, endpoint: str | None = None
+) -> set[tuple[str, str]]:
     """(scan_id, model_version) of every scan row already in the dataset."""
     keys: set[tuple[str, str]] = set()
-    for p in part_files(root, "scans"):
-        if model_version is not None and p.parent.parent.name not in (model_version, f"model_version={model_version}"):
+    for p in part_files(root, "scans", endpoint):
+        folder = str(p).rsplit("/", 3)[-3]  # <table>/<model_version>/<date>/<part>
+        if model_version is not None and folder not in (model_version, f"model_version={model_version}"):
             continue
-        t = pq.read_table(p, columns=["scan_id", "model_version"])
+        t = read_part(p, ["scan_id", "model_version"], endpoint)
         keys.update(zip(t.column("scan_id").to_pylist(), t.column("model_version").to_pylist()))
     return keys
 
 
 class ParquetSink:
-    def __init__(self, root: str | Path, *, model_version: str | None = None) -> None:
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.seen = written_keys(self.root, model_version)
+    def __init__(self, root: str | Path, *, model_version: str | None = None, endpoint: str | None = None) -> None:
+        self.s3 = is_s3(root)
+        if self.s3:
+            self.root: str | Path = str(root).rstrip("/")
+            self.fs, self.base = filesystem(self.root, endpoint)
+        else:
+            self.root = Path(root)
+            self.root.mkdir(parents=True, exist_ok=True)
+        self.seen = written_keys(self.root, model_version, endpoint)
 
     def is_written(self, scan_id: str, model_version: str) -> bool:
         return (scan_id, model_version) in self.seen
 
-    def write(self, scans: list[ScanRow], patches: list[PatchRow]) -> list[Path]:
+    def write(self, scans: list[ScanRow], patches: list[PatchRow]) -> list:
         """Write the results not yet written; returns the part files created."""
         fresh = [s for s in scans if (s.scan_id, s.model_version) not in self.seen]
         fresh_ids = {s.result_id for s in fresh}
@@ -103,8 +146,11 @@ class ParquetSink:
             for r in rows:
                 groups[(r.model_version, r.scored_at.strftime("%Y-%m-%d"))].append(r)
             for (version, date), part in sorted(groups.items()):
-                folder = self.root / table / version / date
-                written.append(write_part(folder, to_arrow(table, part)))
+                sub = f"{table}/{version}/{date}"
+                if self.s3:
+                    written.append(S3 + write_object_part(self.fs, f"{self.base}/{sub}", to_arrow(table, part)))
+                else:
+                    written.append(write_part(self.root / sub, to_arrow(table, part)))
         self.seen.update((s.scan_id, s.model_version) for s in fresh)
         log.debug("wrote %d scan results, %d patch rows in %d parts", len(fresh), len(patches), len(written))
         return written

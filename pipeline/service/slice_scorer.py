@@ -14,6 +14,7 @@ import torch
 
 from patchrank.model.checkpoint import load_checkpoint
 from patchrank.model.scoring import ScoreOutput, score_images
+from patchrank.pipeline.data.storage import local_checkpoint
 
 
 @dataclass
@@ -53,11 +54,14 @@ def merge_chunks(parts: list[ChunkResult]) -> ScoreOutput:
 
 
 class SliceScorer:
-    def __init__(self, checkpoint: str, *, device: str = "cpu", torch_threads: int | None = None) -> None:
+    def __init__(
+        self, checkpoint: str, *, device: str = "cpu", torch_threads: int | None = None, endpoint: str | None = None
+    ) -> None:
+        """checkpoint: a path or an s3:// URI (downloaded once to a local cache, then loaded)."""
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = device
-        self.model = load_checkpoint(checkpoint, map_location=device)
+        self.model = load_checkpoint(local_checkpoint(checkpoint, endpoint), map_location=device)
         self.model_version = self.model.model_version
         self.preprocess = dict(self.model.preprocess)
 

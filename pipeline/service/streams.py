@@ -5,6 +5,8 @@ Both clients speak the same protocol on the same names (pipeline/keys.py):
   ack        XACK (+ forget the recorded error)  claim     XAUTOCLAIM, looped to the end cursor
   deliveries XPENDING delivery count of entries  dead_letter  XADD to the dead stream with reason
   backlog    XINFO GROUPS lag + pending (for autoscaling and for "is the stream drained")
+  trim_acked XTRIM MINID below the oldest pending entry and past the last delivered one:
+             only entries every reader has acknowledged go (the stream stays bounded)
 Entries are (entry_id: str, fields: dict[bytes, bytes]); nothing is unpickled.
 """
 
@@ -54,6 +56,29 @@ def _entries(resp) -> list[Entry]:
     for _stream, items in resp or []:
         out.extend((_sid(i), f) for i, f in items if f is not None)
     return out
+
+
+def _after(entry_id: str) -> str:
+    """The smallest stream id greater than entry_id."""
+    ms, _, seq = entry_id.partition("-")
+    return f"{ms}-{int(seq or 0) + 1}"
+
+
+def safe_minid(groups: list, pending_min: str | None) -> str | None:
+    """XTRIM MINID bound that removes only acknowledged entries: below every group's oldest
+    pending entry and no further than every group's last delivered entry (entries never
+    delivered are kept). None when there is nothing safe to trim."""
+    bounds = []
+    for g in groups:
+        last = _sid(g.get("last-delivered-id") or "0-0")
+        if last == "0-0":
+            return None
+        bounds.append(_after(last))
+    if not bounds:
+        return None
+    if pending_min is not None:
+        bounds.append(pending_min)
+    return min(bounds, key=lambda i: tuple(int(x) for x in i.split("-")))
 
 
 def connect(url: str, **kwargs) -> redis.Redis:
@@ -229,6 +254,25 @@ class AsyncStreamClient:
         except redis.ResponseError:
             return Backlog(0, 0, 0, 0)
         return _backlog(groups, int(await self.r.xlen(self.keys.stream)), self.keys.group)
+
+    async def trim_acked(self) -> int:
+        """Delete the acknowledged head of the stream; returns the number of entries removed.
+        Group info is read before the pending lists, so an entry delivered in between has an
+        id above the bound and is kept."""
+        try:
+            groups = await self.r.xinfo_groups(self.keys.stream)
+        except redis.ResponseError:  # no stream yet
+            return 0
+        oldest = []
+        for g in groups:
+            summary = await self.r.xpending(self.keys.stream, _sid(g["name"]))
+            if summary and summary.get("pending"):
+                oldest.append(_sid(summary["min"]))
+        pending_min = min(oldest, key=lambda i: tuple(int(x) for x in i.split("-"))) if oldest else None
+        minid = safe_minid(groups, pending_min)
+        if minid is None:
+            return 0
+        return int(await self.r.xtrim(self.keys.stream, minid=minid, approximate=False))
 
     async def close(self) -> None:
         await self.r.aclose()

@@ -33,9 +33,25 @@ def test_policy_scales_up_now_and_down_after_delay():
     n, state = pol(_ctx({"r1": 0.0}, current=4, now=1.0, state=state))
     assert n == 4 and "below_since" in state  # waits
     n, state = pol(_ctx({"r1": 0.0}, current=4, now=40.0, state=state))
+    assert n == 1 and "below_since" in state  # asked for on every tick until reached
+    n, state = pol(_ctx({"r1": 0.0}, current=1, now=41.0, state=state))
     assert n == 1 and "below_since" not in state
     n, _ = pol(_ctx({}, current=2, now=50.0))
     assert n == 2  # nothing reported yet: keep the target
+
+
+def test_policy_scales_down_under_serves_own_delay():
+    """Ray Serve wraps a custom policy with its own downscale_delay_s: the target changes only
+    after the policy wanted the lower count on consecutive ticks for that long. The policy's
+    delay must not reset Serve's (it did: an idle stream never scaled down in bench autoscale)."""
+    pol = BacklogPolicy(target_backlog_per_replica=10, downscale_delay_s=8)
+    current, state, wanted_since = 2, {}, None
+    for tick in range(1, 60):  # one tick per second
+        n, state = pol(_ctx({"r1": 0.0}, current=current, now=float(tick), state=state))
+        wanted_since = (wanted_since if wanted_since is not None else tick) if n < current else None
+        if wanted_since is not None and tick - wanted_since >= 8:  # Serve's delay satisfied
+            current, wanted_since = n, None
+    assert current == 1
 
 
 def test_policy_rejects_bad_target():
