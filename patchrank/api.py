@@ -49,22 +49,30 @@ class Detector:
     def score(self, path: str | os.PathLike, *, maps: bool = False, top: int = 10) -> ScanResult:
         """Score one scan file; raises pipeline.data.loaders.ScanError for unreadable or unusable input."""
         from patchrank.pipeline.data.preprocess import load_prepared
+
+        return self._result(path, load_prepared(Path(path), self.preprocess), maps=maps, top=top)
+
+    def _result(self, path, prep, *, maps: bool = False, top: int = 10) -> ScanResult:
         from patchrank.pipeline.scan_scoring import score_prepared
 
-        s = score_prepared(self.model, load_prepared(Path(path), self.preprocess), top_n=top, keep_maps=maps)
+        s = score_prepared(self.model, prep, top_n=top, keep_maps=maps)
         return ScanResult(str(path), s.scan_score, s.slice_scores, s.slice_index, s.patches, s.pixel_maps)
 
     def score_many(self, paths: Iterable[str | os.PathLike], **kwargs) -> Iterator[ScanResult]:
-        """Score each file in turn (same options as `score`)."""
-        for path in paths:
-            yield self.score(path, **kwargs)
+        """Score each file in turn (same options as `score`), reading the next file while one is scored."""
+        from patchrank.pipeline.data.prefetch import prefetched
+        from patchrank.pipeline.data.preprocess import load_prepared
+
+        for path, loading in prefetched(paths, lambda p: load_prepared(Path(p), self.preprocess)):
+            yield self._result(path, loading.result(), **kwargs)
 
 
 def load(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Detector:
-    """Load a checkpoint (weights_only, verified against its content hash; older formats upgraded)."""
-    from patchrank.model.checkpoint import load_checkpoint
+    """Load a checkpoint (weights_only, verified against its content hash; older formats upgraded) and
+    prepare its networks for inference (pipeline.inference)."""
+    from patchrank.pipeline.inference import load_for_inference
 
-    return Detector(load_checkpoint(checkpoint, map_location=device))
+    return Detector(load_for_inference(checkpoint, map_location=device))
 
 
 def train(

@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["demo", "phantom", "train", "score", "evaluate", "bench", "enqueue", "screen", "query", "serve"]
+COMMANDS = ["demo", "phantom", "train", "score", "evaluate", "export", "bench", "enqueue", "screen", "query", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = ["quality", "train", "serve", "load"]
+BENCHES = ["quality", "train", "serve", "load", "score"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

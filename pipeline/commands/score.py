@@ -21,19 +21,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchrank.model.checkpoint import load_checkpoint
-    from patchrank.pipeline.data.loaders import ScanError, load_scan
-    from patchrank.pipeline.data.preprocess import as_config, preprocess_scan
+    from patchrank.pipeline.data.loaders import ScanError
+    from patchrank.pipeline.data.prefetch import prefetched
+    from patchrank.pipeline.data.preprocess import as_config, load_prepared
+    from patchrank.pipeline.inference import load_for_inference
     from patchrank.pipeline.scan_scoring import score_prepared
 
-    model = load_checkpoint(args.checkpoint)
+    model = load_for_inference(args.checkpoint)
     pre = as_config(model.preprocess)
     files, skipped = walk_scans(args.paths)
     results = []
-    for path in tqdm(files, desc="scoring", unit="scan"):
+    # The next file is read and preprocessed in a background thread while this one is scored.
+    for path, loading in tqdm(
+        prefetched(files, lambda p: load_prepared(p, pre)), total=len(files), desc="scoring", unit="scan"
+    ):
         try:
-            prep = preprocess_scan(load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels), pre)
-            s = score_prepared(model, prep, top_n=args.top)
+            s = score_prepared(model, loading.result(), top_n=args.top)
             results.append(
                 {
                     "uri": str(path),

@@ -217,7 +217,7 @@ class StreamConsumer:
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
         out = merge_chunks(list(parts))
         score = finish_scan(out.image_scores, prep, self.scoring).scan_score
-        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches)
+        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches, prep.images.shape[-1])
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [
             TopPatch(
