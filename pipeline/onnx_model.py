@@ -31,6 +31,7 @@ from patchrank.model.scoring import ScoreStats
 
 FORMAT = "patchrank-onnx/1"
 OPSET = 18
+MAX_BATCH = 32  # images per ONNX Runtime call (the reconstructor gets B x 4 masked copies per scoring batch)
 _SCALARS = ("rec_mean", "rec_std", "disc_mean", "disc_std", "image_mean", "image_std")
 
 
@@ -133,8 +134,14 @@ class _Session:
         self.inputs = [i.name for i in self.session.get_inputs()]
 
     def run(self, *args: torch.Tensor) -> list[torch.Tensor]:
-        feeds = {n: np.ascontiguousarray(a.detach().cpu().float().numpy()) for n, a in zip(self.inputs, args)}
-        return [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        """Inputs (B, ...) -> outputs (B, ...), run MAX_BATCH images at a time (each image's output does not
+        depend on the rest of its batch: GroupNorm, not BatchNorm), which bounds the activations' memory."""
+        arrays = [np.ascontiguousarray(a.detach().cpu().float().numpy()) for a in args]
+        parts = []
+        for s in range(0, len(arrays[0]), MAX_BATCH):
+            feeds = {n: a[s : s + MAX_BATCH] for n, a in zip(self.inputs, arrays)}
+            parts.append(self.session.run(None, feeds))
+        return [torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0]) for outs in zip(*parts)]
 
 
 class OnnxReconstructor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +114,15 @@ def test_prefetched_keeps_order_and_raises_where_the_item_is_used():
 
 def test_inference_threads_follow_the_cpus_given():
     assert inference_threads(0.5) == 1 and inference_threads(3.0) == 3 and inference_threads() >= 1
+
+
+def test_bench_score_reports_eager_and_fast_in_one_run(tiny_ckpt, phantom_dir, tmp_path):
+    from patchrank.pipeline.cli import main
+
+    files = [str(p) for p in sorted(phantom_dir.rglob("*_flair.nii.gz"))[:2]]
+    out = tmp_path / "bench.json"
+    args = ["bench", "score", "--checkpoint", str(tiny_ckpt), "--data", *files, "--reps", "2", "--threads", "1"]
+    assert main([*args, "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["eager_slices_per_s"] > 0 and r["fast_slices_per_s"] > 0 and r["scans"] == 2 and r["slices"] > 2
+    assert 0 <= r["max_abs_score_diff"] < 1e-3 and len(r["seconds"]["eager"]) == 2 and r["threads"] == 1
