@@ -5,7 +5,8 @@ from many concurrent scans up to `max_batch_size` *slices* (batch_size_fn counts
 slices) or `batch_wait_timeout_s`, and runs one forward of reconstructor +
 discriminator through pipeline.service.slice_scorer (-> model.scoring.score_images). Both knobs
 change at runtime through `user_config` (serve_config.yaml or `serve deploy` again).
-Placement (num_cpus / num_gpus) and autoscaling_config come from the app builder.
+Placement (num_cpus / num_gpus) and autoscaling_config come from the app builder; the replica runs as many
+torch threads as CPUs it was given (or `torch_threads`), and its networks go through pipeline.inference.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import asdict
 
+import ray
 from ray import serve
 
+from patchrank.pipeline.inference import inference_threads
 from patchrank.pipeline.service.slice_scorer import ChunkResult, SliceChunk, SliceScorer, chunk_size, model_info
 
 
@@ -23,7 +26,11 @@ class ScorerDeployment:
     def __init__(
         self, checkpoint: str, device: str = "cpu", torch_threads: int | None = None, s3_endpoint: str | None = None
     ) -> None:
-        self.scorer = SliceScorer(checkpoint, device=device, torch_threads=torch_threads, endpoint=s3_endpoint)
+        # Threads: as configured, else the CPUs Ray gave this replica (at least 1), so replicas sharing a
+        # node never run more threads than it has cores.
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        threads = torch_threads or inference_threads(cpus if cpus else 1)
+        self.scorer = SliceScorer(checkpoint, device=device, torch_threads=threads, endpoint=s3_endpoint)
 
     def reconfigure(self, user_config: dict) -> None:
         """user_config: {max_batch_size: int, batch_wait_timeout_s: float} (both optional)."""

@@ -53,7 +53,7 @@ class ScoreOutput:
     disc: torch.Tensor  # (B, h, w) discriminator component (z)
     valid: torch.Tensor  # (B, h, w) bool, foreground patches
     image_scores: torch.Tensor  # (B,) normalised against normal images
-    pixel_map: torch.Tensor  # (B, H, W) per-pixel anomaly map, before the scan-level slice gate
+    pixel_map: torch.Tensor | None  # (B, H, W) per-pixel anomaly map before the slice gate; None unless maps
     composite: torch.Tensor  # (B, C, H, W) masked reconstruction
 
 
@@ -87,9 +87,11 @@ def score_images(
     stats: ScoreStats | None,
     foreground: torch.Tensor | None = None,
     position: torch.Tensor | None = None,
+    maps: bool = True,
 ) -> ScoreOutput:
     """x: (B, C, H, W) preprocessed slices; foreground: (B, 1, H, W); position: (B,) relative
-    axial position in the volume (NaN = unknown, e.g. a 2D image) -> ScoreOutput."""
+    axial position in the volume (NaN = unknown, e.g. a 2D image) -> ScoreOutput. maps=False skips the
+    per-pixel map (pixel_map None) for callers that use only the patch, slice and scan scores."""
     residual, evidence, composite = raw_maps(recon, disc, x, cfg)
     batch = Batch(x, foreground, position, recon, tuple(evidence.shape[-2:]))
     pixel_terms = _terms_at("pixel", batch, stats, cfg)
@@ -101,10 +103,12 @@ def score_images(
     image_terms = _terms_at("image", batch, stats, cfg)
     if image_terms is not None:  # image level: e.g. the lesion's outline, not any one patch
         image = image + image_terms.to(image.device, image.dtype)
-    pcal = res_cal
-    if pixel_terms is not None and cfg.pixel_prior_scale:
-        pcal = pcal + cfg.pixel_prior_scale * pixel_terms
-    pixel = pixel_map(pcal, x, foreground, stats.rec_mean if stats else 0.0, stats.rec_std if stats else 1.0, cfg)
+    pixel = None
+    if maps:
+        pcal = res_cal
+        if pixel_terms is not None and cfg.pixel_prior_scale:
+            pcal = pcal + cfg.pixel_prior_scale * pixel_terms
+        pixel = pixel_map(pcal, x, foreground, stats.rec_mean if stats else 0.0, stats.rec_std if stats else 1.0, cfg)
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
 
 

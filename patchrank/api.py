@@ -66,12 +66,15 @@ class Detector:
         """Score one scan file or DICOM series (a folder, + its SeriesInstanceUID when it holds several, or a
         `pipeline.data.dicom.SeriesRef`); raises pipeline.data.loaders.ScanError for unreadable or unusable input."""
         from patchrank.pipeline.data.dicom import SeriesRef
-        from patchrank.pipeline.data.geometry import canonical_to_native
         from patchrank.pipeline.data.preprocess import load_prepared
-        from patchrank.pipeline.scan_scoring import score_prepared
 
         src = path if isinstance(path, SeriesRef) else Path(path)
-        prep = load_prepared(src, self.preprocess, series_uid)
+        return self._result(path, load_prepared(src, self.preprocess, series_uid), maps=maps, top=top)
+
+    def _result(self, path, prep, *, maps: bool = False, top: int = 10) -> ScanResult:
+        from patchrank.pipeline.data.geometry import canonical_to_native
+        from patchrank.pipeline.scan_scoring import score_prepared
+
         s = score_prepared(self.model, prep, top_n=top, keep_maps=maps)
         canon, geo = s.extras.get("map_volume"), prep.geometry
         res = ScanResult(str(path), s.scan_score, s.slice_scores, s.slice_index, s.patches, s.pixel_maps)
@@ -82,16 +85,24 @@ class Detector:
         return res
 
     def score_many(self, paths: Iterable[str | os.PathLike], **kwargs) -> Iterator[ScanResult]:
-        """Score each file in turn (same options as `score`)."""
-        for path in paths:
-            yield self.score(path, **kwargs)
+        """Score each file in turn (same options as `score`), reading the next file while one is scored."""
+        from patchrank.pipeline.data.dicom import SeriesRef
+        from patchrank.pipeline.data.prefetch import prefetched
+        from patchrank.pipeline.data.preprocess import load_prepared
+
+        def load(p):
+            return load_prepared(p if isinstance(p, SeriesRef) else Path(p), self.preprocess)
+
+        for path, loading in prefetched(paths, load):
+            yield self._result(path, loading.result(), **kwargs)
 
 
 def load(checkpoint: str | os.PathLike, *, device: str = "cpu") -> Detector:
-    """Load a checkpoint (weights_only, verified against its content hash; older formats upgraded)."""
-    from patchrank.model.checkpoint import load_checkpoint
+    """Load a checkpoint (weights_only, verified against its content hash; older formats upgraded) and
+    prepare its networks for inference (pipeline.inference)."""
+    from patchrank.pipeline.inference import load_for_inference
 
-    return Detector(load_checkpoint(checkpoint, map_location=device))
+    return Detector(load_for_inference(checkpoint, map_location=device))
 
 
 def train(

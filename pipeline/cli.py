@@ -7,7 +7,20 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ["demo", "phantom", "train", "score", "evaluate", "bench", "enqueue", "screen", "query", "serve", "report"]
+COMMANDS = [
+    "demo",
+    "phantom",
+    "train",
+    "score",
+    "evaluate",
+    "export",
+    "bench",
+    "enqueue",
+    "screen",
+    "query",
+    "serve",
+    "report",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,18 +69,25 @@ def score_slices(
     position: np.ndarray | None = None,
     batch_size: int = 32,
     device: str = "cpu",
+    *,
+    maps: bool = True,
 ) -> ScoreOutput:
     """images: (S, C, H, W), foreground: (S, 1, H, W), position: (S,) relative axial level
-    (None / NaN = unknown) -> ScoreOutput over all S slices."""
+    (None / NaN = unknown) -> ScoreOutput over all S slices (pixel_map None when maps=False)."""
     outs = []
     for s in range(0, len(images), batch_size):
         x = torch.from_numpy(images[s : s + batch_size]).to(device)
         fg = torch.from_numpy(foreground[s : s + batch_size]).to(device)
         pos = None if position is None else torch.from_numpy(np.asarray(position[s : s + batch_size], dtype=np.float32))
+        m = model
         outs.append(
-            score_images(model.recon, model.disc, x, cfg=model.scoring, stats=model.stats, foreground=fg, position=pos)
+            score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg, position=pos, maps=maps)
         )
-    return ScoreOutput(*(torch.cat([getattr(o, f).cpu() for o in outs]) for f in ScoreOutput.__dataclass_fields__))
+    return ScoreOutput(*(_cat([getattr(o, f) for o in outs]) for f in ScoreOutput.__dataclass_fields__))
+
+
+def _cat(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.cat([p.cpu() for p in parts])
 
 
 def patch_box(
@@ -99,12 +106,18 @@ def patch_box(
 
 
 def rank_patches(
-    out: ScoreOutput, slice_index: np.ndarray, native_shape: tuple[int, int], top_n: int, geometry=None
+    out: ScoreOutput,
+    slice_index: np.ndarray,
+    native_shape: tuple[int, int],
+    top_n: int,
+    geometry=None,
+    image_size: int | None = None,
 ) -> list[PatchHit]:
-    """Top-n valid patches over all slices of one scan, most suspicious first (geometry: the volume's
-    pipeline.data.geometry.Geometry, for file-voxel and world coordinates)."""
+    """Top-n valid patches over all slices of one scan, most suspicious first. geometry: the volume's
+    pipeline.data.geometry.Geometry, for file-voxel and world coordinates; image_size: the model's input side
+    (default: the pixel maps'; required when they were not computed)."""
     s, h, w = out.patch_scores.shape
-    image_size = out.pixel_map.shape[-1]
+    image_size = image_size or out.pixel_map.shape[-1]
     patch = image_size // w
     scores = out.patch_scores.masked_fill(~out.valid, float("-inf")).flatten()
     n = int(min(top_n, int(out.valid.sum())))
@@ -166,9 +179,10 @@ def write_scan_map(path, prep: Prepared, maps) -> None:
 def score_prepared(
     model: LoadedModel, prep: Prepared, *, batch_size: int = 32, top_n: int = 10, keep_maps: bool = False
 ) -> ScanScore:
-    out = score_slices(model, prep.images, prep.foreground, prep.position, batch_size)
-    scan = finish_scan(out.image_scores, prep, model.scoring, out.pixel_map if keep_maps else None)
-    hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n, prep.geometry)
+    """One preprocessed scan -> its scan score, slice scores and top patches (pixel maps only when keep_maps)."""
+    out = score_slices(model, prep.images, prep.foreground, prep.position, batch_size, maps=keep_maps)
+    scan = finish_scan(out.image_scores, prep, model.scoring, out.pixel_map)
+    hits = rank_patches(out, prep.slice_index, prep.native_shape, top_n, prep.geometry, prep.images.shape[-1])
     maps = scan.maps.numpy() if keep_maps else None
     extras = {"map_volume": map_volume(prep, maps)} if keep_maps and prep.geometry is not None else {}
     return ScanScore(scan.scan_score, scan.slice_scores.numpy(), prep.slice_index, hits, maps, extras)

@@ -43,10 +43,16 @@ def encoder_features(recon: nn.Module, x: torch.Tensor, grid: tuple[int, int]) -
 
 
 def _nearest(q: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """q: (P, F), bank: (N, F) -> (P,) distance to the nearest bank row (in chunks of queries)."""
+    """q: (P, F), bank: (N, F) -> (P,) distance to the nearest bank row (in chunks of queries). The nearest row
+    is found with cdist's matrix-product form; the distance to it is then computed directly, since that form
+    loses precision near 0 (|q|^2 + |b|^2 - 2 q.b) and a patch close to a bank patch would carry its rounding."""
     if q.shape[0] == 0:
         return q.new_zeros(0)
-    return torch.cat([torch.cdist(q[i : i + _CHUNK], bank).min(1).values for i in range(0, q.shape[0], _CHUNK)])
+    out = []
+    for i in range(0, q.shape[0], _CHUNK):
+        part = q[i : i + _CHUNK]
+        out.append((part - bank[torch.cdist(part, bank).argmin(1)]).norm(dim=1))
+    return torch.cat(out)
 
 
 def _bank(patches: torch.Tensor, seed: int) -> torch.Tensor:

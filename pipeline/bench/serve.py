@@ -1,10 +1,12 @@
 """`patchrank bench serve`: end-to-end scoring throughput through Redis -> Serve -> Parquet
 versus the bare batched model forward, in the same run on the same machine.
 
-Data: phantom NIfTI volumes (pipeline.data.phantom) written to a temp dir, or --data PATHS.
-Model: --checkpoint, or a freshly initialised model of the default architecture saved as
-a checkpoint (throughput does not depend on the weights).
-Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images) over the same
+The real thing: --checkpoint (a trained model, e.g. the one behind the quality table) and --data (real
+volumes) are what the figures should be measured with. Without them: phantom NIfTI volumes
+(pipeline.data.phantom) and a freshly initialised model of the default architecture and default image
+size (throughput does not depend on the weights), and the output says so.
+Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images over the networks of the fast
+inference path, pipeline.inference, no pixel maps: exactly what a scorer replica runs) over the same
 preprocessed slices in batches of B, in-process, best of 1 and all torch threads
 (preprocessing and I/O excluded), measured right before and right after each service run. End to end: a private
 redis-server + local Ray + the Serve app; clock from
@@ -27,12 +29,12 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="scoring service throughput vs bare model forward", description=__doc__)
-    p.add_argument("--checkpoint", help="model to serve (default: a fresh default-architecture model)")
-    p.add_argument("--data", nargs="*", help="scan files/folders (default: generated phantoms)")
+    p.add_argument("--checkpoint", help="trained model to serve (default: a fresh untrained default model)")
+    p.add_argument("--data", nargs="*", help="real scan files/folders (default: generated phantoms)")
     p.add_argument("--scans", type=int, default=12, help="phantom volumes to generate (default 12)")
-    p.add_argument("--image-size", type=int, default=64, help="model input size for the fresh model (default 64)")
-    p.add_argument("--replicas", default="1,2", help="scorer replica counts (default 1,2)")
-    p.add_argument("--batch-sizes", default="8,32", help="@serve.batch max_batch_size values (default 8,32)")
+    p.add_argument("--image-size", type=int, default=0, help="input size of the fresh model (default: training's)")
+    p.add_argument("--replicas", default="1", help="scorer replica counts, comma-separated (default 1)")
+    p.add_argument("--batch-sizes", default="32", help="@serve.batch max_batch_size values (default 32)")
     p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
     p.add_argument("--inflight", type=int, default=4, help="scans in flight per ingest replica (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per scorer replica (default: CPUs / replicas)")
@@ -47,7 +49,8 @@ def fresh_checkpoint(path: Path, image_size: int) -> Path:
     from patchrank.pipeline.settings import TrainConfig
     from patchrank.pipeline.training.loop import build_models, save_trained
 
-    cfg = TrainConfig(preprocess={"image_size": image_size})
+    cfg = TrainConfig(preprocess={"image_size": image_size} if image_size else {})
+    image_size = cfg.preprocess.image_size
     torch.manual_seed(0)
     recon, disc = build_models(cfg)
     save_trained(
@@ -65,18 +68,20 @@ def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float,
     from patchrank.pipeline.data.preprocess import load_prepared
     from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceScorer
 
-    scorer = SliceScorer(checkpoint)
-    preps = [load_prepared(f.resolve(), scorer.preprocess) for f in files]
-    images = np.concatenate([p.images for p in preps])
-    fg = np.concatenate([p.foreground for p in preps])
+    preps = None
     best, saved = 0.0, torch.get_num_threads()
     try:
         for threads in sorted({1, os.cpu_count() or 1}):
-            torch.set_num_threads(threads)
-            scorer.score_chunks([SliceChunk(images[:batch], fg[:batch])])  # warm-up
+            scorer = SliceScorer(checkpoint, torch_threads=threads)  # ONNX Runtime sessions take it at creation
+            if preps is None:
+                preps = [load_prepared(f.resolve(), scorer.preprocess) for f in files]
+                images = np.concatenate([p.images for p in preps])
+                fg = np.concatenate([p.foreground for p in preps])
+                pos = np.concatenate([p.position for p in preps])
+            scorer.score_chunks([SliceChunk(images[:batch], fg[:batch], pos[:batch])])  # warm-up
             t0 = time.perf_counter()
             for s in range(0, len(images), batch):
-                scorer.score_chunks([SliceChunk(images[s : s + batch], fg[s : s + batch])])
+                scorer.score_chunks([SliceChunk(images[s : s + batch], fg[s : s + batch], pos[s : s + batch])])
             best = max(best, len(images) / (time.perf_counter() - t0))
     finally:
         torch.set_num_threads(saved)
@@ -179,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
     )
     replicas = [int(x) for x in args.replicas.split(",")]
     batches = [int(x) for x in args.batch_sizes.split(",")]
+    if not (args.checkpoint and args.data):
+        print("bench serve: NOT the real thing: " + ("an untrained fresh model" if not args.checkpoint else "")
+              + (" and " if not (args.checkpoint or args.data) else "") + ("phantom volumes" if not args.data else "")
+              + "; pass --checkpoint (trained) and --data (real volumes) for figures a user gets")  # fmt: skip
     print(
         f"bench serve: {len(files)} scans, checkpoint {ckpt}, {os.cpu_count()} CPUs, "
         f"{platform.processor() or platform.machine()}, load {_load()}"
@@ -214,6 +223,16 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.json_out:
         Path(args.json_out).write_text(
-            json.dumps({"files": len(files), "checkpoint": ckpt, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "files": len(files),
+                    "checkpoint": ckpt,
+                    "real": bool(args.checkpoint and args.data),
+                    "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    "cpus": os.cpu_count(),
+                    "results": results,
+                },
+                indent=2,
+            )
         )
     return 0

@@ -32,18 +32,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchrank.model.checkpoint import load_checkpoint
     from patchrank.pipeline.data.bids import entities
     from patchrank.pipeline.data.dicom import SeriesRef, series_scan_id
     from patchrank.pipeline.data.geometry import canonical_to_native, write_map
     from patchrank.pipeline.data.loaders import ScanError
     from patchrank.pipeline.data.modality import model_modality, select
+    from patchrank.pipeline.data.prefetch import prefetched
     from patchrank.pipeline.data.preprocess import as_config, load_prepared
     from patchrank.pipeline.evaluation import operating_point
+    from patchrank.pipeline.inference import load_for_inference
     from patchrank.pipeline.scan_scoring import score_prepared
     from patchrank.pipeline.service.messages import scan_id_for
 
-    model = load_checkpoint(args.checkpoint)
+    model = load_for_inference(args.checkpoint)
     threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
     files, skipped = walk_scans(args.paths)
@@ -51,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     files, other = select(files, modality, args.modality_pattern)
     skipped += other
     results = []
-    for path in tqdm(files, desc="scoring", unit="scan", disable=None):  # a bar on a terminal only
+    # The next file is read and preprocessed in a background thread while this one is scored.
+    loads = prefetched(files, lambda p: load_prepared(p, pre))
+    for path, loading in tqdm(loads, total=len(files), desc="scoring", unit="scan", disable=None):  # TTY only
         series = isinstance(path, SeriesRef)
         scan_id = series_scan_id(path) if series else scan_id_for(path)
         where = {
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             "series_uid": path.uid if series else None,
         }
         try:
-            prep = load_prepared(path, pre)
+            prep = loading.result()
             s = score_prepared(model, prep, top_n=args.top, keep_maps=bool(args.maps))
             if args.maps and "map_volume" in s.extras:
                 where["map"] = str(Path(args.maps) / f"{scan_id}.nii.gz")

@@ -73,12 +73,16 @@ class SliceLevel:
 
 
 class PatchRankScorer:
-    """A trained checkpoint, scored through the one scoring path (slices, then the scan)."""
+    """A trained checkpoint, scored through the one scoring path (slices, then the scan), on networks prepared
+    for inference (pipeline.inference) unless fast=False."""
 
     scan_level = True
 
-    def __init__(self, model, name: str = "PatchRank", device: str = "cpu") -> None:
-        self.model, self.name, self.device = model, name, device  # device: where model's networks live
+    def __init__(self, model, name: str = "PatchRank", device: str = "cpu", fast: bool = True) -> None:
+        from patchrank.pipeline.inference import prepare_for_inference
+
+        self.model = prepare_for_inference(model) if fast else model
+        self.name, self.device = name, device  # device: where model's networks live
 
     def score(self, images: np.ndarray, foreground: np.ndarray, position: np.ndarray | None = None) -> EvalResult:
         from patchrank.pipeline.scan_scoring import score_slices

@@ -260,7 +260,12 @@ class StreamConsumer:
             return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
         n, step = len(prep.images), self.cfg.chunk_slices
         chunks = [
-            SliceChunk(prep.images[i : i + step], prep.foreground[i : i + step], prep.position[i : i + step])
+            SliceChunk(
+                prep.images[i : i + step],
+                prep.foreground[i : i + step],
+                prep.position[i : i + step],
+                maps=self.cfg.write_maps,
+            )
             for i in range(0, n, step)
         ]
         parts = await asyncio.gather(*(self.score_chunk(c) for c in chunks))
@@ -271,7 +276,9 @@ class StreamConsumer:
         if self.cfg.write_maps and prep.geometry is not None:
             map_uri = f"maps/{msg.scan_id}.nii.gz"
             await asyncio.to_thread(write_scan_map, Path(self.cfg.output_dir) / map_uri, prep, scan_scores.maps)
-        hits = rank_patches(out, prep.slice_index, prep.native_shape, self.cfg.top_patches, prep.geometry)
+        hits = rank_patches(
+            out, prep.slice_index, prep.native_shape, self.cfg.top_patches, prep.geometry, prep.images.shape[-1]
+        )
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [
             TopPatch(

@@ -2,7 +2,8 @@
 
 The checkpoint is loaded once; each call scores a list of slice chunks (from one or
 many scans) in ONE forward pass through `model.scoring.score_images` (the one scoring
-function) and splits the outputs back per chunk. Only numpy arrays cross the wire.
+function) and splits the outputs back per chunk. Only numpy arrays cross the wire. The networks are
+prepared for inference at load (pipeline.inference); pixel maps are computed only for chunks that ask.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from patchrank.model.checkpoint import load_checkpoint
 from patchrank.model.scoring import ScoreOutput, score_images
 from patchrank.pipeline.data.storage import local_checkpoint
+from patchrank.pipeline.inference import load_for_inference
 
 
 @dataclass
@@ -22,6 +23,7 @@ class SliceChunk:
     images: np.ndarray  # (n, C, H, W) float32 preprocessed slices
     foreground: np.ndarray  # (n, 1, H, W) bool
     position: np.ndarray | None = None  # (n,) relative axial level in the volume (None / NaN = unknown)
+    maps: bool = False  # also return the per-pixel anomaly maps (the service's scan rows do not use them)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -34,7 +36,7 @@ class ChunkResult:
     disc: np.ndarray  # (n, h, w)
     valid: np.ndarray  # (n, h, w) bool
     image_scores: np.ndarray  # (n,)
-    pixel_map: np.ndarray  # (n, H, W) float16 (heatmaps only; halves the bytes on the wire)
+    pixel_map: np.ndarray | None = None  # (n, H, W) float16 when the chunk asked for maps (halves the bytes)
 
 
 def chunk_size(chunks: list[SliceChunk]) -> int:
@@ -45,23 +47,36 @@ def chunk_size(chunks: list[SliceChunk]) -> int:
 def merge_chunks(parts: list[ChunkResult]) -> ScoreOutput:
     """Per-chunk results of one scan -> one ScoreOutput over all its slices (S = sum n)."""
     cat = {
-        f: torch.from_numpy(np.concatenate([getattr(p, f) for p in parts])) for f in ChunkResult.__dataclass_fields__
+        f: None
+        if any(getattr(p, f) is None for p in parts)
+        else torch.from_numpy(np.concatenate([getattr(p, f) for p in parts]))
+        for f in ChunkResult.__dataclass_fields__
     }
-    empty = torch.empty(0)
+    pixel = None if cat["pixel_map"] is None else cat["pixel_map"].float()
     return ScoreOutput(
-        cat["patch_scores"], cat["rec"], cat["disc"], cat["valid"], cat["image_scores"], cat["pixel_map"].float(), empty
+        cat["patch_scores"], cat["rec"], cat["disc"], cat["valid"], cat["image_scores"], pixel, torch.empty(0)
     )
 
 
 class SliceScorer:
     def __init__(
-        self, checkpoint: str, *, device: str = "cpu", torch_threads: int | None = None, endpoint: str | None = None
+        self,
+        checkpoint: str,
+        *,
+        device: str = "cpu",
+        torch_threads: int | None = None,
+        fast: bool = True,
+        endpoint: str | None = None,
     ) -> None:
-        """checkpoint: a path or an s3:// URI (downloaded once to a local cache, then loaded)."""
+        """checkpoint: a path or an s3:// URI (downloaded once to a local cache, then loaded); torch_threads:
+        intra-op threads of this process (None: torch's default); fast=False keeps the eager networks
+        (benchmarks and tests compare the two)."""
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = device
-        self.model = load_checkpoint(local_checkpoint(checkpoint, endpoint), map_location=device)
+        self.model = load_for_inference(
+            local_checkpoint(checkpoint, endpoint), map_location=device, fast=fast, threads=torch_threads
+        )
         self.model_version = self.model.model_version
         self.preprocess = dict(self.model.preprocess)
 
@@ -79,20 +94,20 @@ class SliceScorer:
                 ]
             )
         )
-        m = self.model
-        out = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg, position=pos)
+        m, maps = self.model, any(c.maps for c in chunks)
+        out = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg, position=pos, maps=maps)
         arrays = {
             "patch_scores": out.patch_scores.float().cpu().numpy(),
             "rec": out.rec.float().cpu().numpy(),
             "disc": out.disc.float().cpu().numpy(),
             "valid": out.valid.cpu().numpy(),
             "image_scores": out.image_scores.float().cpu().numpy(),
-            "pixel_map": out.pixel_map.cpu().numpy().astype(np.float16),
+            "pixel_map": out.pixel_map.cpu().numpy().astype(np.float16) if maps else None,
         }
         results, start = [], 0
         for c in chunks:
             sl = slice(start, start + len(c))
-            results.append(ChunkResult(**{k: v[sl] for k, v in arrays.items()}))
+            results.append(ChunkResult(**{k: None if v is None else v[sl] for k, v in arrays.items()}))
             start += len(c)
         return results
 

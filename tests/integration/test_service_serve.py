@@ -110,13 +110,13 @@ def test_reenqueue_adds_no_duplicate_results(screened):
 @pytest.mark.timeout(240)
 def test_service_scores_match_in_process_scoring_and_query_ranks_top(screened):
     """The known answer: the same checkpoint scored in-process (pipeline.scan_scoring)."""
-    from patchrank.model.checkpoint import load_checkpoint
     from patchrank.pipeline.data.loaders import load_scan
     from patchrank.pipeline.data.preprocess import preprocess_scan
+    from patchrank.pipeline.inference import load_for_inference
     from patchrank.pipeline.scan_scoring import score_prepared
 
     svc = screened
-    model = load_checkpoint(svc["cfg"].checkpoint)
+    model = load_for_inference(svc["cfg"].checkpoint)  # the fast path, as the scorer replicas load it
     direct = {}
     for name, status in svc["expected"].items():
         if status == "ok":

@@ -14,14 +14,14 @@ from patchrank.pipeline.data.loaders import ScanError
 
 @pytest.mark.slow
 def test_load_and_score_match_the_scoring_path(tiny_checkpoint, phantom_dir):
-    from patchrank.model.checkpoint import load_checkpoint
     from patchrank.pipeline.data.preprocess import load_prepared
+    from patchrank.pipeline.inference import load_for_inference
     from patchrank.pipeline.scan_scoring import score_prepared
 
     det = patchrank.load(tiny_checkpoint)
     path = sorted(phantom_dir.rglob("*_flair.nii.gz"))[-1]
     res = det.score(path, top=4, maps=True)
-    lm = load_checkpoint(tiny_checkpoint)
+    lm = load_for_inference(tiny_checkpoint)  # the fast path, as `patchrank score` loads it
     ref = score_prepared(lm, load_prepared(path, lm.preprocess), top_n=4)
     assert res.scan_score == ref.scan_score and np.array_equal(res.slice_scores, ref.slice_scores)
     assert [p.rank for p in res.patches] == [1, 2, 3, 4] and res.patches == ref.patches

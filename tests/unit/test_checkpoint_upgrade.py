@@ -45,7 +45,9 @@ def test_dermoscopy_checkpoint_of_format_1_scores_as_before(tmp_path):
     paths = {p.name: p for p in write_images(tmp_path)}
     for name, want in ref.items():
         prep = preprocess_scan(load_scan(paths[name], channels=3), lm.preprocess)
-        assert score_prepared(lm, prep, top_n=3).scan_score == pytest.approx(want["scan_score"], abs=1e-5)
+        # 5e-3, not 1e-5: the feature term's nearest distance is now computed directly rather than through
+        # cdist's matrix-product form (docs/decisions.md, Inference), which moves these references by <= 1.8e-3.
+        assert score_prepared(lm, prep, top_n=3).scan_score == pytest.approx(want["scan_score"], abs=5e-3)
 
 
 def test_upgrade_refuses_removed_scoring_options_and_keeps_the_input():

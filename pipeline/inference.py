@@ -1,0 +1,67 @@
+"""The fast inference path: the same scoring function over networks prepared once at load time.
+
+`prepare_for_inference(model)` exports the reconstructor (forward and encoder) and the discriminator to ONNX
+in memory (pipeline.onnx_model) and puts ONNX Runtime sessions in their place, behind the same call
+signatures, so `model.scoring.score_images` (the one scoring function) runs unchanged over them. Measured
+on the 2-core development machine against the eager PyTorch networks, channels_last and torch.compile
+(docs/decisions.md, "Inference"): faster than all of them, and closer to the eager scores than channels_last.
+`patchrank score`, evaluation, the Python API and the Serve scorer load models through `load_for_inference`.
+
+Threads: one scoring process uses the CPUs it was given (`inference_threads`): a Serve replica its num_cpus,
+a command every CPU it may run on; ONNX Runtime's sessions and torch (the scoring around the networks) both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+
+import torch
+
+from patchrank.model.checkpoint import LoadedModel, load_checkpoint
+
+
+def inference_threads(cpus: float | None = None) -> int:
+    """Threads for one scoring process: the CPUs it was given (floored, at least 1), else every CPU this
+    process may run on. Replicas sharing a node thus never ask for more threads than it has cores."""
+    if cpus is not None:
+        return max(1, int(cpus))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def set_inference_threads(cpus: float | None = None) -> int:
+    """torch.set_num_threads(inference_threads(cpus)); -> the thread count set."""
+    n = inference_threads(cpus)
+    torch.set_num_threads(n)
+    return n
+
+
+def prepare_for_inference(model: LoadedModel, threads: int | None = None) -> LoadedModel:
+    """-> the model with its networks on ONNX Runtime (CPU; threads per session, default torch's thread
+    count). Models on a GPU are returned as they are."""
+    from patchrank.pipeline.onnx_model import export_graphs, onnx_networks
+
+    if is_prepared(model) or next(model.recon.parameters()).device.type != "cpu":
+        return model
+    r, d = model.recon, model.disc
+    recon, disc = onnx_networks(
+        export_graphs(model), r.in_channels, r.depth, d.patch_size, threads or torch.get_num_threads()
+    )
+    return replace(model, recon=recon, disc=disc)
+
+
+def is_prepared(model: LoadedModel) -> bool:
+    from patchrank.pipeline.onnx_model import OnnxReconstructor
+
+    return isinstance(model.recon, OnnxReconstructor)
+
+
+def load_for_inference(
+    path, map_location: str | torch.device = "cpu", *, fast: bool = True, threads: int | None = None
+) -> LoadedModel:
+    """model.checkpoint.load_checkpoint, then (fast=True) `prepare_for_inference`."""
+    model = load_checkpoint(path, map_location=map_location)
+    return prepare_for_inference(model, threads) if fast else model
