@@ -153,12 +153,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         stats = ScoreStats.from_dict(payload["stats"])
     except (UpgradeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot use this checkpoint: {exc}") from exc
+    check_payload(payload, path)
     recon, disc = build_networks(payload["arch"])
     recon.load_state_dict(payload["recon_state"])
     disc.load_state_dict(payload["disc_state"])
     recon.to(map_location).eval()
     disc.to(map_location).eval()
-    return LoadedModel(
+    model = LoadedModel(
         recon=recon,
         disc=disc,
         preprocess=payload["preprocess"],
@@ -168,3 +169,133 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         meta=payload.get("meta", {}),
         train_state=payload.get("train_state"),
     )
+    validate_loaded(model, path)
+    return model
+
+
+# ---- load-time validation --------------------------------------------------------------
+# A content hash only proves the file is what its writer hashed; a writer can hash anything
+# (a checkpoint edited to image_size 16 and re-hashed loaded fine and then failed every scan
+# at scoring time, retried as an infrastructure fault). So the configuration, the weights'
+# shapes and the statistics are checked at load, and one test forward must give finite
+# scores: a checkpoint that cannot score is refused with one line, before any scan is read.
+
+
+def _fail(path, what: str) -> CheckpointError:
+    return CheckpointError(f"refusing to load {Path(path).name}: {what}")
+
+
+def check_payload(payload: dict, path: str | os.PathLike = "checkpoint") -> None:
+    """Configuration, weight shapes and statistics of a checkpoint payload, before any network
+    is built from it. Raises CheckpointError with one line naming the first problem."""
+    pre = payload.get("preprocess")
+    if not isinstance(pre, dict):
+        raise _fail(path, "no preprocess configuration")
+    size, channels = pre.get("image_size"), pre.get("channels")  # channels: absent in hand-made checkpoints
+    if not isinstance(size, int) or isinstance(size, bool) or not 16 <= size <= 1024 or size % 16:
+        raise _fail(path, f"preprocess.image_size {size!r} is not a multiple of 16 in 16..1024")
+    if channels is not None and (not isinstance(channels, int) or not 1 <= channels <= 8):
+        raise _fail(path, f"preprocess.channels {channels!r} is not in 1..8")
+    try:
+        recon, disc = build_networks(payload["arch"])
+    except Exception as exc:  # noqa: BLE001 - any malformed architecture
+        raise _fail(path, f"invalid architecture ({exc.__class__.__name__}: {str(exc)[:120]})") from None
+    channels = recon.in_channels if channels is None else channels
+    if recon.in_channels != channels or disc.in_channels != channels:
+        raise _fail(path, f"networks take {recon.in_channels}/{disc.in_channels} channels, preprocess gives {channels}")
+    if size % (2 ** getattr(recon, "depth", 0)):
+        raise _fail(path, f"image_size {size} is not divisible by 2**depth ({2**recon.depth}) of the reconstructor")
+    for name, net in (("recon_state", recon), ("disc_state", disc)):
+        state = payload.get(name)
+        if not isinstance(state, dict):
+            raise _fail(path, f"no {name}")
+        want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+        got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
+        if set(want) != set(got):
+            diff = sorted(set(want) ^ set(got))
+            raise _fail(path, f"{name} does not match the architecture ({len(diff)} keys differ, e.g. {diff[0]})")
+        for k, shape in want.items():
+            if got[k] != shape:
+                raise _fail(path, f"{name}.{k} has shape {got[k]}, the architecture needs {shape}")
+            if not bool(torch.isfinite(state[k].float()).all()):
+                raise _fail(path, f"{name}.{k} holds non-finite values")
+    try:
+        ScoringConfig.from_dict(payload["scoring"])
+        stats = ScoreStats.from_dict(payload["stats"])
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(path, f"invalid scoring configuration or statistics ({exc.__class__.__name__})") from None
+    check_stats(stats, size, channels, path)
+
+
+def _stat_values(stats: ScoreStats):
+    """(name, value) of every statistic: the method's own and each evidence term's state."""
+    for f in stats.__dataclass_fields__:
+        v = getattr(stats, f)
+        if isinstance(v, dict):  # terms: {term name: {statistic: value}}
+            for term, state in v.items():
+                if not isinstance(state, dict):
+                    yield f"{f}.{term}", state
+                    continue
+                for k, x in state.items():
+                    yield f"{term}.{k}", x
+        else:
+            yield f, v
+
+
+def check_stats(stats: ScoreStats, image_size: int, channels: int, path: str | os.PathLike = "checkpoint") -> None:
+    """Every statistic finite, scalar spreads positive, spatial maps at image_size."""
+    for name, v in _stat_values(stats):
+        if v is None:
+            continue
+        if isinstance(v, torch.Tensor):
+            if not bool(torch.isfinite(v.float()).all()):
+                raise _fail(path, f"statistic {name} holds non-finite values (NaN/inf)")
+            if v.dim() == 4 and tuple(v.shape[-2:]) != (image_size, image_size):
+                raise _fail(
+                    path,
+                    f"statistic {name} has shape {tuple(v.shape)}; image_size {image_size} needs "
+                    f"{image_size}x{image_size} maps",
+                )
+            if v.dim() == 4 and name.endswith("app_mean") and v.shape[1] != channels:
+                raise _fail(path, f"statistic {name} has {v.shape[1]} channels, preprocess gives {channels}")
+        elif isinstance(v, bool):
+            continue
+        elif isinstance(v, (int, float)):
+            if v != v or v in (float("inf"), float("-inf")):
+                raise _fail(path, f"statistic {name} is not finite ({v})")
+            if name.endswith("_std") and v <= 0:
+                raise _fail(path, f"statistic {name} must be positive, is {v}")
+        elif not isinstance(v, (str, list, tuple, dict)):
+            raise _fail(path, f"statistic {name} has type {type(v).__name__}")
+
+
+@torch.no_grad()
+def validate_loaded(model: LoadedModel, path: str | os.PathLike = "checkpoint") -> None:
+    """One forward of two synthetic slices (a volume slice and a 2D image) through the scoring
+    function: it must run and give finite image scores. Refuses what check_payload cannot
+    see (a scoring configuration that does not fit the networks or statistics)."""
+    from .scoring import score_images
+
+    size = int(model.preprocess["image_size"])
+    channels = int(model.preprocess.get("channels") or model.recon.in_channels)
+    device = next(model.recon.parameters()).device
+    g = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    inside = (yy**2 + xx**2 < 0.6).expand(2, 1, size, size)
+    x = torch.where(inside, 0.4 * torch.rand(2, channels, size, size, generator=g) - 0.2, torch.tensor(-1.0))
+    try:
+        out = score_images(
+            model.recon,
+            model.disc,
+            x.to(device),
+            cfg=model.scoring,
+            stats=model.stats,
+            foreground=inside.to(device),
+            position=torch.tensor([0.5, float("nan")]),
+        )
+    except Exception as exc:  # noqa: BLE001 - whatever breaks here would break every scan
+        raise _fail(
+            path, f"a test forward fails ({exc.__class__.__name__}: {' '.join(str(exc).split())[:160]})"
+        ) from None
+    if tuple(out.image_scores.shape) != (2,) or not bool(torch.isfinite(out.image_scores).all()):
+        raise _fail(path, "a test forward gives non-finite scores")

@@ -36,6 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _secrets(args: argparse.Namespace) -> list[str]:
+    """Strings that must not appear in anything printed on failure (Redis URL passwords)."""
+    from patchrank.pipeline.service.settings import password_from_environment, read_password_file, url_secrets
+
+    out = url_secrets(getattr(args, "redis_url", None))
+    for get in (
+        lambda: read_password_file(args.redis_password_file) if getattr(args, "redis_password_file", None) else None,
+        password_from_environment,
+    ):
+        try:
+            pw = get()
+        except ValueError:
+            pw = None
+        if pw:
+            out.append(pw)
+    return out
+
+
+def _validation_line(e: dict) -> str:
+    msg = str(e.get("msg", "")).removeprefix("Value error, ")
+    where = ".".join(map(str, e.get("loc", ()))) or "settings"
+    return msg if msg.startswith(where) else f"{where}: {msg}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -43,18 +67,35 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from pydantic import ValidationError
+
     from patchrank.model.checkpoint import CheckpointError
     from patchrank.pipeline.data.datasets import DatasetError
     from patchrank.pipeline.data.loaders import ScanError
+    from patchrank.pipeline.errors import one_line
+    from patchrank.pipeline.service.settings import scrub
+
+    def fail(text: str) -> None:
+        print(scrub(f"patchrank {args.command}: error: {text}", _secrets(args)), file=sys.stderr)
 
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, ScanError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"patchrank {args.command}: error: {exc}", file=sys.stderr)
+    except ValidationError as exc:  # settings built from the flags; inputs are never echoed
+        fail("; ".join(_validation_line(e) for e in exc.errors()[:3]))
+        return 2
+    except (DatasetError, ScanError, CheckpointError, FileNotFoundError, ValueError, ConnectionError) as exc:
+        fail(" ".join(str(exc).split()) if str(exc) else one_line(exc))
         return 2
     except KeyboardInterrupt:
         print(f"patchrank {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - services (Redis, Ray, Serve): one line, the traceback only with -v
+        if args.verbose:
+            import traceback
+
+            print(scrub(traceback.format_exc(), _secrets(args)), file=sys.stderr)
+        fail(f"{one_line(exc)}" + ("" if args.verbose else " (run with -v for the traceback)"))
+        return 1
 
 
 if __name__ == "__main__":

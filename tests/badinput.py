@@ -183,6 +183,34 @@ def write_file_cases(root: Path, outside: Path) -> list[FileCase]:
     add("etc_passwd", "/etc/passwd", "outside the allowed input roots")
     add("relative_path", "scans/../../etc/passwd.nii.gz", "absolute")
     add("nul_byte", f"{root}/a\x00b.nii.gz", "NUL")
+    # issue 23: amplification, lost information, special files
+    add("implausible_shape", write_nifti(root / "thin.nii.gz", _phantom_volume((8, 8, 1000))), "implausible shape")
+    tiny_voxels = nib.Nifti1Image(_phantom_volume(), np.eye(4))
+    tiny_voxels.header.set_zooms((1e-6, 1e-6, 1.0))
+    nib.save(tiny_voxels, str(root / "tiny_voxels.nii.gz"))
+    add("implausible_voxel_size", root / "tiny_voxels.nii.gz", "implausible voxel size")
+    add(
+        "complex_nifti",
+        write_nifti(root / "complex.nii.gz", _phantom_volume().astype(np.complex64) * (1 + 1j)),
+        "complex-valued",
+    )
+    float_img = np.random.default_rng(2).random((40, 48)).astype(np.float32)
+    float_img[3, 4] = np.nan
+    from PIL import Image
+
+    Image.fromarray(float_img, mode="F").save(root / "nan.tif")
+    add("float_tiff_nan", root / "nan.tif", "non-finite")
+    fifo = root / "pipe.nii.gz"
+    if not fifo.exists():
+        import os
+
+        os.mkfifo(fifo)
+    add("fifo", fifo, "not a regular file")
+    loop_a, loop_b = root / "loop_a.nii.gz", root / "loop_b.nii.gz"
+    if not loop_a.is_symlink():
+        loop_a.symlink_to(loop_b)
+        loop_b.symlink_to(loop_a)
+    add("symlink_loop", loop_a, "symlink loop")
     return cases
 
 

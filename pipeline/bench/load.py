@@ -48,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--inflight", type=int, default=32, help="scans in flight in the ingest replica (default 32)")
     p.add_argument("--replicas", type=int, default=1, help="scorer replicas (default 1)")
     p.add_argument("--redis-url", help="existing Redis (default: a private redis-server)")
+    p.add_argument(
+        "--redis-password-file",
+        default=os.environ.get("PATCHRANK_REDIS_PASSWORD_FILE"),
+        help="file holding the password of --redis-url (default $PATCHRANK_REDIS_PASSWORD_FILE / _PASSWORD)",
+    )
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray (default: all)")
     p.add_argument("--sample-s", type=float, default=1.0, help="monitor sampling period (default 1 s)")
     p.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds (default 3600)")
@@ -76,7 +81,9 @@ def write_images(folder: Path, n: int, size: int, seed: int = 0) -> list[Path]:
     return paths
 
 
-def _produce(url: str, namespace: str, folder: str, n: int, rate: float, batch: int, started: float) -> None:
+def _produce(
+    url: str, namespace: str, folder: str, n: int, rate: float, batch: int, started: float, redis_kw: dict | None = None
+) -> None:
     """Producer process: enqueue folder/img_*.png in pipelined batches, optionally at `rate`/s."""
     import psutil
 
@@ -84,7 +91,7 @@ def _produce(url: str, namespace: str, folder: str, n: int, rate: float, batch: 
     from patchrank.pipeline.service.messages import message_for
     from patchrank.pipeline.service.streams import StreamClient
 
-    client = StreamClient.from_url(url, StreamKeys(namespace))
+    client = StreamClient.from_url(url, StreamKeys(namespace), **(redis_kw or {}))
     files = sorted(Path(folder).glob("img_*.png"))[:n]
     me, peak = psutil.Process(), 0.0
     t0 = time.monotonic()
@@ -200,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from patchrank.pipeline.bench.serve import fresh_checkpoint
+    from patchrank.pipeline.commands.screen import redis_password
     from patchrank.pipeline.service.results import ResultStore
     from patchrank.pipeline.service.screening import deploy, services, undeploy
     from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
@@ -224,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
         threads = max(1, (os.cpu_count() or 1) // args.replicas)
         cfg = ServiceConfig(
             redis_url=url,
+            redis_password=redis_password(args) if args.redis_url else None,
             namespace=ns,
             checkpoint=ckpt,
             output_dir=str(results),
@@ -248,7 +257,16 @@ def run(args: argparse.Namespace) -> int:
         roles = {os.getpid(): "driver"}
         producer = mp.get_context("spawn").Process(
             target=_produce,
-            args=(url, ns, str(work / "images"), len(files), args.rate, args.producer_batch, time.time()),
+            args=(
+                url,
+                ns,
+                str(work / "images"),
+                len(files),
+                args.rate,
+                args.producer_batch,
+                time.time(),
+                cfg.redis_kwargs(),  # pickled to the child, not on its command line
+            ),
         )
         mon = Monitor(client, roles, args.sample_s)
         t0 = time.monotonic()

@@ -102,6 +102,9 @@ def _screen(archive: Path, ckpt: Path, results: Path) -> None:
         app = app_args(sargs, redis_url=url, checkpoint=str(ckpt), out=str(results), roots=[str(archive)])
         res = screen([archive], app, timeout_s=1800)
     print(f"      scored {res.queued} scans in {res.seconds:.1f}s (deploy + enqueue + score + write)")
+    print(f"      {res.accounting.summary()}")
+    if not res.accounting.complete:
+        raise RuntimeError("screening left scans without a result row (see above)")
 
 
 def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> int:

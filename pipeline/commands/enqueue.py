@@ -11,13 +11,14 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from patchrank.pipeline.data.dicom import is_dicom_file
-from patchrank.pipeline.data.files import walk_s3, walk_scans
+from patchrank.pipeline.data.files import link_problem, walk_s3, walk_scans
 
 
 @dataclass
 class EnqueueReport:
     queued: list[tuple[str, str]] = field(default_factory=list)  # (scan_id, entry_id)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    uris: dict[str, str] = field(default_factory=dict)  # scan_id -> uri of what was queued
 
     def summary(self) -> str:
         lines = [f"queued {len(self.queued)} scans, skipped {len(self.skipped)}"]
@@ -41,12 +42,14 @@ def collect(paths: list[str | Path], endpoint: str | None = None) -> tuple[list,
         if p.is_file():
             series = walk_scans([p])[0] if is_dicom_file(p) else []
             files.extend(series or [p])
-        elif p.exists():
+        elif p.is_dir():
             found, skip = walk_scans([p])
             files.extend(found)
             skipped.extend((str(q), why) for q, why in skip)
+        elif p.exists():  # a FIFO or device named explicitly: queued, refused with a reason
+            files.append(p)
         else:
-            skipped.append((str(p), "not found"))
+            skipped.append((str(p), link_problem(p) or "not found"))
     return files, skipped
 
 
@@ -76,7 +79,7 @@ def enqueue_paths(
     for f in files:
         try:
             msg = message_for(f, modality, endpoint)
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
             report.skipped.append((str(f), f"cannot stat/describe file ({exc.__class__.__name__})"))
             bar.update(1)
             continue
@@ -85,6 +88,7 @@ def enqueue_paths(
             bar.update(1)
             continue
         seen.add(msg.scan_id)
+        report.uris[msg.scan_id] = msg.uri
         pending.append(msg)
         if len(pending) >= batch:
             report.queued += zip([m.scan_id for m in pending], client.add_many(pending))
@@ -109,6 +113,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("PATCHRANK_REDIS_URL"),
         help="redis://[:password@]host:port/db or rediss:// (TLS); default $PATCHRANK_REDIS_URL",
     )
+    p.add_argument(
+        "--redis-password-file",
+        default=os.environ.get("PATCHRANK_REDIS_PASSWORD_FILE"),
+        help="file holding the Redis password (keeps it out of the URL, which `ps` shows); "
+        "default $PATCHRANK_REDIS_PASSWORD_FILE, else $PATCHRANK_REDIS_PASSWORD",
+    )
     p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
     p.add_argument("--modality", help="queue only scans of this modality (e.g. flair), tagged with it")
     p.add_argument(
@@ -122,6 +132,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from patchrank.pipeline.commands.screen import redis_password
     from patchrank.pipeline.service.keys import StreamKeys
     from patchrank.pipeline.service.settings import ServiceConfig, redact_url
     from patchrank.pipeline.service.streams import StreamClient
@@ -129,7 +140,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.redis_url:
         raise ValueError("--redis-url (or $PATCHRANK_REDIS_URL) is required")
     kw = ServiceConfig(
-        redis_url=args.redis_url, namespace=args.namespace, checkpoint="-", output_dir="-"
+        redis_url=args.redis_url,
+        redis_password=redis_password(args),
+        namespace=args.namespace,
+        checkpoint="-",
+        output_dir="-",
     ).redis_kwargs()
     client = StreamClient.from_url(args.redis_url, StreamKeys(args.namespace), **kw)
     try:

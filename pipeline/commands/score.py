@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -66,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             prep = loading.result()
             s = score_prepared(model, prep, top_n=args.top, keep_maps=bool(args.maps))
+            if not math.isfinite(s.scan_score) or not all(math.isfinite(p.score) for p in s.patches):
+                raise ScanError("the model gave a non-finite score (NaN/inf) for this scan")
             if args.maps and "map_volume" in s.extras:
                 where["map"] = str(Path(args.maps) / f"{scan_id}.nii.gz")
                 write_map(where["map"], canonical_to_native(s.extras["map_volume"], prep.geometry), prep.geometry)

@@ -1,7 +1,14 @@
 """`patchrank screen`: queue scans, score them through Redis -> Ray Serve -> Parquet, rank.
 
 With nothing configured it starts a private redis-server and a local Ray, and stops
-both when done (also on Ctrl-C). --redis-url / --address use existing services.
+both when done (also on Ctrl-C, SIGTERM, and by a watchdog on kill -9). --redis-url /
+--address use existing services; the run then gets a Serve app and (unless --namespace
+is given) Redis keys of its own, so it never collides with another run or a `serve`.
+
+Exit status: 0 when every queued scan has a final result row (ok, or failed because of the
+scan); 1 when any has none (its dead letter, printed, is all that is left), is missing
+altogether or only gave up on an infrastructure fault (`--retry-failed` scores those again),
+or the stream was not drained within --timeout; 2 for bad arguments or a bad checkpoint.
 """
 
 from __future__ import annotations
@@ -18,11 +25,21 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
         help="existing Redis (redis:// or rediss://); default: start a private one",
     )
     p.add_argument(
+        "--redis-password-file",
+        default=os.environ.get("PATCHRANK_REDIS_PASSWORD_FILE"),
+        help="file holding the Redis password (keeps it out of the URL, which `ps` shows); "
+        "default $PATCHRANK_REDIS_PASSWORD_FILE, else $PATCHRANK_REDIS_PASSWORD",
+    )
+    p.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
         help="existing Ray cluster (e.g. auto); default: start a local Ray",
     )
-    p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
+    p.add_argument(
+        "--namespace",
+        help="Redis key prefix (default: patchrank for `serve` and a private Redis, "
+        "patchrank-screen-<run id> for `screen` on an existing Redis)",
+    )
     p.add_argument("--scorer-replicas", type=int, default=1)
     p.add_argument("--scorer-gpus", type=float, default=0.0, help="GPUs per scorer replica (> 0 implies --device cuda)")
     p.add_argument("--batch-size", type=int, default=32, help="max slices per scorer forward (@serve.batch)")
@@ -36,6 +53,15 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
         help="S3-compatible endpoint for s3:// inputs/outputs (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, "
         "else AWS); credentials come from the standard AWS environment/config",
     )
+    p.add_argument(
+        "--max-deliveries", type=int, default=3, help="deliveries before a scan is given up as failed (default 3)"
+    )
+    p.add_argument(
+        "--retry-after",
+        type=float,
+        default=30.0,
+        help="seconds a scan whose scoring or result write failed waits before it is retried (default 30)",
+    )
 
 
 def _location(uri: str) -> str:
@@ -45,17 +71,36 @@ def _location(uri: str) -> str:
     return str(S3Uri.parse(uri)) if is_s3(uri) else str(Path(uri).resolve())
 
 
-def app_args(args: argparse.Namespace, *, redis_url: str, checkpoint: str, out: str, roots: list[str]):
+def redis_password(args: argparse.Namespace):
+    """The password for an existing Redis (settings.cli_password), as a SecretStr or None."""
+    from patchrank.pipeline.service.settings import cli_password
+
+    return cli_password(getattr(args, "redis_url", None), getattr(args, "redis_password_file", None))
+
+
+def app_args(
+    args: argparse.Namespace,
+    *,
+    redis_url: str,
+    checkpoint: str,
+    out: str,
+    roots: list[str],
+    namespace: str | None = None,
+):
     from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
 
     threads = max(1, (os.cpu_count() or 1) // max(1, args.scorer_replicas))
+    external = getattr(args, "redis_url", None) is not None and redis_url == args.redis_url
     service = ServiceConfig(
         redis_url=redis_url,
-        namespace=args.namespace,
+        redis_password=redis_password(args) if external else None,
+        namespace=namespace or args.namespace or "patchrank",
+        max_deliveries=getattr(args, "max_deliveries", 3),
+        claim_idle_ms=int(1000 * getattr(args, "retry_after", 30.0)),
         checkpoint=_location(checkpoint),
         output_dir=_location(out),
         allowed_roots=roots,
-        s3_endpoint_url=args.s3_endpoint,
+        s3_endpoint_url=getattr(args, "s3_endpoint", None),
         max_batch_size=args.batch_size,
         batch_wait_timeout_s=args.batch_wait,
         chunk_slices=min(args.chunk, args.batch_size),
@@ -74,7 +119,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "screen", help="score scans through the streaming service (Redis -> Ray Serve -> Parquet) and rank them"
     )
-    p.add_argument("paths", nargs="+", help="scan files or folders, local or s3://bucket/prefix")
+    p.add_argument("paths", nargs="*", help="scan files or folders, local or s3://bucket/prefix")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also queue every scan whose result in --out gave up on an infrastructure fault "
+        '("gave up after N deliveries"), to score it again (paths may then be omitted)',
+    )
     p.add_argument("--checkpoint", required=True, help="checkpoint path or s3://bucket/key")
     p.add_argument(
         "--out", required=True, help="Parquet result dataset: directory or s3://bucket/prefix (created; appended to)"
@@ -114,36 +165,151 @@ def allowed_roots(paths: list[str], endpoint: str | None = None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.data.modality import model_modality
     from patchrank.pipeline.data.storage import is_file
     from patchrank.pipeline.service.results import ResultStore, format_ranking
-    from patchrank.pipeline.service.screening import screen, services
+    from patchrank.pipeline.service.screening import check_redis, run_id, screen, services
+    from patchrank.pipeline.service.settings import check_redis_url
 
     if not is_file(args.checkpoint, args.s3_endpoint):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    from patchrank.model.checkpoint import load_checkpoint
-    from patchrank.pipeline.data.modality import model_modality
-
-    modality = args.modality or model_modality(load_checkpoint(args.checkpoint).meta)
+    model = load_checkpoint(args.checkpoint)  # a bad checkpoint: one line now, not a failed deployment later
+    modality = args.modality or model_modality(model.meta)
+    paths = list(args.paths)
+    if args.retry_failed:
+        retry = retry_paths(args.out, model.model_version, args.s3_endpoint)
+        print(f"retrying {len(retry)} scans whose result gave up on an infrastructure fault")
+        paths += [p for p in retry if p not in paths]
+    if not paths:
+        raise ValueError("nothing to screen: give scan files or folders (or --retry-failed with earlier results)")
+    pw = redis_password(args)  # an unreadable password file: one line now
+    if args.redis_url:  # checked before anything is started; errors never quote the URL
+        check_redis_url(args.redis_url)
+        check_redis(args.redis_url, **({"password": pw.get_secret_value()} if pw else {}))
+    rid = run_id()
     embedded = "private redis-server" if args.redis_url is None else "existing Redis"
-    print(f"screen: {embedded}, {'Ray at ' + args.address if args.address else 'local Ray'}")
+    print(f"screen: {embedded}, {'Ray at ' + args.address if args.address else 'local Ray'}, run {rid}")
     with services(args.redis_url, args.address, args.num_cpus) as url:
+        ns = args.namespace or ("patchrank" if args.redis_url is None else f"patchrank-screen-{rid}")
         app = app_args(
             args,
             redis_url=url,
             checkpoint=args.checkpoint,
             out=args.out,
-            roots=allowed_roots(args.paths, args.s3_endpoint),
+            roots=allowed_roots(paths, args.s3_endpoint),
+            namespace=ns,
         )
-        res = screen(args.paths, app, timeout_s=args.timeout, modality=modality, pattern=args.modality_pattern)
-    print(f"scored {res.queued} scans in {res.seconds:.1f}s with model {res.model_version}; results in {res.out}")
+        res = screen(
+            paths,
+            app,
+            timeout_s=args.timeout,
+            app_name=f"patchrank-screen-{rid}",
+            modality=modality,
+            pattern=args.modality_pattern,
+        )
+        if args.redis_url is not None and args.namespace is None:
+            _drop_run_keys(app.service, keep_dead=bool(res.accounting and res.accounting.dead_only))
+    acc = res.accounting
+    print(f"queued {res.queued} scans, {res.seconds:.1f}s with model {res.model_version}; results in {res.out}")
     if res.skipped:
         from collections import Counter
 
         print("skipped: " + ", ".join(f"{n} {why}" for why, n in Counter(w for _, w in res.skipped).most_common()))
-    store = ResultStore(res.out, endpoint=args.s3_endpoint)
-    counts = store.counts(res.model_version)
-    print(", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
-    print(format_ranking(store.top_scans(args.top, model_version=res.model_version)))
-    for f in store.failed(res.model_version)[:20]:
-        print(f"FAILED {f['scan_id'][:12]}  {f['error']}")
+    print(acc.summary())
+    if acc.rows:
+        store = ResultStore(res.out, endpoint=args.s3_endpoint)
+        print(format_ranking(store.top_scans(args.top, model_version=res.model_version)))
+        for f in store.failed(res.model_version)[:20]:
+            print(f"FAILED {f['scan_id'][:12]}  {f['error']}")
+    problems = []
+    if acc.counts().get("gave up"):
+        problems.append(
+            f"{acc.counts()['gave up']} scans gave up on an infrastructure fault (rerun with --retry-failed)"
+        )
+    if res.timed_out:
+        problems.append(f"the stream was not drained: {res.timed_out}")
+    if acc.dead_only:
+        saved = _save_dead_letters(res.out, rid, acc.dead_only)
+        print(
+            f"NO RESULT ROW for {len(acc.dead_only)} scans: their only record is a dead letter"
+            + (f", saved to {saved}" if saved else " (could not be saved; listed here)")
+        )
+        shown = acc.dead_only[:50] if saved else acc.dead_only  # all of them when the file could not be written
+        for sid, uri, why in shown:
+            print(f"  DEAD {sid[:12]}  {uri}: {why}")
+        if len(shown) < len(acc.dead_only):
+            print(f"  ... and {len(acc.dead_only) - len(shown)} more in {saved}")
+        problems.append(f"{len(acc.dead_only)} scans have no result row (rerun with --retry-failed)")
+    if acc.missing:
+        print(f"MISSING {len(acc.missing)} queued scans: no result row and no dead letter")
+        for sid, uri in acc.missing:
+            print(f"  MISSING {sid[:12]}  {uri}")
+        problems.append(f"{len(acc.missing)} scans are missing")
+    if problems:
+        import sys
+
+        print(f"patchrank screen: incomplete: {'; '.join(problems)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def retry_paths(out: str | Path, model_version: str, endpoint: str | None = None) -> list[str]:
+    """The scans in `out` to score again: those whose result under `model_version` gave up on an
+    infrastructure fault, and (local datasets) those that only have a dead letter saved by an
+    earlier run (`dead_letters-<run>.jsonl`, e.g. after a full disk); local files that are gone
+    are left out."""
+    import json
+
+    from patchrank.pipeline.data.storage import is_s3
+    from patchrank.pipeline.service.results import ResultStore
+
+    try:
+        uris = ResultStore(out, endpoint=endpoint).gave_up(model_version)
+    except FileNotFoundError:
+        return []
+    if not is_s3(out):
+        for saved in sorted(Path(out).glob("dead_letters-*.jsonl")):
+            for line in saved.read_text().splitlines():
+                try:
+                    uris.append(json.loads(line)["uri"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+    return [u for u in dict.fromkeys(uris) if u and (is_s3(u) or Path(u).is_file())]
+
+
+def _save_dead_letters(out: str | Path, rid: str, dead: list[tuple[str, str, str]]) -> Path | None:
+    """The dead letters of this run as JSON lines next to the results (they vanish with a
+    private Redis); None when that cannot be written either (e.g. the disk is full)."""
+    import json
+
+    if str(out).startswith("s3://"):
+        return None  # listed on stdout instead
+    path = Path(out) / f"dead_letters-{rid}.jsonl"
+    try:
+        with open(path, "w") as f:
+            for sid, uri, why in dead:
+                f.write(json.dumps({"scan_id": sid, "uri": uri, "reason": why}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return path
+    except OSError:
+        Path(path).unlink(missing_ok=True)
+        return None
+
+
+def _drop_run_keys(cfg, *, keep_dead: bool) -> None:
+    """Delete the run's own keys on an existing Redis (its dead-letter stream stays when not empty)."""
+    import contextlib
+
+    from patchrank.pipeline.service.streams import StreamClient
+
+    client = StreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
+    try:
+        with contextlib.suppress(Exception):
+            keys = [cfg.keys.stream, cfg.keys.errors, *client.r.scan_iter(match=f"{cfg.namespace}:done:*", count=1000)]
+            if not keep_dead:
+                keys.append(cfg.keys.dead_letter)
+            client.r.delete(*keys)
+    finally:
+        client.close()

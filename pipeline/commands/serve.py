@@ -24,30 +24,53 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--detach", action="store_true", help="deploy to the cluster at --address and exit (the app keeps running)"
     )
+    p.add_argument(
+        "--app-name",
+        default="patchrank",
+        help="Serve application name (default patchrank); refused if an app of that name already runs",
+    )
     add_service_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchrank.pipeline.commands.screen import app_args
-    from patchrank.pipeline.service.screening import deploy, scorer_info, services, undeploy
-    from patchrank.pipeline.service.settings import redact_url
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.commands.screen import app_args, redis_password
+    from patchrank.pipeline.service.screening import (
+        check_redis,
+        deploy,
+        name_taken,
+        scorer_info,
+        services,
+        undeploy,
+    )
+    from patchrank.pipeline.service.settings import check_redis_url, redact_url
     from patchrank.pipeline.service.streams import StreamClient
 
     if not args.redis_url:
         raise ValueError("--redis-url (or $PATCHRANK_REDIS_URL) is required: the service consumes an existing stream")
     if args.detach and not args.address:
         raise ValueError("--detach needs --address (a Ray cluster that outlives this command)")
+    check_redis_url(args.redis_url)
+    pw = redis_password(args)
+    check_redis(args.redis_url, **({"password": pw.get_secret_value()} if pw else {}))  # before Ray starts
+    load_checkpoint(args.checkpoint)  # a bad checkpoint: one line now, not a failed deployment
+    name = args.app_name
     with services(args.redis_url, args.address, args.num_cpus) as url:
+        if name_taken(name):
+            raise ValueError(
+                f"a Serve app named {name!r} already runs on this Ray cluster; pass --app-name NAME "
+                f"(or stop it: serve delete {name})"
+            )
         app = app_args(args, redis_url=url, checkpoint=args.checkpoint, out=args.out, roots=args.roots)
-        deploy(app)
-        info = scorer_info()
+        deploy(app, name)
+        info = scorer_info(name)
         print(
             f"serving {redact_url(url)} stream {app.service.keys.stream} with model {info.model_version}; "
-            f"results in {app.service.output_dir}"
+            f"results in {app.service.output_dir} (Serve app {name})"
         )
         if args.detach:
-            print("deployed; stop with `serve shutdown` or `serve delete patchrank`")
+            print(f"deployed; stop with `serve shutdown` or `serve delete {name}`")
             return 0
         client = StreamClient.from_url(url, app.service.keys, **app.service.redis_kwargs())
         try:
@@ -63,5 +86,5 @@ def run(args: argparse.Namespace) -> int:
             print("stopping: unacknowledged entries stay pending and are reclaimed by the next consumer")
         finally:
             client.close()
-            undeploy()
+            undeploy(name)
     return 0

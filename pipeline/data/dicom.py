@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchrank.pipeline.data.loaders import ScanError
+from patchrank.pipeline.data.loaders import ScanError, check_volume_geometry
 
 DICOM_MAGIC_OFFSET = 128
 # Relative tolerance on slice spacing, and the gap (in spacings) that counts as missing slices.
@@ -208,13 +208,15 @@ def series_image(ref: SeriesRef, *, max_voxels: int | None = None):
             raise ScanError(f"DICOM series has missing slices: a gap of {steps.max():.2f} mm, spacing {dz:.2f} mm")
         if np.abs(steps - dz).max() > SPACING_TOLERANCE * dz:
             raise ScanError(f"DICOM series has uneven slice spacing ({steps.min():.2f} to {steps.max():.2f} mm)")
+        lps = np.eye(4)
+        lps[:3, 0] = row_dir * spacing[1]  # PixelSpacing = (between rows, between columns)
+        lps[:3, 1] = col_dir * spacing[0]
+        lps[:3, 2] = normal * dz
+        lps[:3, 3] = pos[order[0]]
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
+        shape = (int(heads[0].Columns), int(heads[0].Rows), len(heads))
+        check_volume_geometry(f"{ref.folder.name} (DICOM series)", shape, affine)  # before decoding pixels
         vol = np.stack([_pixels(heads[i]).T for i in order], axis=-1)  # (columns, rows, slices)
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * spacing[1]  # PixelSpacing = (between rows, between columns)
-    lps[:3, 1] = col_dir * spacing[0]
-    lps[:3, 2] = normal * dz
-    lps[:3, 3] = pos[order[0]]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # DICOM LPS -> NIfTI RAS
     return nib.Nifti1Image(vol, affine)
 
 

@@ -21,16 +21,36 @@ the surrounding skin); then padded and resized the same way.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from patchrank.model.evidence.lesion import dark_lesion
-from patchrank.pipeline.data.loaders import Scan, ScanError, load_scan
+from patchrank.pipeline.data.loaders import INPUT_ERRNOS, Scan, ScanError, load_scan
 from patchrank.pipeline.settings import PreprocessConfig
 
 BACKGROUND = -1.0
+MAX_SLICES = 1024  # slices kept for scoring, per scan
+MAX_PREPARED_BYTES = 512 * 2**20  # model-ready slices (+ foreground masks) per scan
+# Peak memory of load + preprocess, per value of the loaded scan: the raw read (<= 8 bytes,
+# float64 NIfTI) next to the float32 copy (4), then the foreground (1) and its values (<= 4);
+# plus per-chunk temporaries (~12 bytes per value of a chunk of CHUNK_VALUES). Measured: 804 MiB
+# above the process for a 512x512x400 int16 volume (8 bytes/voxel; docs/guarantees.md). What
+# the ingest replica's in-flight budget (ServiceConfig.max_inflight_mb) charges a scan.
+PEAK_BYTES_PER_VALUE = 12
+CHUNK_VALUES = 2**24  # slices are normalised and resized in chunks of about this many values (64 MiB)
+
+
+def peak_bytes(values: int) -> int:
+    """Estimated peak memory (bytes) of loading and preprocessing a scan of `values` values."""
+    return PEAK_BYTES_PER_VALUE * (int(values) + min(int(values), CHUNK_VALUES))
+
+
+def prepared_bytes(n_slices: int, cfg: PreprocessConfig) -> int:
+    """Bytes of the model-ready output: float32 images plus a bool foreground per slice."""
+    return int(n_slices) * cfg.image_size * cfg.image_size * (4 * cfg.channels + 1)
 
 
 @dataclass
@@ -64,17 +84,35 @@ def dark_foreground(img: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
     return grown if grown.mean() >= min_fraction else np.ones((h, w), dtype=bool)
 
 
-def _normalise_volume(arr: np.ndarray, fg: np.ndarray, clip: float) -> np.ndarray:
-    """arr: (C, H, W, S), fg: (H, W, S) -> (C, H, W, S) in [-1, 1]."""
-    out = np.full(arr.shape, BACKGROUND, dtype=np.float32)
+def _channel_stats(arr: np.ndarray, fg: np.ndarray) -> list[tuple[float, float]]:
+    """(mean, std) of each channel inside the foreground of the whole volume."""
+    stats = []
     for c in range(arr.shape[0]):
         vals = arr[c][fg]
         mean, std = float(vals.mean()), float(vals.std())
+        del vals
         if not np.isfinite(std) or std < 1e-6:
             raise ScanError(f"channel {c} is constant inside the foreground; nothing to normalise")
-        z = np.clip((arr[c] - mean) / std, -clip, clip) / clip
-        out[c][fg] = z[fg]
-    return out
+        stats.append((mean, std))
+    return stats
+
+
+def _normalise_slices(
+    arr: np.ndarray, fg: np.ndarray, idx: np.ndarray, stats: list[tuple[float, float]], clip: float
+) -> np.ndarray:
+    """Slices `idx` of arr (C, H, W, S) -> (C, H, W, k): z-scored with the volume's `stats`,
+    clipped to [-clip, clip], divided by clip; background (outside fg) = -1. In place on one
+    copy of the slices: the same values as whole-volume arithmetic, without its temporaries."""
+    out = arr[..., idx]  # a copy (fancy index)
+    background = ~fg[..., idx]
+    for c, (mean, std) in enumerate(stats):
+        z = out[c]
+        z -= mean
+        z /= std
+        np.clip(z, -clip, clip, out=z)
+        z /= clip
+        z[background] = BACKGROUND
+    return out.astype(np.float32, copy=False)  # computed in the scan's dtype, stored as float32
 
 
 def _square_resize(x: torch.Tensor, size: int, pad_value: float) -> torch.Tensor:
@@ -88,8 +126,18 @@ def _square_resize(x: torch.Tensor, size: int, pad_value: float) -> torch.Tensor
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=side > size)
 
 
-def preprocess_scan(scan: Scan, cfg: PreprocessConfig | dict, *, all_slices: bool = False) -> Prepared:
-    """Scan -> model-ready slices. all_slices=True skips the area-based slice selection."""
+def preprocess_scan(
+    scan: Scan,
+    cfg: PreprocessConfig | dict,
+    *,
+    all_slices: bool = False,
+    max_slices: int | None = MAX_SLICES,
+    max_bytes: int | None = MAX_PREPARED_BYTES,
+) -> Prepared:
+    """Scan -> model-ready slices. all_slices=True skips the area-based slice selection.
+
+    Refused (ScanError) before any slice is normalised or resized: more than `max_slices`
+    slices to score, or model-ready output over `max_bytes`."""
     cfg = as_config(cfg)
     arr = scan.array
     if arr.ndim != 4 or arr.shape[0] != cfg.channels:
@@ -97,37 +145,56 @@ def preprocess_scan(scan: Scan, cfg: PreprocessConfig | dict, *, all_slices: boo
     if min(arr.shape[1:3]) < 8:
         raise ScanError(f"slices too small: {arr.shape[1]}x{arr.shape[2]}")
     if scan.kind == "volume":
-        fg = scan.foreground if scan.foreground is not None else np.any(arr != 0, axis=0)
+        if scan.foreground is not None:
+            fg = scan.foreground
+        else:  # one channel: no (C, H, W, S) temporary
+            fg = arr[0] != 0 if arr.shape[0] == 1 else np.any(arr != 0, axis=0)
         if not fg.any():
             raise ScanError("empty volume: no foreground (non-zero) voxels")
-        norm = _normalise_volume(arr, fg, cfg.clip)
     else:
         fg = np.ones(arr.shape[1:], dtype=bool)
         if cfg.image_foreground == "dark":
             fg = np.stack([dark_foreground(arr[..., s]) for s in range(arr.shape[-1])], axis=-1)
-        norm = (arr * 2.0 - 1.0).astype(np.float32)
     area = fg.reshape(-1, fg.shape[-1]).sum(0).astype(np.float64)  # (S,)
     frac = area / max(area.max(), 1.0)
     rule = np.flatnonzero((frac >= cfg.min_area_fraction) & (area > 0))
     keep = np.arange(arr.shape[-1]) if all_slices else rule
     if keep.size == 0:
         raise ScanError("no slice passes the foreground-area rule")
+    if max_slices is not None and keep.size > max_slices:
+        raise ScanError(f"{keep.size} slices to score exceed the limit of {max_slices} per scan")
+    if max_bytes is not None and prepared_bytes(keep.size, cfg) > max_bytes:
+        raise ScanError(
+            f"{keep.size} slices at {cfg.image_size} px need {prepared_bytes(keep.size, cfg) / 2**20:.0f} MiB, "
+            f"over the limit of {max_bytes / 2**20:.0f} MiB per scan"
+        )
     if scan.kind == "volume" and rule.size:
         position = ((keep - rule.min()) / max(1, rule.max() - rule.min())).astype(np.float32)
     else:
         position = np.full(keep.size, np.nan, dtype=np.float32)
-    x = torch.from_numpy(np.ascontiguousarray(norm[..., keep].transpose(3, 0, 1, 2)))  # (S, C, H, W)
-    m = torch.from_numpy(np.ascontiguousarray(fg[..., keep].transpose(2, 0, 1)[:, None])).float()
-    images = _square_resize(x, cfg.image_size, BACKGROUND).clamp_(-1, 1).numpy()
-    foreground = (_square_resize(m, cfg.image_size, 0.0) > 0.5).numpy()
+    stats = _channel_stats(arr, fg) if scan.kind == "volume" else None
+    images = np.empty((keep.size, cfg.channels, cfg.image_size, cfg.image_size), np.float32)
+    foreground = np.empty((keep.size, 1, cfg.image_size, cfg.image_size), bool)
+    step = max(1, CHUNK_VALUES // max(1, arr[..., 0].size))  # slices per chunk: memory of a chunk, not the scan
+    for start in range(0, keep.size, step):
+        idx = keep[start : start + step]
+        if stats is not None:
+            norm = _normalise_slices(arr, fg, idx, stats, cfg.clip)  # (C, H, W, k)
+        else:
+            norm = (arr[..., idx] * 2.0 - 1.0).astype(np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(norm.transpose(3, 0, 1, 2)))  # (k, C, H, W)
+        del norm
+        m = torch.from_numpy(np.ascontiguousarray(fg[..., idx].transpose(2, 0, 1)[:, None])).float()
+        images[start : start + len(idx)] = _square_resize(x, cfg.image_size, BACKGROUND).clamp_(-1, 1).numpy()
+        foreground[start : start + len(idx)] = (_square_resize(m, cfg.image_size, 0.0) > 0.5).numpy()
+        del x, m
     labels = lesions = None
     if scan.labels is not None:
         lab = scan.labels[..., keep].transpose(2, 0, 1) > 0  # (S, H0, W0)
         labels, lesions = lab, lab.reshape(len(keep), -1).sum(1)
     return Prepared(
-        images.astype(np.float32), foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position,
-        scan.geometry,
-    )  # fmt: skip
+        images, foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position, scan.geometry
+    )
 
 
 def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
@@ -140,10 +207,24 @@ def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:
     return t[:, top : top + h0, left : left + w0].numpy()
 
 
-def load_prepared(path, preprocess: PreprocessConfig | dict, series_uid: str | None = None) -> Prepared:
+def load_prepared(
+    path,
+    preprocess: PreprocessConfig | dict,
+    series_uid: str | None = None,
+    *,
+    max_slices: int | None = MAX_SLICES,
+    max_bytes: int | None = MAX_PREPARED_BYTES,
+) -> Prepared:
     """A scan file or DICOM series (a `dicom.SeriesRef`, or a folder + SeriesInstanceUID) -> model-ready
     slices, with a checkpoint's preprocessing recipe (the one loading path of `patchrank score`, the Python
-    API and the service)."""
+    API and the service). A file that vanishes or changes type while it is read is the input's fault: a
+    ScanError, not an OSError that a service would retry."""
     pre = as_config(preprocess)
-    scan = load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels, series_uid=series_uid)
-    return preprocess_scan(scan, pre)
+    try:
+        scan = load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels, series_uid=series_uid)
+        return preprocess_scan(scan, pre, max_slices=max_slices, max_bytes=max_bytes)
+    except OSError as exc:
+        if exc.errno in INPUT_ERRNOS:
+            name = Path(path).name if isinstance(path, str | Path) else "scan"
+            raise ScanError(f"{name}: {exc.strerror or exc.__class__.__name__}") from None
+        raise

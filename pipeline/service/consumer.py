@@ -2,17 +2,21 @@
 
 Loop: XAUTOCLAIM stalled entries (every claim_every_s), XTRIM the acknowledged head of the
 stream (every trim_every_s) and XREADGROUP new ones -> per entry: validate the JSON
-message -> check the URI against the allowed roots ->
-load + preprocess (pipeline.data.preprocess.preprocess_scan, in a worker thread) -> send the
-slices, in chunks, concurrently to `score_chunk` (the Serve scorer, or a local
-function) -> rank patches (pipeline.scan_scoring) and the volume score
-(model.scoring.score_scan) -> buffer the rows -> write a Parquet part -> mark done ->
-XACK. Outcomes:
-  ok / failed (ScanError: corrupt, unsupported, missing, empty, wrong dims, outside roots)
+message -> check the URI against the allowed roots -> check the file is the one queued
+(size, mtime, inode) and of the kind the model was trained on -> reserve its estimated
+memory from the replica's in-flight budget -> load + preprocess
+(pipeline.data.preprocess.preprocess_scan, in a worker thread) -> send the slices, in
+chunks, concurrently to `score_chunk` (the Serve scorer, or a local function) -> rank
+patches (pipeline.scan_scoring) and the volume score (model.scoring.score_scan) -> buffer
+the rows -> write a Parquet part -> mark done -> XACK. Outcomes:
+  ok / failed (ScanError: corrupt, unsupported, missing, empty, wrong dims, outside roots,
+      changed since queued, implausible geometry, over a size limit, non-finite score)
       -> one result row, acknowledged;
-  infrastructure error (scorer down, anything unexpected) -> reason recorded in Redis,
-      entry left pending, retried via XAUTOCLAIM; after max_deliveries -> a `failed` row
-      saying why, plus a copy on the dead-letter stream, acknowledged;
+  infrastructure error (scorer down, anything unexpected) -> reason recorded in Redis
+      (one line: class and message, pipeline.errors.one_line), entry left pending, retried
+      via XAUTOCLAIM; after max_deliveries -> a `failed` row saying why ("gave up after ...":
+      not final, a later queueing scores it again), plus a copy on the dead-letter stream,
+      acknowledged;
   malformed message (no scan_id to key a row on) -> dead-letter stream, acknowledged;
   already has a result for this model version -> acknowledged, nothing written.
 Logs name the scan_id and stream entry, never the path or header text.
@@ -21,6 +25,7 @@ Logs name the scan_id and stream entry, never the path or header text.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -37,9 +42,19 @@ import redis
 
 from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.bids import entities
-from patchrank.pipeline.data.loaders import ScanError
-from patchrank.pipeline.data.preprocess import Prepared, load_prepared
+from patchrank.pipeline.data.files import FileIdentity
+from patchrank.pipeline.data.loaders import INPUT_ERRNOS, ScanError, scan_kind_or_none, scan_values
+from patchrank.pipeline.data.preprocess import (
+    MAX_PREPARED_BYTES,
+    MAX_SLICES,
+    Prepared,
+    as_config,
+    load_prepared,
+    peak_bytes,
+    prepared_bytes,
+)
 from patchrank.pipeline.data.storage import S3Uri, fetch, is_s3, stat, under_root
+from patchrank.pipeline.errors import one_line
 from patchrank.pipeline.evaluation import operating_point
 from patchrank.pipeline.scan_scoring import finish_scan, rank_patches, write_scan_map
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
@@ -47,7 +62,7 @@ from patchrank.pipeline.service.settings import ServiceConfig
 from patchrank.pipeline.service.sink import ParquetSink
 from patchrank.pipeline.service.slice_scorer import ChunkResult, ModelInfo, SliceChunk, merge_chunks
 from patchrank.pipeline.service.streams import AsyncStreamClient
-from patchrank.pipeline.service.tables import PatchRow, ScanRow, TopPatch, utcnow
+from patchrank.pipeline.service.tables import GAVE_UP, PatchRow, ScanRow, TopPatch, gave_up, utcnow
 
 log = logging.getLogger(__name__)
 ScoreChunk = Callable[[SliceChunk], Awaitable[ChunkResult]]
@@ -73,24 +88,79 @@ def check_uri(uri: str, roots: list[Path | str]) -> Path | str:
         raise ScanError("path must be absolute")
     if not roots:
         raise ScanError("no allowed input roots are configured; refusing to read any file")
-    real = p.resolve()
+    try:
+        real = p.resolve()
+    except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
+        raise ScanError(f"{p.name}: symlink loop") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ScanError(f"{p.name}: symlink loop") from None
+        if exc.errno in INPUT_ERRNOS:
+            raise ScanError(f"{p.name}: cannot resolve the path ({errno.errorcode[exc.errno]})") from None
+        raise
     if not any(isinstance(r, Path) and (real == r or real.is_relative_to(r)) for r in roots):
         raise ScanError(f"{p.name}: path is outside the allowed input roots")
     return real
 
 
 def load_uri(
-    path: Path | str, preprocess: dict, endpoint: str | None = None, series_uid: str | None = None
+    path: Path | str,
+    preprocess: dict,
+    endpoint: str | None = None,
+    series_uid: str | None = None,
+    *,
+    max_slices: int | None = MAX_SLICES,
+    max_bytes: int | None = MAX_PREPARED_BYTES,
 ) -> Prepared:
     """load_prepared for a checked location (a file, or a DICOM series' folder); an s3:// object is first
     copied to a private temp folder."""
+    caps = {"max_slices": max_slices, "max_bytes": max_bytes}
     if not is_s3(path):
-        return load_prepared(path, preprocess, series_uid)
+        return load_prepared(path, preprocess, series_uid, **caps)
     info = stat(str(path), endpoint)  # connection errors propagate: infrastructure, retried
     if info.type != pafs.FileType.File:
         raise ScanError(f"{S3Uri.parse(str(path)).name}: object not found")
     with tempfile.TemporaryDirectory(prefix="patchrank-scan-") as tmp:
-        return load_prepared(fetch(str(path), tmp, endpoint, info.size), preprocess)
+        return load_prepared(fetch(str(path), tmp, endpoint, info.size), preprocess, **caps)
+
+
+def check_identity(msg: ScanMessage, path: Path, when: str = "since it was queued") -> None:
+    """The file at `path` must still be the one queued (size, mtime, inode recorded at enqueue);
+    `when` says when it changed in the failure reason."""
+    queued = msg.identity()
+    if queued is None:
+        return
+    try:
+        now = FileIdentity.of(path)
+    except OSError as exc:
+        if exc.errno in INPUT_ERRNOS:
+            raise ScanError(f"{path.name}: file vanished {when} ({errno.errorcode[exc.errno]})") from None
+        raise
+    changed = queued.differs(now)
+    if changed:
+        raise ScanError(
+            f"{path.name}: file changed {when} ({changed} differ); enqueue it again to score the new content"
+        )
+
+
+class MemoryBudget:
+    """Bytes that the scans in flight in one ingest replica may hold (estimated); a scan
+    waits until its share is free. A share larger than the whole budget is refused by the
+    caller, so one huge scan never waits forever."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self.used = int(capacity), 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + n <= self.capacity)
+            self.used += n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            self._cond.notify_all()
 
 
 def consumer_name() -> str:
@@ -143,6 +213,7 @@ class StreamConsumer:
         self._active: set[str] = set()
         self._tasks: set[asyncio.Task] = set()
         self._sem = asyncio.Semaphore(cfg.max_inflight_scans)
+        self._budget = MemoryBudget(cfg.max_inflight_mb * 2**20)
         self._flush_lock = asyncio.Lock()
 
     # ---- main loop -------------------------------------------------------------------
@@ -232,7 +303,7 @@ class StreamConsumer:
                 return
             if deliveries > self.cfg.max_deliveries:
                 reason = await self.client.last_error(entry_id) or "no error recorded (consumer died while scoring?)"
-                why = f"gave up after {deliveries - 1} deliveries: {reason}"
+                why = f"{GAVE_UP}{deliveries - 1} deliveries: {reason}"
                 log.warning("scan %s (entry %s): %s", msg.scan_id, entry_id, why)
                 row = self._failed(msg, entry_id, deliveries, why, t0, queue_s)
                 self._buffer.append(_Result(entry_id, row, dead_reason=why, fields=fields))
@@ -244,20 +315,66 @@ class StreamConsumer:
             self.stats["infra_errors"] += 1
             log.warning("entry %s: %s; left pending for retry", entry_id, exc.__class__.__name__)
             try:
-                await self.client.record_error(entry_id, f"{exc.__class__.__name__}: {exc}")
+                await self.client.record_error(entry_id, one_line(exc))
             except Exception:  # noqa: BLE001
                 pass
             self._active.discard(entry_id)
 
     async def _score(self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float) -> _Result:
+        held = 0
         try:
-            path = check_uri(msg.uri, self.roots)
-            prep = await asyncio.to_thread(
-                load_uri, path, self.info.preprocess, self.cfg.s3_endpoint_url, msg.series_uid
-            )
-        except ScanError as exc:
-            log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
-            return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
+            try:
+                path = check_uri(msg.uri, self.roots)
+                self._check_kind(path, msg)
+                local_file = not is_s3(path) and msg.series_uid is None
+                if local_file:
+                    check_identity(msg, path)
+                pre = as_config(self.info.preprocess)
+                values = await asyncio.to_thread(scan_values, path, pre.channels) if local_file else 0
+                # 0: an s3:// object or a DICOM series (bounded by max_voxels); over max_voxels: the
+                # loader refuses it from the header, reading nothing
+                need = peak_bytes(values) if values <= pre.max_voxels * pre.channels else 0
+                if need > self._budget.capacity:
+                    raise ScanError(
+                        f"{Path(str(path)).name}: needs ~{need / 2**20:.0f} MiB to load and preprocess, over the "
+                        f"ingest replica's in-flight budget of {self.cfg.max_inflight_mb} MiB (max_inflight_mb)"
+                    )
+                await self._budget.acquire(need)
+                held = need
+                prep = await asyncio.to_thread(
+                    load_uri,
+                    path,
+                    self.info.preprocess,
+                    self.cfg.s3_endpoint_url,
+                    msg.series_uid,
+                    max_slices=self.cfg.max_slices,
+                    max_bytes=self.cfg.max_prepared_mb * 2**20,
+                )
+                if local_file:
+                    check_identity(msg, path, "while it was being read")
+                keep = min(held, prepared_bytes(len(prep.images), pre))  # what stays in memory while scoring
+                await self._budget.release(held - keep)
+                held = keep
+            except ScanError as exc:
+                log.info("scan %s: unreadable (%s)", msg.scan_id, exc.__class__.__name__)
+                return _Result(entry_id, self._failed(msg, entry_id, deliveries, str(exc), t0, queue_s))
+            return await self._score_prepared(msg, entry_id, deliveries, t0, queue_s, prep)
+        finally:
+            if held:
+                await self._budget.release(held)
+
+    def _check_kind(self, path: Path | str, msg: ScanMessage) -> None:
+        """A model trained on volumes (FLAIR) refuses 2D images, and a 2D model volumes."""
+        want = self.info.input_kind
+        got = "volume" if msg.series_uid is not None else scan_kind_or_none(str(path))
+        if want is not None and got is not None and got != want:
+            trained = "volumes" if want == "volume" else "2D images"
+            given = "a 2D image" if got == "image" else "a volume"
+            raise ScanError(f"{Path(str(path)).name}: this model was trained on {trained}; cannot score {given}")
+
+    async def _score_prepared(
+        self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float, prep: Prepared
+    ) -> _Result:
         n, step = len(prep.images), self.cfg.chunk_slices
         chunks = [
             SliceChunk(
@@ -279,6 +396,10 @@ class StreamConsumer:
         hits = rank_patches(
             out, prep.slice_index, prep.native_shape, self.cfg.top_patches, prep.geometry, prep.images.shape[-1]
         )
+        if not np.isfinite(float(score)) or any(not np.isfinite(h.score) for h in hits):
+            why = "the model gave a non-finite score (NaN/inf) for this scan"  # never `ok` ranked by NULL
+            log.warning("scan %s: %s", msg.scan_id, why)
+            return _Result(entry_id, self._failed(msg, entry_id, deliveries, why, t0, queue_s))
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
         tops = [
             TopPatch(
@@ -304,7 +425,7 @@ class StreamConsumer:
             flagged=operating_point.flagged(float(score), self.threshold),
             status="ok",
             n_slices=n,
-            scan_score=float(score) if np.isfinite(score) else None,
+            scan_score=float(score),
             top_patches=tops,
             latency_s=time.monotonic() - t0,
             queue_s=queue_s,
@@ -348,7 +469,7 @@ class StreamConsumer:
             series_uid=msg.series_uid,
             **entities(msg.uri),
             status="failed",
-            error=error[:1000],
+            error=" ".join(str(error).split())[:1000],
             latency_s=time.monotonic() - t0,
             queue_s=queue_s,
             model_version=self.info.model_version,
@@ -386,7 +507,8 @@ class StreamConsumer:
                 parts = await asyncio.to_thread(
                     self.sink.write, [r.scan for r in batch], [p for r in batch for p in r.patches]
                 )
-                await self.client.mark_done(self.info.model_version, [r.scan.scan_id for r in batch])
+                final = [r.scan.scan_id for r in batch if not gave_up(r.scan.status, r.scan.error)]
+                await self.client.mark_done(self.info.model_version, final)  # a give-up is retried if queued again
                 for r in batch:
                     if r.dead_reason is not None:
                         await self.client.dead_letter(r.entry_id, r.fields or {}, r.dead_reason, r.scan.deliveries)
@@ -394,7 +516,7 @@ class StreamConsumer:
             except Exception as exc:  # noqa: BLE001 - not acknowledged: redelivered later, deduplicated by key
                 self.stats["infra_errors"] += 1
                 log.warning("flush of %d results failed (%s); entries stay pending", len(batch), exc.__class__.__name__)
-                reason = f"result write failed: {exc.__class__.__name__}: {exc}"
+                reason = f"result write failed: {one_line(exc)}"
                 for r in batch:
                     self._active.discard(r.entry_id)
                     try:  # the reason survives for the consumer that gives up on the entry

@@ -1,13 +1,19 @@
 """A private redis-server for the embedded default (`patchrank screen` with no --redis-url).
 
-Started on a free localhost port in a temporary directory, with a random password and
-no persistence, and stopped (directory removed) on exit, also on Ctrl-C.
+Started on a free localhost port with a random password and no persistence, and stopped
+on exit, also on Ctrl-C. The configuration (with the password) goes to redis-server on
+its stdin, never into a file or onto the command line, and its working directory is
+removed as soon as it listens, so a `kill -9` of the parent leaves no secret on disk; the
+server itself gets SIGKILL when its parent dies (PR_SET_PDEATHSIG), and the parent's
+watchdog (pipeline.service.watchdog) covers systems without prctl.
 """
 
 from __future__ import annotations
 
+import ctypes
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -48,6 +54,15 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait(5)
 
 
+def die_with_parent() -> None:
+    """preexec_fn: ask the kernel to SIGKILL this child when its parent dies (Linux only)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class EmbeddedRedis:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
@@ -67,16 +82,22 @@ class EmbeddedRedis:
             )
         self.workdir = Path(tempfile.mkdtemp(prefix="patchrank-redis-"))
         self.port = free_port()
-        conf = self.workdir / "redis.conf"  # password via a 0600 config file, not the command line
-        conf.write_text(
-            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {self.workdir}\nrequirepass '
-            f"{self.password}\n"
+        conf = (  # on stdin ("redis-server -"): the password is in no file and not in `ps`
+            f'port {self.port}\nbind 127.0.0.1\nsave ""\nappendonly no\ndir {self.workdir}\n'
+            f"requirepass {self.password}\n"
         )
-        conf.chmod(0o600)
         self.proc = subprocess.Popen(
-            [binary, str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+            [binary, "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only prctl, no locks taken
         )
+        self.proc.stdin.write(conf.encode())
+        self.proc.stdin.close()
         if wait_listening(self.proc, self.port, timeout_s):
+            shutil.rmtree(self.workdir, ignore_errors=True)  # persists nothing; nothing left after a kill -9
             return self.url
         self.stop()
         raise RuntimeError("redis-server did not start within the timeout")

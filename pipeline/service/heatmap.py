@@ -44,9 +44,11 @@ def render_scan_png(
     row = store.scan(scan_id, model_version)
     if row["status"] != "ok":
         raise ValueError(f"scan {scan_id} has status {row['status']}: {row['error']}")
-    patches = store.patches_of(row["result_id"], 1000)
+    patches = [
+        p for p in store.patches_of(row["result_id"], 1000) if p["score"] is not None and np.isfinite(p["score"])
+    ]
     if not patches:
-        raise ValueError(f"scan {scan_id} has no scored patches")
+        raise ValueError(f"scan {scan_id} has no scored patches with a finite score")
     arr = _load(row["uri"], store.endpoint).array[0]  # (H, W, S) first channel
     slices = list(dict.fromkeys(p["slice_index"] for p in patches[:boxes]))[:panels]
     fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 4.6), squeeze=False)
@@ -79,7 +81,9 @@ def render_scan_png(
             ax.text(p["x0"], p["y0"] - 1, f"#{p['rank']} {p['score']:.1f}", color="cyan", fontsize=8, va="bottom")
         ax.set_title(f"slice {s}")
         ax.axis("off")
-    fig.suptitle(f"scan {scan_id[:12]}  score {row['scan_score']:.2f}  model {row['model_version']}", fontsize=10)
+    score = row["scan_score"]
+    shown = f"{score:.2f}" if score is not None and np.isfinite(score) else "n/a"  # ok rows of older versions
+    fig.suptitle(f"scan {scan_id[:12]}  score {shown}  model {row['model_version']}", fontsize=10)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

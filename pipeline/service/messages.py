@@ -5,18 +5,23 @@ extra="forbid" and size limits; nothing read from the queue is ever unpickled.
 `scan_id` is stable for the same file: sha256 of the resolved path, its size and its
 modification time (ns), so re-enqueueing an unchanged archive yields the same ids,
 and a file rewritten in place gets a new id (and a new result).
+
+`size`, `mtime_ns` and `inode` record the file as it was when queued (optional: other
+producers may leave them out). The consumer re-checks them before and after reading,
+so a file replaced after it was queued is a `failed` row ("changed since it was
+queued"), never scored under the old file's scan_id.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from patchrank.pipeline.data.files import FileIdentity
 from patchrank.pipeline.service.keys import MESSAGE_FIELD
 
 SCHEMA_VERSION = 1
@@ -41,6 +46,9 @@ class ScanMessage(BaseModel):
     )
     modality: str | None = Field(None, max_length=32, pattern=r"^[A-Za-z0-9_\-]+$")
     submitted_at: float = Field(ge=0, description="unix seconds when enqueued")
+    size: int | None = Field(None, ge=0, description="file size (bytes) when enqueued")
+    mtime_ns: int | None = Field(None, ge=0, description="file modification time (ns) when enqueued")
+    inode: int | None = Field(None, ge=0, description="file inode when enqueued")
 
     def to_fields(self) -> dict[bytes, bytes]:
         return {MESSAGE_FIELD: self.model_dump_json().encode()}
@@ -63,6 +71,16 @@ class ScanMessage(BaseModel):
                 f"invalid scan message ({exc.error_count()} errors; {where}: {first.get('msg')})"
             ) from None
 
+    def identity(self) -> FileIdentity | None:
+        """The file as it was when queued, or None when the producer did not record it."""
+        if self.size is None or self.mtime_ns is None or self.inode is None:
+            return None
+        return FileIdentity(self.size, self.mtime_ns, self.inode)
+
+
+def _scan_id(p: Path, ident: FileIdentity) -> str:
+    return hashlib.sha256(f"{p}\0{ident.size}\0{ident.mtime_ns}".encode()).hexdigest()[:32]
+
 
 def _s3_id(uri: str, endpoint: str | None) -> tuple[str, str]:
     from patchrank.pipeline.data.storage import S3Uri, stat
@@ -81,9 +99,7 @@ def scan_id_for(path: str | Path, endpoint: str | None = None) -> str:
     if isinstance(path, str) and path.startswith("s3://"):
         return _s3_id(path, endpoint)[1]
     p = Path(path).resolve()
-    st = os.stat(p)
-    h = hashlib.sha256(f"{p}\0{st.st_size}\0{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:32]
+    return _scan_id(p, FileIdentity.of(p))
 
 
 def message_for(path, modality: str | None = None, endpoint: str | None = None) -> ScanMessage:
@@ -100,4 +116,13 @@ def message_for(path, modality: str | None = None, endpoint: str | None = None) 
             scan_id=series_scan_id(path), uri=uri, series_uid=path.uid, modality=modality, submitted_at=time.time()
         )
     p = Path(path).resolve()
-    return ScanMessage(scan_id=scan_id_for(p), uri=str(p), modality=modality, submitted_at=time.time())
+    ident = FileIdentity.of(p)  # one stat for both the id and the recorded identity
+    return ScanMessage(
+        scan_id=_scan_id(p, ident),
+        uri=str(p),
+        modality=modality,
+        submitted_at=time.time(),
+        size=ident.size,
+        mtime_ns=ident.mtime_ns,
+        inode=ident.inode,
+    )

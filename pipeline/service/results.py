@@ -1,6 +1,7 @@
 """DuckDB over the Parquet result dataset (pipeline/service/sink.py layout), a folder or s3:// prefix.
 
-Views (one logical result per (scan_id, model_version): the first one written wins;
+Views (one logical result per (scan_id, model_version): the first one written wins, except
+that a row which gave up on an infrastructure fault yields to a later result for the key;
 patch rows belong to the winning result, orphans of an interrupted write are dropped):
   scans_all, patches_all   every row of every part file
   scans, patches           deduplicated logical results
@@ -17,7 +18,7 @@ import pyarrow.fs as pafs
 
 from patchrank.pipeline.data.storage import S3Uri, filesystem, is_s3
 from patchrank.pipeline.service.sink import part_files
-from patchrank.pipeline.service.tables import SCHEMAS
+from patchrank.pipeline.service.tables import GAVE_UP, SCHEMAS
 
 
 class ResultStore:
@@ -41,9 +42,11 @@ class ResultStore:
                 )
             else:
                 self.con.register(f"{table}_all", pa.Table.from_pylist([], schema=SCHEMAS[table]))
-        self.con.execute(
+        self.con.execute(  # the first final result per key; a row that gave up yields to a later one
             "CREATE VIEW scans AS SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER "
-            "(PARTITION BY scan_id, model_version ORDER BY scored_at, stream_id) AS _rn FROM scans_all) WHERE _rn = 1"
+            "(PARTITION BY scan_id, model_version ORDER BY "
+            f"(status = 'failed' AND starts_with(coalesce(error, ''), '{GAVE_UP}')), scored_at, stream_id) AS _rn "
+            "FROM scans_all) WHERE _rn = 1"
         )
         self.con.execute(
             "CREATE VIEW patches AS SELECT p.* FROM patches_all p SEMI JOIN scans s ON p.result_id = s.result_id"
@@ -53,8 +56,8 @@ class ResultStore:
         fs, base = filesystem(self.root, endpoint)
         return bool(fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True)))
 
-    def sql(self, query: str) -> tuple[list[str], list[tuple]]:
-        rel = self.con.execute(query)
+    def sql(self, query: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
+        rel = self.con.execute(query, params) if params else self.con.execute(query)
         cols = [d[0] for d in rel.description] if rel.description else []
         return cols, rel.fetchall()
 
@@ -91,6 +94,15 @@ class ResultStore:
             f"SELECT scan_id, uri, error FROM scans WHERE status = 'failed' {where} ORDER BY uri", params
         )
         return [dict(zip(("scan_id", "uri", "error"), r)) for r in rel.fetchall()]
+
+    def gave_up(self, model_version: str) -> list[str]:
+        """URIs of the scans whose logical result gave up on an infrastructure fault."""
+        rel = self.con.execute(
+            "SELECT uri FROM scans WHERE model_version = ? AND status = 'failed' AND starts_with(error, ?) "
+            "ORDER BY uri",
+            [model_version, GAVE_UP],
+        )
+        return [r[0] for r in rel.fetchall()]
 
     def patches_of(self, result_id: str, n: int) -> list[dict]:
         rel = self.con.execute(

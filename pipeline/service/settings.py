@@ -7,12 +7,162 @@ consumer, the sink and the Serve deployments as one validated object.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from patchrank.pipeline.service.keys import DEFAULT_NAMESPACE, StreamKeys
+
+PASSWORD_ENV = "PATCHRANK_REDIS_PASSWORD"  # the Redis password, instead of putting it in the URL
+PASSWORD_FILE_ENV = "PATCHRANK_REDIS_PASSWORD_FILE"  # ... or a file holding it
+SCHEMES = ("redis", "rediss", "unix")
+PERCENT_ENCODING_HINT = (
+    "percent-encode reserved characters in the URL's user name and password "
+    "('/' -> %2F, '?' -> %3F, '#' -> %23, '@' -> %40, ':' -> %3A, '%' -> %25; "
+    "python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=\"\"))' PASSWORD), "
+    "or better keep the password out of the URL (a URL on the command line is visible in `ps`): "
+    f"--redis-password-file FILE, ${PASSWORD_FILE_ENV} or ${PASSWORD_ENV}"
+)
+
+
+def _split(url: str) -> tuple[str, str, str, str] | None:
+    """-> (scheme, userinfo or "", host part, rest) by the rule that *redacts*: the user info
+    ends at the LAST '@' (a password may hold '/', '?', '#' or '@' that a URL parser would
+    take for the end of the host), or None when `url` has no scheme://."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.\-]*)://(.*)$", url, re.S)
+    if m is None:
+        return None
+    scheme, rest = m.groups()
+    userinfo = ""
+    if "@" in rest:
+        userinfo, rest = rest.rsplit("@", 1)
+    cut = re.search(r"[/?#]", rest)
+    host = rest[: cut.start()] if cut else rest
+    return scheme, userinfo, host, rest[len(host) :]
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password (user info and any `password=` query value) replaced by
+    ***, for logs and messages. Works on malformed URLs too: everything between :// and
+    the last '@' is hidden, so an unencoded '/' or '@' in a password cannot leak a part."""
+    url = str(url)
+    parts = _split(url)
+    if parts is None:
+        return "***" if "@" in url else url
+    scheme, userinfo, host, rest = parts
+    rest = re.sub(r"(?i)((?:^|[?&])password=)[^&#]*", r"\1***", rest)
+    if not userinfo:
+        return f"{scheme}://{host}{rest}"
+    user = userinfo.split(":", 1)[0] if ":" in userinfo and not re.search(r"[/?#]", userinfo) else ""
+    return f"{scheme}://{user}:***@{host}{rest}"
+
+
+def url_secrets(url: str | None) -> list[str]:
+    """Strings that must never be printed: the URL's user info, its password, pieces of a
+    malformed one (a URL parser error may quote any of them) and their %-decoded forms."""
+    if not url:
+        return []
+    parts = _split(str(url))
+    found: set[str] = set()
+    if parts is not None and parts[1]:
+        userinfo = parts[1]
+        found.add(userinfo)
+        password = userinfo.split(":", 1)[1] if ":" in userinfo else userinfo
+        found.add(password)
+        found.update(p for p in re.split(r"[:/?#@]", password) if len(p) >= 3)
+    for value in re.findall(r"(?i)(?:^|[?&])password=([^&#]*)", str(url)):
+        found.add(value)
+    found |= {unquote(s) for s in found} | {quote(s, safe="") for s in found}
+    return sorted((s for s in found if s), key=len, reverse=True)
+
+
+_URL_IN_TEXT = re.compile(r"(?i)\b(?:rediss?|unix)://\S+")
+
+
+def scrub(text: str, secrets: list[str] | tuple[str, ...] = ()) -> str:
+    """`text` with every Redis URL redacted and every known secret string replaced by ***."""
+    text = _URL_IN_TEXT.sub(lambda m: redact_url(m.group(0)), str(text))
+    for s in sorted({s for s in secrets if s}, key=len, reverse=True):
+        text = text.replace(s, "***")
+    return text
+
+
+def check_redis_url(url: str) -> None:
+    """Refuse a URL redis-py would misparse, with a reason that never quotes the URL
+    (a password with an unencoded '/' makes its first part look like a port: redis-py then
+    says "Port could not be cast to integer value as '<first part of the password>'")."""
+    parts = _split(url)
+    scheme = parts[0].lower() if parts else ""
+    if scheme not in SCHEMES:
+        raise ValueError(
+            f"redis_url must start with redis://, rediss:// or unix://, got {scheme + '://' if scheme else 'no scheme'}"
+        )
+    try:
+        sp = urlsplit(url)
+    except ValueError:
+        raise ValueError(f"redis_url cannot be parsed; {PERCENT_ENCODING_HINT}") from None
+    if parts[1] and "@" not in sp.netloc:  # a URL parser ends the host at '/', '?' or '#' in the password
+        raise ValueError(f"redis_url: the user name or password contains a reserved character; {PERCENT_ENCODING_HINT}")
+    try:
+        port = sp.port
+    except ValueError:
+        raise ValueError(
+            "redis_url: the part after the host is not a port number; if the password contains "
+            f"reserved characters, {PERCENT_ENCODING_HINT}"
+        ) from None
+    if scheme != "unix" and not sp.hostname:
+        raise ValueError("redis_url has no host (redis://[:password@]host:port/db)")
+    if port is not None and not 0 < port < 65536:
+        raise ValueError(f"redis_url: port {port} is out of range")
+    try:
+        if scheme != "unix" and sp.path.strip("/"):
+            int(unquote(sp.path).strip("/"))
+    except ValueError:
+        raise ValueError(
+            "redis_url: the database after the host must be a number; "
+            f"if the password contains reserved characters, {PERCENT_ENCODING_HINT}"
+        ) from None
+
+
+def url_has_password(url: str) -> bool:
+    parts = _split(url)
+    return bool(parts and parts[1]) or bool(re.search(r"(?i)(?:^|[?&])password=", url))
+
+
+def read_password_file(path: str | os.PathLike) -> str:
+    """The password in `path` (one line; a trailing newline is dropped)."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read the Redis password file {path} ({exc.__class__.__name__})") from None
+    password = text.rstrip("\r\n")
+    if not password or "\n" in password:
+        raise ValueError(f"the Redis password file {path} must hold exactly one non-empty line")
+    return password
+
+
+def password_from_environment() -> str | None:
+    """$PATCHRANK_REDIS_PASSWORD_FILE (a file) or $PATCHRANK_REDIS_PASSWORD, else None."""
+    if os.environ.get(PASSWORD_FILE_ENV):
+        return read_password_file(os.environ[PASSWORD_FILE_ENV])
+    return os.environ.get(PASSWORD_ENV) or None
+
+
+def cli_password(url: str | None, password_file: str | None) -> SecretStr | None:
+    """The password for an existing Redis at `url` from a password file (--redis-password-file,
+    $PATCHRANK_REDIS_PASSWORD_FILE) or $PATCHRANK_REDIS_PASSWORD; None for a private Redis or
+    when the URL carries one (a password file next to a URL password is an error)."""
+    if password_file:
+        if not url:
+            raise ValueError("--redis-password-file needs --redis-url (a private Redis has its own password)")
+        if url_has_password(url):
+            raise ValueError("the Redis password is given twice (in the URL and in --redis-password-file)")
+        return SecretStr(read_password_file(password_file))
+    if url and not url_has_password(url) and os.environ.get(PASSWORD_ENV):
+        return SecretStr(os.environ[PASSWORD_ENV])
+    return None
 
 
 class ServiceConfig(BaseModel):
@@ -22,8 +172,15 @@ class ServiceConfig(BaseModel):
 
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
-        description="redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path.sock; "
-        "the password may also come from $PATCHRANK_REDIS_PASSWORD",
+        description="redis://[:password@]host:port/db, rediss:// for TLS, or unix:///path.sock; better keep the "
+        "password out of the URL: redis_password_file, redis_password, $PATCHRANK_REDIS_PASSWORD_FILE or "
+        "$PATCHRANK_REDIS_PASSWORD",
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="the Redis password (the CLI fills it from --redis-password-file or the environment)"
+    )
+    redis_password_file: str | None = Field(
+        None, description="file holding the Redis password, read where the client connects (every node)"
     )
     redis_ca_certs: str | None = Field(None, description="CA bundle for rediss:// (default: system store)")
     namespace: str = Field(DEFAULT_NAMESPACE, description="prefix of every Redis key (pipeline/keys.py)")
@@ -42,6 +199,17 @@ class ServiceConfig(BaseModel):
     read_count: int = Field(8, ge=1, le=1000, description="entries fetched per XREADGROUP")
     block_ms: int = Field(200, ge=1, le=60_000, description="XREADGROUP block time")
     max_inflight_scans: int = Field(4, ge=1, le=256, description="scans loaded/scored concurrently per consumer")
+    max_inflight_mb: int = Field(
+        2048,
+        ge=64,
+        description="memory the scans in flight in one ingest replica may take, estimated from each header "
+        "before reading (pipeline.data.preprocess.peak_bytes while loading, the model-ready slices while "
+        "scoring); a scan waits for room, and one needing more than all of it is a failed row",
+    )
+    max_slices: int = Field(1024, ge=1, description="a scan with more slices to score is a failed row")
+    max_prepared_mb: int = Field(
+        512, ge=1, description="a scan whose model-ready slices take more memory than this is a failed row"
+    )
     chunk_slices: int = Field(
         8, ge=1, le=512, description="slices per scorer request (batched further by @serve.batch)"
     )
@@ -72,10 +240,8 @@ class ServiceConfig(BaseModel):
 
     @field_validator("redis_url")
     @classmethod
-    def _scheme(cls, v: str) -> str:
-        scheme = urlsplit(v).scheme
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ValueError(f"redis_url must start with redis://, rediss:// or unix://, got {scheme or v!r}")
+    def _url(cls, v: str) -> str:
+        check_redis_url(v)
         return v
 
     @field_validator("namespace")
@@ -88,6 +254,15 @@ class ServiceConfig(BaseModel):
     def _chunks_fit_batches(self) -> ServiceConfig:
         if self.chunk_slices > self.max_batch_size:
             raise ValueError(f"chunk_slices ({self.chunk_slices}) must be <= max_batch_size ({self.max_batch_size})")
+        given = [
+            n
+            for n, v in (("redis_password", self.redis_password), ("redis_password_file", self.redis_password_file))
+            if v
+        ]
+        if len(given) > 1 or (given and url_has_password(self.redis_url)):
+            raise ValueError(
+                "the Redis password is given more than once (URL, redis_password, redis_password_file); give it once"
+            )
         return self
 
     @property
@@ -95,10 +270,18 @@ class ServiceConfig(BaseModel):
         return StreamKeys(self.namespace)
 
     def redis_kwargs(self) -> dict:
-        """Extra arguments for redis.from_url: env password and TLS CA bundle."""
+        """Extra arguments for redis.from_url: the password (redis_password, redis_password_file,
+        else, when the URL has none, $PATCHRANK_REDIS_PASSWORD_FILE / $PATCHRANK_REDIS_PASSWORD)
+        and the TLS CA bundle."""
         kw: dict = {}
-        if "@" not in self.redis_url and os.environ.get("PATCHRANK_REDIS_PASSWORD"):
-            kw["password"] = os.environ["PATCHRANK_REDIS_PASSWORD"]
+        if self.redis_password is not None:
+            kw["password"] = self.redis_password.get_secret_value()
+        elif self.redis_password_file:
+            kw["password"] = read_password_file(self.redis_password_file)
+        elif not url_has_password(self.redis_url):
+            env = password_from_environment()
+            if env:
+                kw["password"] = env
         if self.redis_url.startswith("rediss://") and self.redis_ca_certs:
             kw["ssl_ca_certs"] = self.redis_ca_certs
         return kw
@@ -108,15 +291,6 @@ class ServiceConfig(BaseModel):
         from patchrank.pipeline.data.storage import S3Uri, is_s3
 
         return [str(S3Uri.parse(r)) if is_s3(r) else Path(r).resolve() for r in self.allowed_roots]
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 class Placement(BaseModel):

@@ -32,7 +32,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from patchrank.pipeline.data.storage import S3, filesystem, is_s3
-from patchrank.pipeline.service.tables import PatchRow, ScanRow, to_arrow
+from patchrank.pipeline.service.tables import PatchRow, ScanRow, gave_up, to_arrow
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,19 @@ def read_part(part: str | Path, columns: list[str] | None = None, endpoint: str 
 def written_keys(
     root: str | Path, model_version: str | None = None, endpoint: str | None = None
 ) -> set[tuple[str, str]]:
-    """(scan_id, model_version) of every scan row already in the dataset."""
+    """(scan_id, model_version) of every final scan row already in the dataset (rows that gave
+    up on an infrastructure fault are not final: such a scan is scored again when queued again)."""
     keys: set[tuple[str, str]] = set()
     for p in part_files(root, "scans", endpoint):
         folder = str(p).rsplit("/", 3)[-3]  # <table>/<model_version>/<date>/<part>
         if model_version is not None and folder not in (model_version, f"model_version={model_version}"):
             continue
-        t = read_part(p, ["scan_id", "model_version"], endpoint)
-        keys.update(zip(t.column("scan_id").to_pylist(), t.column("model_version").to_pylist()))
+        t = read_part(p, ["scan_id", "model_version", "status", "error"], endpoint).to_pydict()
+        keys.update(
+            (sid, mv)
+            for sid, mv, st, err in zip(t["scan_id"], t["model_version"], t["status"], t["error"])
+            if not gave_up(st, err)
+        )
     return keys
 
 
@@ -151,6 +156,6 @@ class ParquetSink:
                     written.append(S3 + write_object_part(self.fs, f"{self.base}/{sub}", to_arrow(table, part)))
                 else:
                     written.append(write_part(self.root / sub, to_arrow(table, part)))
-        self.seen.update((s.scan_id, s.model_version) for s in fresh)
+        self.seen.update((s.scan_id, s.model_version) for s in fresh if not gave_up(s.status, s.error))
         log.debug("wrote %d scan results, %d patch rows in %d parts", len(fresh), len(patches), len(written))
         return written

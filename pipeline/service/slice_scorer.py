@@ -119,7 +119,22 @@ class ModelInfo:
     model_version: str
     preprocess: dict
     scoring: dict  # ScoringConfig.to_dict()
+    input_kind: str | None = None  # "volume" / "image": what it was trained on (None = unknown)
+
+
+def input_kind(stats) -> str | None:
+    """What a model was trained on, from statistics only that kind of data produces: the
+    anatomy term's per-position intensity / symmetry atlas comes from slices of volumes, the
+    appearance and lesion-shape terms' statistics from 2D images. None when neither or both."""
+    fitted = {name for name, state in (getattr(stats, "terms", None) or {}).items() if _has_tensor(state)}
+    volume, image = "anatomy" in fitted, bool(fitted & {"appearance", "lesion_shape"})
+    return "volume" if volume and not image else "image" if image and not volume else None
+
+
+def _has_tensor(state) -> bool:
+    return isinstance(state, dict) and any(isinstance(v, torch.Tensor) for v in state.values())
 
 
 def model_info(scorer: SliceScorer) -> ModelInfo:
-    return ModelInfo(scorer.model_version, dict(scorer.preprocess), scorer.model.scoring.to_dict())
+    m = scorer.model
+    return ModelInfo(scorer.model_version, dict(scorer.preprocess), m.scoring.to_dict(), input_kind(m.stats))

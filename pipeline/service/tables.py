@@ -4,7 +4,10 @@ Rows are validated with pydantic before they become Arrow; the Arrow schemas car
 `patchrank.table` / `patchrank.schema_version` metadata and every row a
 `schema_version` column, so readers can union old and new part files by name.
 A result is keyed by (scan_id, model_version); `result_id` links a scan row to its
-patch rows (readers keep the first result per key and only its patches).
+patch rows (readers keep the first result per key and only its patches). A `failed` row
+that gave up on an infrastructure fault ("gave up after N deliveries: ...") is not final:
+the scan is scored again when it is queued again (`screen --retry-failed` queues every
+such scan), and readers prefer any later result for that key.
 """
 
 from __future__ import annotations
@@ -17,6 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 2  # 2: patch centres (i, j, k, ras_*_mm), scans.series_uid / subject / session / map_uri / flagged
 TABLES = ("scans", "patches")
+GAVE_UP = "gave up after "  # the error of a failed row whose cause was the infrastructure, not the scan
+
+
+def gave_up(status: str | None, error: str | None) -> bool:
+    """A `failed` row written because retries ran out (transient): not a final result."""
+    return status == "failed" and (error or "").startswith(GAVE_UP)
 
 
 class _Row(BaseModel):

@@ -1,4 +1,5 @@
-"""Test archive for the service tests: 20 scans, 12 readable and 8 broken in known ways."""
+"""Test archive for the service tests: 20 scans, 8 readable volumes, 4 readable PNGs (refused:
+the test model was trained on volumes) and 8 broken in known ways."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ EXPECTED_BAD = {
     "zeros.nii.gz": "empty volume",
     "missing.nii.gz": "file not found",
     "escape.nii.gz": "outside the allowed input roots",
+    # good PNGs, but the test model was trained on FLAIR volumes
+    **{f"image_{i}.png": "trained on volumes" for i in range(4)},
 }
 
 
@@ -37,7 +40,6 @@ def write_archive(root: Path, phantom_dir: Path, outside: Path) -> dict[str, str
     for i in range(4):
         img = (rng.random((40 + 4 * i, 48)) * 255).astype(np.uint8)
         Image.fromarray(img).save(root / f"image_{i}.png")
-        expected[f"image_{i}.png"] = "ok"
     (root / "corrupt.nii.gz").write_bytes(b"this is not a NIfTI file at all" * 10)
     good = next(iter(sorted(root.glob("*_flair.nii.gz")))).read_bytes()
     (root / "truncated.nii.gz").write_bytes(gzip.compress(gzip.decompress(good)[:300]))

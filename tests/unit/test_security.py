@@ -167,3 +167,112 @@ def test_nifti_header_text_never_reaches_errors_or_logs(tmp_path, caplog):
         broken.append(str(info.value))
     assert broken and not any(PATIENT_MARKER in m for m in broken)
     assert PATIENT_MARKER not in caplog.text
+
+
+# ---- issue 23, item 8: every URL form redacted; the password from a file or the environment ----
+AWKWARD = "AbC/dEf+gh="  # '/' ends the host part for a URL parser: "Port could not be cast ... 'AbC'"
+# (valid forms point at a closed local port: the CLI fails fast on the connection, never on DNS)
+URL_FORMS = [
+    f"redis://:{AWKWARD}@127.0.0.1:1/0",  # unencoded reserved character in the password
+    "redis://:p@ss@127.0.0.1:1/0",  # unencoded '@'
+    "redis://user:s3cr3t-Pa55@127.0.0.1:1/0",
+    "redis://:s3cr3t-Pa55@[::1]:6390/0",
+    "rediss://:s3cr3t-Pa55@127.0.0.1:1/0?ssl_cert_reqs=required",
+    "unix://:s3cr3t-Pa55@/run/redis.sock?db=0",
+    "redis://127.0.0.1:1/0?password=s3cr3t-Pa55",
+    "redis://:s3cr3t%2FPa55@127.0.0.1:1/0",  # percent-encoded
+    "s3cr3t-Pa55@127.0.0.1:1",  # no scheme at all
+]
+
+
+def _parts(url: str) -> list[str]:
+    from patchrank.pipeline.service.settings import url_secrets
+
+    return [s for s in url_secrets(url) if len(s) >= 3] or ["s3cr3t-Pa55"]
+
+
+@pytest.mark.parametrize("url", URL_FORMS)
+def test_every_url_form_is_redacted(url):
+    red = redact_url(url)
+    for secret in _parts(url) + ["AbC", "dEf", "p@ss", "s3cr3t"]:
+        assert secret not in red, (url, red)
+    assert "***" in red
+
+
+@pytest.mark.parametrize("url", URL_FORMS)
+def test_config_errors_and_cli_errors_never_print_the_password(url, capsys):
+    """The URL of the adversarial run printed "Port could not be cast to integer value as 'AbC'"."""
+    from patchrank.pipeline.cli import main
+
+    try:
+        ServiceConfig(redis_url=url, checkpoint="c", output_dir="o")
+    except ValueError as exc:
+        text = str(exc)
+        assert not any(s in text for s in _parts(url) + ["AbC"]), text
+    rc = main(["enqueue", "/nonexistent", "--redis-url", url])
+    err = capsys.readouterr()
+    printed = err.out + err.err
+    assert rc != 0 and "Traceback" not in printed and len(printed.strip().splitlines()) == 1, printed
+    assert not any(s in printed for s in _parts(url) + ["AbC", "dEf+gh"]), printed
+
+
+def test_reserved_characters_are_explained():
+    with pytest.raises(ValueError) as info:
+        ServiceConfig(redis_url=f"redis://:{AWKWARD}@host:6390/0", checkpoint="c", output_dir="o")
+    text = str(info.value)
+    assert "percent-encode" in text and "%2F" in text and "--redis-password-file" in text
+    ok = ServiceConfig(redis_url="redis://:AbC%2FdEf%2Bgh%3D@host:6390/0", checkpoint="c", output_dir="o")
+    import redis
+
+    assert redis.connection.parse_url(ok.redis_url)["password"] == AWKWARD  # what the hint says works
+
+
+def test_password_from_a_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("PATCHRANK_REDIS_PASSWORD", raising=False)
+    f = tmp_path / "pw"
+    f.write_text(AWKWARD + "\n")
+    cfg = ServiceConfig(redis_url="redis://host:6390/0", redis_password_file=str(f), checkpoint="c", output_dir="o")
+    assert cfg.redis_kwargs()["password"] == AWKWARD
+    assert AWKWARD not in repr(cfg) and AWKWARD not in cfg.model_dump_json()
+    from patchrank.pipeline.service.settings import cli_password
+
+    assert cli_password("redis://host:6390/0", str(f)).get_secret_value() == AWKWARD
+    with pytest.raises(ValueError, match="given twice"):
+        cli_password("redis://:other@host:6390/0", str(f))
+    with pytest.raises(ValueError, match="more than once"):
+        ServiceConfig(redis_url="redis://:x@h:1/0", redis_password_file=str(f), checkpoint="c", output_dir="o")
+    with pytest.raises(ValueError, match="cannot read the Redis password file"):
+        cli_password("redis://host:6390/0", str(tmp_path / "missing"))
+    monkeypatch.setenv("PATCHRANK_REDIS_PASSWORD_FILE", str(f))  # the file from the environment
+    assert (
+        ServiceConfig(redis_url="redis://h:1/0", checkpoint="c", output_dir="o").redis_kwargs()["password"] == AWKWARD
+    )
+
+
+def test_secret_password_travels_to_replicas_but_not_into_text():
+    from pydantic import SecretStr
+
+    cfg = ServiceConfig(redis_url="redis://h:1/0", redis_password=SecretStr(AWKWARD), checkpoint="c", output_dir="o")
+    again = ServiceConfig(**cfg.model_dump())  # what the Serve ingest replica rebuilds
+    assert again.redis_kwargs()["password"] == AWKWARD
+    assert AWKWARD not in repr(cfg) and AWKWARD not in str(cfg.model_dump()) and AWKWARD not in cfg.model_dump_json()
+
+
+def test_one_line_reasons():
+    """Ray wraps a remote exception in a traceback with colour codes; rows store class + message."""
+    import traceback
+
+    from ray.exceptions import RayTaskError
+
+    from patchrank.pipeline.errors import one_line
+
+    try:
+        raise ValueError("stats shape (1, 1, 128, 128) does not fit 16 px")
+    except ValueError as exc:
+        cause = exc
+    tb = "".join(traceback.format_exception(cause))
+    wrapped = RayTaskError("ServeReplica:app:Scorer.score", "\x1b[36mray::ServeReplica\x1b[39m (pid=1)\n" + tb, cause)
+    for exc in (wrapped, wrapped.as_instanceof_cause()):
+        assert one_line(exc) == "ValueError: stats shape (1, 1, 128, 128) does not fit 16 px"
+    assert one_line(RuntimeError("a\n  b\x1b[31m c")) == "RuntimeError: a b c"
+    assert len(one_line(RuntimeError("x" * 5000))) <= 300
