@@ -10,6 +10,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from patchrank.pipeline.commands.options import add_redis_password_arg
 from patchrank.pipeline.data.dicom import is_dicom_file
 from patchrank.pipeline.data.files import link_problem, walk_s3, walk_scans
 
@@ -113,12 +114,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=os.environ.get("PATCHRANK_REDIS_URL"),
         help="redis://[:password@]host:port/db or rediss:// (TLS); default $PATCHRANK_REDIS_URL",
     )
-    p.add_argument(
-        "--redis-password-file",
-        default=os.environ.get("PATCHRANK_REDIS_PASSWORD_FILE"),
-        help="file holding the Redis password (keeps it out of the URL, which `ps` shows); "
-        "default $PATCHRANK_REDIS_PASSWORD_FILE, else $PATCHRANK_REDIS_PASSWORD",
-    )
+    add_redis_password_arg(p)
     p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
     p.add_argument("--modality", help="queue only scans of this modality (e.g. flair), tagged with it")
     p.add_argument(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from patchrank.pipeline.commands.options import add_modality_args
 from patchrank.pipeline.data.files import walk_scans
 
 
@@ -21,14 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--maps", metavar="DIR", help="write each volume's anomaly map as DIR/<scan_id>.nii.gz on the input's grid"
     )
-    p.add_argument(
-        "--modality",
-        help="score only scans of this modality (default: the one the checkpoint was trained on, e.g. flair)",
-    )
-    p.add_argument(
-        "--modality-pattern",
-        help="regular expression a DICOM series' SeriesDescription/ProtocolName must match (default per modality)",
-    )
+    add_modality_args(p, "score")
     p.set_defaults(func=run)
 
 

@@ -17,6 +17,8 @@ import argparse
 import os
 from pathlib import Path
 
+from patchrank.pipeline.commands.options import add_modality_args, add_redis_password_arg
+
 
 def add_service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -24,12 +26,7 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("PATCHRANK_REDIS_URL"),
         help="existing Redis (redis:// or rediss://); default: start a private one",
     )
-    p.add_argument(
-        "--redis-password-file",
-        default=os.environ.get("PATCHRANK_REDIS_PASSWORD_FILE"),
-        help="file holding the Redis password (keeps it out of the URL, which `ps` shows); "
-        "default $PATCHRANK_REDIS_PASSWORD_FILE, else $PATCHRANK_REDIS_PASSWORD",
-    )
+    add_redis_password_arg(p)
     p.add_argument(
         "--address",
         default=os.environ.get("RAY_ADDRESS"),
@@ -134,14 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--maps", action="store_true", help="write each volume's anomaly map as OUT/maps/<scan_id>.nii.gz (input grid)"
     )
-    p.add_argument(
-        "--modality",
-        help="score only scans of this modality (default: the one the checkpoint was trained on, e.g. flair)",
-    )
-    p.add_argument(
-        "--modality-pattern",
-        help="regular expression a DICOM series' SeriesDescription/ProtocolName must match (default per modality)",
-    )
+    add_modality_args(p, "score")
     p.add_argument(
         "--timeout", type=float, default=6 * 3600, help="give up if the stream is not drained after this many seconds"
     )
