@@ -37,14 +37,15 @@ class ScanResult:
 
     def to_frame(self):
         """The ranked patches as a pandas DataFrame (one row per patch, with the scan's path and score)."""
+        import dataclasses
+
         import pandas as pd
 
+        from patchrank.pipeline.scan_scoring import PatchHit
+
         rows = [{"path": self.path, "scan_score": self.scan_score, **vars(p)} for p in self.patches]
-        return pd.DataFrame(rows, columns=["path", "scan_score", *_PATCH_COLUMNS])
-
-
-_PATCH_COLUMNS = ("rank", "slice_index", "row", "col", "y0", "x0", "y1", "x1", "score", "rec", "disc",
-                  "i", "j", "k", "ras_x_mm", "ras_y_mm", "ras_z_mm")  # fmt: skip
+        columns = ["path", "scan_score", *(f.name for f in dataclasses.fields(PatchHit))]
+        return pd.DataFrame(rows, columns=columns)
 
 
 class Detector:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from .base import EvidenceTerm
-
 
 def slice_context(slice_scores: torch.Tensor, slice_index, cfg) -> torch.Tensor:
     """Slice scores (S,) of one volume and their slice numbers (S,) -> scores with through-plane context.
@@ -25,12 +23,3 @@ def slice_context(slice_scores: torch.Tensor, slice_index, cfg) -> torch.Tensor:
     near = (dist <= cfg.context_radius) & torch.isfinite(s)[None, :]
     cand = torch.where(near, s[None, :] - cfg.context_decay * dist, torch.full_like(dist, float("-inf")))
     return torch.maximum(s, cand.max(1).values)
-
-
-class ContextTerm(EvidenceTerm):
-    """Scan level, volumes: see the module docstring."""
-
-    name, level = "context", "scan"
-
-    def weight(self, cfg) -> float:
-        return float(cfg.context_radius)
