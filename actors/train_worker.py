@@ -129,8 +129,17 @@ class RayReporter(Reporter):
                 )
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-        if self.fail_after_epoch == epoch + 1 and self.rank == self.world - 1:
-            raise RuntimeError(f"injected failure of rank {self.rank} after epoch {epoch + 1} (fault-tolerance test)")
+        if self.fail_after_epoch == epoch + 1:
+            # Every rank waits until rank 0's report (with the checkpoint) is queued; the failing
+            # rank then waits out a few controller polls (every 2 s), so the controller has
+            # registered that checkpoint before it sees the injected failure.
+            if self.world > 1:
+                import torch.distributed as dist
+
+                dist.barrier()
+            if self.rank == self.world - 1:
+                time.sleep(6.0)
+                raise RuntimeError(f"injected failure of rank {self.rank} after epoch {epoch + 1} (fault-tolerance test)")
 
 
 def _say(line: str) -> None:
