@@ -6,7 +6,6 @@ roots as bucket/prefix, and the server killed and restarted mid-run."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "unit"))
 
+from s3server import TEST_BUCKET as BUCKET  # noqa: E402
 from s3server import MotoS3  # noqa: E402
 from servicekit import LocalScorer, backlog, drive, make_consumer, service_config  # noqa: E402
 from test_sink import _result as result  # noqa: E402 - the unit tests' row factory
@@ -32,24 +32,6 @@ from patchrank.pipeline.service.streams import StreamClient  # noqa: E402
 from patchrank.pipeline.service.tables import to_arrow  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-BUCKET = "patchrank-test"
-
-
-@pytest.fixture()
-def s3(tmp_path):
-    """A fresh moto server per test, its endpoint and test credentials in the environment."""
-    server = MotoS3(tmp_path)
-    saved = {k: os.environ.get(k) for k in server.env()}
-    server.start()
-    os.environ.update(server.env())
-    server.make_bucket(BUCKET)
-    yield server
-    server.kill()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _upload(server: MotoS3, files: list[Path], prefix: str) -> list[str]:
