@@ -23,7 +23,7 @@ from test_sink import _result as result  # noqa: E402 - the unit tests' row fact
 from patchrank.pipeline.commands.enqueue import enqueue_paths  # noqa: E402
 from patchrank.pipeline.data.loaders import ScanError  # noqa: E402
 from patchrank.pipeline.data.storage import local_checkpoint  # noqa: E402
-from patchrank.pipeline.service.consumer import check_uri  # noqa: E402
+from patchrank.pipeline.service.intake import check_uri  # noqa: E402
 from patchrank.pipeline.service.messages import message_for  # noqa: E402
 from patchrank.pipeline.service.results import ResultStore  # noqa: E402
 from patchrank.pipeline.service.sink import ParquetSink, part_files, read_part, write_object_part  # noqa: E402
