@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         records = [r for r in records if r.subject in wanted]
         if not records:
             raise DatasetError(f"none of the subjects {sorted(wanted)} are in {args.data}")
-    bar = None if args.quiet else (lambda it: tqdm(it, desc="loading", unit="scan", leave=False))
+    bar = None if args.quiet else (lambda it: tqdm(it, desc="loading", unit="scan", leave=False, disable=None))
     scans = load_test_scans(records, cfg, progress=bar)
     data = evaluate_scorer(PatchRankScorer(model, device=device), scans)
     rep = report(data)

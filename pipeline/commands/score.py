@@ -7,9 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from patchrank.pipeline.commands.options import add_modality_args
+from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg
 from patchrank.pipeline.data.files import walk_scans
 
 
@@ -23,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--maps", metavar="DIR", help="write each volume's anomaly map as DIR/<scan_id>.nii.gz on the input's grid"
     )
     add_modality_args(p, "score")
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -36,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.preprocess import as_config, load_prepared
     from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.inference import load_for_inference
+    from patchrank.pipeline.progress import Progress
     from patchrank.pipeline.scan_scoring import score_prepared
     from patchrank.pipeline.service.messages import scan_id_for
 
@@ -49,7 +49,9 @@ def run(args: argparse.Namespace) -> int:
     results = []
     # The next file is read and preprocessed in a background thread while this one is scored.
     loads = prefetched(files, lambda p: load_prepared(p, pre))
-    for path, loading in tqdm(loads, total=len(files), desc="scoring", unit="scan", disable=None):  # TTY only
+    n_failed = 0
+    bar = Progress(len(files), "scoring", quiet=args.quiet, note=lambda: f"{n_failed} failed" if n_failed else "")
+    for path, loading in loads:
         series = isinstance(path, SeriesRef)
         scan_id = series_scan_id(path) if series else scan_id_for(path)
         where = {
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             )
         except ScanError as exc:
             results.append({**where, "status": "failed", "error": str(exc), "scan_score": None, "top_patches": []})
+            n_failed += 1
+        bar.update()
+    bar.close()
     ok = sorted((r for r in results if r["status"] == "ok"), key=lambda r: -r["scan_score"])
     print(f"{'rank':>4}  {'score':>8}  scan  [top patches: slice (row,col) score]")
     for i, r in enumerate(ok, 1):

@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from patchrank.pipeline.commands.options import add_modality_args, add_redis_password_arg
+from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg, add_redis_password_arg
 
 
 def add_service_args(p: argparse.ArgumentParser) -> None:
@@ -136,6 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=6 * 3600, help="give up if the stream is not drained after this many seconds"
     )
     add_service_args(p)
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             app_name=f"patchrank-screen-{rid}",
             modality=modality,
             pattern=args.modality_pattern,
+            show=not args.quiet,
         )
         if args.redis_url is not None and args.namespace is None:
             _drop_run_keys(app.service, keep_dead=bool(res.accounting and res.accounting.dead_only))

@@ -23,7 +23,7 @@ def prepare_data(
     """Normal slices only, split by subject -> (train, val)."""
     records = discover(data, modality=modality)
     train_recs, val_recs = split_by_subject(records, cfg.val_fraction, cfg.seed)
-    bar = (lambda it: tqdm(it, desc="loading scans", unit="scan", leave=False)) if show else None
+    bar = (lambda it: tqdm(it, desc="loading scans", unit="scan", leave=False, disable=None)) if show else None
     train = build_slices(train_recs, cfg.preprocess, normal_only=True, progress=bar)
     val = build_slices(val_recs, cfg.preprocess, normal_only=True, progress=bar) if val_recs else train
     if len(train) == 0:
@@ -33,7 +33,11 @@ def prepare_data(
 
 def prepare_labelled(data: str | Path, cfg: TrainConfig, modality: str = "flair", show: bool = True) -> SliceSet:
     """Every slice (normal and abnormal, labels 0/1, -1 = unknown) of a labelled validation set, for val AUROC."""
-    bar = (lambda it: tqdm(it, desc="loading labelled val scans", unit="scan", leave=False)) if show else None
+    bar = (
+        (lambda it: tqdm(it, desc="loading labelled val scans", unit="scan", leave=False, disable=None))
+        if show
+        else None
+    )
     return build_slices(discover(data, modality=modality), cfg.preprocess, normal_only=False, progress=bar)
 
 
