@@ -14,7 +14,9 @@ from patchrank.pipeline.data.files import walk_scans
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score scan files in-process and print them ranked (no services)")
     p.add_argument("paths", nargs="+", help="scan files or folders (.nii, .nii.gz, .png, .jpg)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint path or s3://bucket/key (its endpoint from the AWS env)"
+    )
     p.add_argument("--top", type=int, default=3, help="patches to list per scan (default 3)")
     p.add_argument("--json", dest="json_out", help="also write all results to this JSON file")
     p.add_argument(
@@ -33,13 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.modality import model_modality, select
     from patchrank.pipeline.data.prefetch import prefetched
     from patchrank.pipeline.data.preprocess import as_config, load_prepared
+    from patchrank.pipeline.data.storage import local_checkpoint
     from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.inference import load_for_inference
     from patchrank.pipeline.progress import Progress
     from patchrank.pipeline.scan_scoring import score_prepared
     from patchrank.pipeline.service.messages import scan_id_for
 
-    model = load_for_inference(args.checkpoint)
+    model = load_for_inference(local_checkpoint(args.checkpoint))  # an s3:// checkpoint is fetched once (cached)
     threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
     files, skipped = walk_scans(args.paths)

@@ -158,14 +158,14 @@ def allowed_roots(paths: list[str], endpoint: str | None = None) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from patchrank.model.checkpoint import load_checkpoint
     from patchrank.pipeline.data.modality import model_modality
-    from patchrank.pipeline.data.storage import is_file
+    from patchrank.pipeline.data.storage import is_file, local_checkpoint
     from patchrank.pipeline.service.results import ResultStore, format_ranking
     from patchrank.pipeline.service.screening import check_redis, run_id, screen, services
     from patchrank.pipeline.service.settings import check_redis_url
 
     if not is_file(args.checkpoint, args.s3_endpoint):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    model = load_checkpoint(args.checkpoint)  # a bad checkpoint: one line now, not a failed deployment later
+    model = load_checkpoint(local_checkpoint(args.checkpoint, args.s3_endpoint))  # bad: one line now, not at deploy
     modality = args.modality or model_modality(model.meta)
     paths = list(args.paths)
     if args.retry_failed:

@@ -87,7 +87,8 @@ class StreamConsumer:
         self.scoring = ScoringConfig.from_dict(info.scoring)
         self.roots = cfg.resolved_roots()
         self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version, endpoint=cfg.s3_endpoint_url)
-        self.threshold = operating_point.load(cfg.checkpoint, info.model_version)  # None: rows get flagged=None
+        # None: rows get flagged=None
+        self.threshold = operating_point.load(cfg.checkpoint, info.model_version, cfg.s3_endpoint_url)
         self.stats = {
             k: 0
             for k in (
