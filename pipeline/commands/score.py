@@ -8,12 +8,14 @@ import math
 from pathlib import Path
 
 from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg
-from patchrank.pipeline.data.files import walk_scans
+from patchrank.pipeline.data.files import walk_s3, walk_scans
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score scan files in-process and print them ranked (no services)")
-    p.add_argument("paths", nargs="+", help="scan files or folders (.nii, .nii.gz, .png, .jpg)")
+    p.add_argument(
+        "paths", nargs="+", help="scan files or folders (NIfTI, DICOM, 2D images), local or s3://bucket/prefix"
+    )
     p.add_argument(
         "--checkpoint", required=True, help="checkpoint path or s3://bucket/key (its endpoint from the AWS env)"
     )
@@ -35,23 +37,33 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.modality import model_modality, select
     from patchrank.pipeline.data.prefetch import prefetched
     from patchrank.pipeline.data.preprocess import as_config, load_prepared
-    from patchrank.pipeline.data.storage import local_checkpoint
+    from patchrank.pipeline.data.storage import is_s3, local_checkpoint
     from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.inference import load_for_inference
     from patchrank.pipeline.progress import Progress
     from patchrank.pipeline.scan_scoring import score_prepared
+    from patchrank.pipeline.service.intake import load_uri
     from patchrank.pipeline.service.messages import scan_id_for
 
     model = load_for_inference(local_checkpoint(args.checkpoint))  # an s3:// checkpoint is fetched once (cached)
     threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
-    files, skipped = walk_scans(args.paths)
+    files, skipped = walk_scans([p for p in args.paths if not is_s3(p)])
+    for uri in filter(is_s3, args.paths):  # endpoint and credentials from the AWS environment
+        found, skip = walk_s3(uri)
+        files, skipped = files + found, skipped + skip
     modality = args.modality or model_modality(model.meta)
     files, other = select(files, modality, args.modality_pattern)
     skipped += other
     results = []
-    # The next file is read and preprocessed in a background thread while this one is scored.
-    loads = prefetched(files, lambda p: load_prepared(p, pre))
+
+    def load(p):  # s3:// objects and series are first copied to a temp folder (service.intake.load_uri)
+        if isinstance(p, SeriesRef) and is_s3(p.folder):
+            return load_uri(p.folder, pre, series_uid=p.uid)
+        return load_uri(p, pre) if is_s3(p) else load_prepared(p, pre)
+
+    # The next scan is read and preprocessed in a background thread while this one is scored.
+    loads = prefetched(files, load)
     n_failed = 0
     bar = Progress(len(files), "scoring", quiet=args.quiet, note=lambda: f"{n_failed} failed" if n_failed else "")
     for path, loading in loads:

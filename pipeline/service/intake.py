@@ -64,11 +64,18 @@ def load_uri(
     max_slices: int | None = MAX_SLICES,
     max_bytes: int | None = MAX_PREPARED_BYTES,
 ) -> Prepared:
-    """load_prepared for a checked location (a file, or a DICOM series' folder); an s3:// object is first
-    copied to a private temp folder."""
+    """load_prepared for a checked location (a file, or a DICOM series' folder or s3:// prefix); s3:// objects
+    are first copied to a private temp folder."""
     caps = {"max_slices": max_slices, "max_bytes": max_bytes}
     if not is_s3(path):
         return load_prepared(path, preprocess, series_uid, **caps)
+    if series_uid is not None:  # a DICOM series under an s3:// prefix: its objects copied, then read as a folder
+        from patchrank.pipeline.data.dicom_s3 import fetch_series
+
+        with tempfile.TemporaryDirectory(prefix="patchrank-series-") as tmp:
+            return load_prepared(
+                fetch_series(str(path), series_uid, Path(tmp), endpoint), preprocess, series_uid, **caps
+            )
     info = stat(str(path), endpoint)  # connection errors propagate: infrastructure, retried
     if info.type != pafs.FileType.File:
         raise ScanError(f"{S3Uri.parse(str(path)).name}: object not found")
