@@ -139,7 +139,9 @@ class RayReporter(Reporter):
                 dist.barrier()
             if self.rank == self.world - 1:
                 time.sleep(6.0)
-                raise RuntimeError(f"injected failure of rank {self.rank} after epoch {epoch + 1} (fault-tolerance test)")
+                raise RuntimeError(
+                    f"injected failure of rank {self.rank} after epoch {epoch + 1} (fault-tolerance test)"
+                )
 
 
 def _say(line: str) -> None:

@@ -161,6 +161,19 @@ def scorer_info(name: str = APP_NAME):
     return ModelInfo(**serve.get_deployment_handle("Scorer", name).info.remote().result())
 
 
+def scorer_usage(name: str = APP_NAME, replicas: int = 1) -> list[dict]:
+    """ScorerDeployment.usage() of the scorer replicas (memory, forwards run), one entry per process
+    reached; requests are routed at random, so 4 per replica reach each with high probability."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Scorer", name)
+    seen = {}
+    for _ in range(4 * replicas):
+        m = handle.usage.remote().result()
+        seen[m["pid"]] = m
+    return list(seen.values())
+
+
 def undeploy(name: str = APP_NAME) -> None:
     from ray import serve
 
