@@ -119,6 +119,7 @@ class Compactor:
         self.endpoint = endpoint
         self.target = target_bytes
         self.stats = CompactStats()
+        self._keys: dict[tuple, pa.Table] = {}  # the scans folder last read for a patches folder
 
     def run(self) -> CompactStats:
         listed = {t: list_parts(self.root, t, self.endpoint) for t in ("patches", "scans")}
@@ -182,9 +183,7 @@ class Compactor:
             if table == "scans":
                 keep = _keep_scans(t)
             else:
-                empty = pa.Table.from_pylist([], schema=SCHEMAS["scans"]).select(_KEY)
-                s = [read_part(p, _KEY, self.endpoint) for p in scan_parts]
-                keep = _keep_patches(t, pa.concat_tables([empty, *s], promote_options="default"))
+                keep = _keep_patches(t, self._scan_keys(scan_parts))
         except ValueError as exc:
             log.warning("%s: not compacted (%s)", folder, exc)
             return
@@ -206,6 +205,15 @@ class Compactor:
         self.stats.rows_in += len(t)
         self.stats.rows_out += len(out)
         log.debug("%s: %d parts, %d rows -> %d rows", folder, len(group), len(t), len(out))
+
+    def _scan_keys(self, parts: list) -> pa.Table:
+        """The key columns of these scans parts (read once per folder)."""
+        key = tuple(map(str, parts))
+        if key not in self._keys:
+            empty = pa.Table.from_pylist([], schema=SCHEMAS["scans"]).select(_KEY)
+            tables = [read_part(p, _KEY, self.endpoint) for p in parts]
+            self._keys = {key: pa.concat_tables([empty, *tables], promote_options="default")}
+        return self._keys[key]
 
     def _delete(self, parts: list) -> None:
         for p in parts:
