@@ -25,6 +25,7 @@ from patchrank.model.config import ScoringConfig, StepConfig
 from patchrank.model.losses import UNIFORM_RANK
 from patchrank.pipeline.data.datasets import DatasetError, Record
 from patchrank.pipeline.evaluation.folds import (
+    ABLATIONS,
     _rescored,
     _training_key,
     build_fold,
@@ -42,38 +43,40 @@ class Candidate:
     over: dict  # TrainConfig overrides layered over the run's configuration (preset + --config)
 
 
-def _product(trainings: dict[str, dict], scorings: dict[str, dict]) -> tuple[Candidate, ...]:
+def _product(trainings: dict[str, dict], scorings: dict[str, dict]) -> list[Candidate]:
     out = []
     for tname, t in trainings.items():
         for sname, s in scorings.items():
             name = sname if tname == "preset" else f"{tname}+{sname}"
             out.append(Candidate(name, merge(t, {"scoring": s}) if s else t))
-    return tuple(out)
+    return out
 
 
-# Dermoscopy: two trainings (the preset's ranked loss; the default uniform loss) x five scorings: the
-# preset's, the plain ScoringConfig defaults, and the preset with fewer evidence terms. Preprocessing
-# stays the preset's (64 px, dark-lesion foreground).
-DERMOSCOPY = _product(
-    {"preset": {}, "uniform_loss": {"loss": {"rank": asdict(UNIFORM_RANK)}}},
-    {
-        "preset": {},
-        "default_scoring": asdict(ScoringConfig()),
-        "no_appearance": {"appearance_weight": 0.0},
-        "no_shape": {"shape_weight": 0.0},
-        "features_only": {"appearance_weight": 0.0, "shape_weight": 0.0},
-    },
+_FEWER_TERMS = {
+    "no_appearance": {"appearance_weight": 0.0},
+    "no_shape": {"shape_weight": 0.0},
+    "features_only": {"appearance_weight": 0.0, "shape_weight": 0.0},
+}
+# Dermoscopy: three trainings (the preset's; the default uniform loss; no discriminator, whose evidence
+# the preset's score leaves out) x the preset's scoring, the plain ScoringConfig defaults (which need a
+# discriminator) and the preset with fewer evidence terms. Preprocessing stays the preset's (64 px, dark lesion).
+DERMOSCOPY = (
+    *_product(
+        {"preset": {}, "uniform_loss": {"loss": {"rank": asdict(UNIFORM_RANK)}}},
+        {"preset": {}, "default_scoring": asdict(ScoringConfig()), **_FEWER_TERMS},
+    ),
+    *_product({"no_discriminator": {"loss": {"use_discriminator": False}}}, {"preset": {}, **_FEWER_TERMS}),
 )
 CANDIDATES = {"dermoscopy": DERMOSCOPY}
 
 
 def complexity(cfg: TrainConfig) -> int:
     """Components switched on: each weighted evidence term and through-plane context of the score,
-    plus one for a ranked (non-uniform) training loss."""
+    plus one each for a ranked (non-uniform) training loss and a trained discriminator."""
     s = cfg.scoring
     weights = (s.disc_weight, s.intensity_weight, s.symmetry_weight, s.appearance_weight, s.feature_weight,
                s.shape_weight, s.context_radius)  # fmt: skip
-    return sum(w > 0 for w in weights) + int(cfg.loss.rank != StepConfig().rank)
+    return sum(w > 0 for w in weights) + int(cfg.loss.rank != StepConfig().rank) + int(cfg.loss.use_discriminator)
 
 
 def choose(inner: dict[str, list[float]], simple: dict[str, int], tolerance: float) -> str:
@@ -139,6 +142,16 @@ def select(records, outer_test, base: TrainConfig, cands, *, index, inner_k, fol
     return choose(inner, {n: complexity(c) for n, c in cfgs.items()}, tolerance), inner, splits
 
 
+def _method_training(cfg: TrainConfig, base: TrainConfig, test: list[str], gpu: bool) -> str:
+    """The benchmark method (`patchrank` or an ablation) that trains exactly as `cfg` does, so the outer
+    fold's training is shared with its row (`folds.fit_method` names checkpoints so); else "nested"."""
+    key = _training_key(cfg, test, gpu)
+    for name, over in {"patchrank": {}, **ABLATIONS}.items():
+        if _training_key(TrainConfig(**merge(base.model_dump(), over)), test, gpu) == key:
+            return name
+    return "nested"
+
+
 def run_nested(
     records: list[Record],
     base: TrainConfig,
@@ -180,10 +193,7 @@ def run_nested(
         chosen, inner, splits = select(records, test, base, cands, **kw, gpu=gpu, log=log)
         fold = build_fold(records, test, base, i)
         cfg = TrainConfig(**merge(base.model_dump(), next(c.over for c in cands if c.name == chosen)))
-        # the preset's own training keeps fit_method's name, so the scoring-only ablations reuse it
-        same = _training_key(cfg, test, gpu) == _training_key(base, test, gpu)
-        name = "patchrank" if same else "nested"
-        path = _trained(workdir / f"{name}_fold{i}.pt", fold, cfg, gpu)
+        path = _trained(workdir / f"{_method_training(cfg, base, test, gpu)}_fold{i}.pt", fold, cfg, gpu)
         rep = report(evaluate_scorer(_rescored(path, fold, cfg, chosen, device), fold.test, seed=fold_seed))
         rep.update(method="patchrank_nested", fold=i, chosen=chosen, fit_seconds=round(time.perf_counter() - t0, 1))
         res["runs"].append(rep)

@@ -56,7 +56,7 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
     monkeypatch.setattr(nested, "_auroc", lambda path, fold, cfg, name, dev, seed: scores.get(name, 0.6))
     kw = dict(index=0, inner_k=3, fold_seed=0, workdir=tmp_path, gpu=False, log=lambda s: None)
     chosen, inner, splits = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, tolerance=0.01, **kw)
-    assert len(seen) == 3 * 2  # 3 inner folds x 2 trainings (ranked, uniform loss); scorings reuse them
+    assert len(seen) == 3 * 3  # 3 inner folds x 3 trainings (preset, uniform loss, no discriminator)
     for train, tested, test_subjects in seen:
         assert train and all(label[s] == 0 for s in train)  # benign-only training
         assert not (train | tested) & set(outer_test)  # the outer test fold never reaches selection
@@ -87,7 +87,8 @@ def test_candidate_set_and_complexity():
     assert cfgs["default_scoring"].preprocess == cfg.preprocess  # scoring candidates keep the preprocessing
     c = {n: nested.complexity(v) for n, v in cfgs.items()}
     assert c["preset"] == c["no_shape"] + 1 == c["features_only"] + 2 == c["uniform_loss+preset"] + 1
-    assert len(nested._groups(cfgs)) == 2  # two trainings; every other candidate only rescores
+    assert c["no_discriminator+features_only"] == c["features_only"] - 1
+    assert len(nested._groups(cfgs)) == 3  # three trainings; every other candidate only rescores
 
 
 def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
@@ -100,3 +101,16 @@ def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
     assert "candidate settings for dermoscopy, not brain-mri" in capsys.readouterr().err
     assert main([*args, "--only-folds", "1"]) == 2
     assert "--only-folds does not apply" in capsys.readouterr().err
+
+
+def test_outer_training_is_shared_with_the_method_that_trains_the_same():
+    from patchrank.pipeline.settings import build_config
+
+    cfg = build_config("dermoscopy", {"preprocess": {"channels": 3}})
+    cfgs = {c.name: TrainConfig(**merge(cfg.model_dump(), c.over)) for c in nested.DERMOSCOPY}
+    which = {n: nested._method_training(c, cfg, ["a"], False) for n, c in cfgs.items()}
+    assert which["no_shape"] == which["preset"] == "patchrank"
+    assert which["uniform_loss+features_only"] == "no_ranking"  # no_ranking trains with the uniform loss
+    assert which["no_discriminator+no_appearance"] == "no_discriminator"
+    masked = TrainConfig(**merge(cfg.model_dump(), {"masks": {"max_boxes": 2}}))
+    assert nested._method_training(masked, cfg, ["a"], False) == "nested"
