@@ -25,7 +25,8 @@ import torch
 
 from patchrank.model.checkpoint import load_checkpoint
 from patchrank.pipeline.settings import TrainConfig
-from patchrank.pipeline.training.loop import Place, Reporter, append_curve_row, epoch_line, fit_loop
+from patchrank.pipeline.training.loop import Place, fit_loop
+from patchrank.pipeline.training.report import Reporter, append_curve_row, epoch_line
 
 CKPT_FILE = "model.pt"
 CURVE_FILE = "curve.csv"

@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="instead of running: merge quality.json files "
         "of runs with the same folds and config into OUT/quality.md + quality.json",
     )
+    from patchrank.pipeline.bench import quality_nested
+
+    quality_nested.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -100,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
     cfg, preset = config_for(records, args.preset, base)
     print(f"preset {preset}")
     t0 = time.perf_counter()
+    if args.nested:
+        from patchrank.pipeline.bench import quality_nested
+
+        return quality_nested.run(args, records, cfg, preset, folds, methods)
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
     res = run_quality(
         records,

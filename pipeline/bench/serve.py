@@ -47,7 +47,8 @@ def fresh_checkpoint(path: Path, image_size: int) -> Path:
 
     from patchrank.model.scoring import ScoreStats
     from patchrank.pipeline.settings import TrainConfig
-    from patchrank.pipeline.training.loop import build_models, save_trained
+    from patchrank.pipeline.training.loop import build_models
+    from patchrank.pipeline.training.state import save_trained
 
     cfg = TrainConfig(preprocess={"image_size": image_size} if image_size else {})
     image_size = cfg.preprocess.image_size

@@ -12,7 +12,8 @@ from patchrank.model.checkpoint import load_checkpoint
 from patchrank.pipeline.data.datasets import SliceSet, build_slices, split_by_subject
 from patchrank.pipeline.data.discover import discover
 from patchrank.pipeline.settings import TrainConfig
-from patchrank.pipeline.training.loop import CurveLog, Place, Reporter, epoch_line, fit_loop
+from patchrank.pipeline.training.loop import Place, fit_loop
+from patchrank.pipeline.training.report import CurveLog, Reporter, epoch_line
 
 log = logging.getLogger("patchrank.train")
 
