@@ -13,7 +13,8 @@ import numpy as np
 @dataclass
 class ScanResult:
     """One scored scan: the scan score (z units against normal scans), per-slice scores after through-plane
-    context, the ranked patches (boxes in the input's own slice grid) and, when asked, per-pixel maps."""
+    context, the ranked patches (boxes in the RAS-reoriented slice, centres also in the input's own voxel
+    indices i, j, k) and, when asked, per-pixel maps."""
 
     path: str
     scan_score: float

@@ -56,7 +56,9 @@ def _secrets(args: argparse.Namespace) -> list[str]:
 
 
 def _validation_line(e: dict) -> str:
-    msg = str(e.get("msg", "")).removeprefix("Value error, ")
+    msg = (
+        "unknown setting" if e.get("type") == "extra_forbidden" else str(e.get("msg", "")).removeprefix("Value error, ")
+    )
     where = ".".join(map(str, e.get("loc", ()))) or "settings"
     return msg if msg.startswith(where) else f"{where}: {msg}"
 

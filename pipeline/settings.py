@@ -101,6 +101,20 @@ def preset_overrides(name: str) -> dict:
     return json.loads(resources.files("patchrank.configs").joinpath(f"{name}.json").read_text())
 
 
+def read_config_file(path: str) -> dict:
+    """A --config file: a JSON object of TrainConfig settings (any subset); a one-line ValueError otherwise."""
+    try:
+        with open(path) as f:
+            over = json.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"--config {path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--config {path}: not valid JSON ({e})") from None
+    if not isinstance(over, dict):
+        raise ValueError(f'--config {path}: expected a JSON object of settings, e.g. {{"epochs": 20}}')
+    return over
+
+
 def merge(base: dict, over: dict) -> dict:
     """Nested dict update: `over`'s leaves replace `base`'s."""
     out = dict(base)

@@ -25,9 +25,13 @@ import numpy as np
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dicom", help="DICOM series loading cost next to NIfTI", description=__doc__)
-    p.add_argument("--data", default="../shared/data/brats2015", help="BraTS-style folder (phantoms if absent)")
-    p.add_argument("--n", type=int, default=3, help="volumes")
-    p.add_argument("--repeat", type=int, default=3, help="timings per volume (best kept)")
+    p.add_argument(
+        "--data",
+        default="../shared/data/brats2015",
+        help="BraTS-style folder (default ../shared/data/brats2015; phantoms if absent)",
+    )
+    p.add_argument("--n", type=int, default=3, help="volumes (default 3)")
+    p.add_argument("--repeat", type=int, default=3, help="timings per volume, best kept (default 3)")
     p.add_argument("--out", help="JSON file for the numbers")
     p.add_argument("--checkpoint", help="instead: check this model's top patch on held-out patients exported as DICOM")
     p.add_argument("--patients", help="with --checkpoint: comma-separated case folders (default: the last one)")

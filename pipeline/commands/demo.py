@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "demo", help="end-to-end demo on built-in phantom data: train -> screen (Redis + Ray Serve) -> query"
     )
     p.add_argument("--workdir", help="keep data, checkpoint and results here (default: a temp dir)")
-    p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--epochs", type=int, default=12, help="adversarial epochs, then the critic epochs (default 12)")
+    p.add_argument("--image-size", type=int, default=96, help="model input side, multiple of 16 (default 96)")
     p.add_argument("--train-subjects", type=int, default=8, help="normal phantoms to train on (default 8)")
     p.add_argument(
         "--min-area",
@@ -34,10 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs=2,
         default=(6.0, 12.0),
         metavar=("MIN", "MAX"),
-        help="lesion radius range in voxels of the 96^3 phantoms (default 6 12; smaller lesions need a longer "
+        help="lesion radius range in voxels of the 96x96x40 phantoms (default 6 12; smaller lesions need a longer "
         "training)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the phantoms and the training (default 0)")
     p.set_defaults(func=run)
 
 
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
     from patchrank.pipeline.settings import TrainConfig
     from patchrank.pipeline.training.local import fit_local, prepare_data
+    from patchrank.pipeline.training.loop import critic_epochs
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="patchrank-demo-")).resolve()
     train_dir, archive = work / "train", work / "archive"
@@ -56,15 +57,16 @@ def run(args: argparse.Namespace) -> int:
     )
     truth = {str((c / f"{c.name}_flair.nii.gz").resolve()): _has_lesion(c) for c in cases}
     print(f"      archive: 4 normal + 4 abnormal phantoms (lesion radius {lo:g}-{hi:g} voxels), never seen in training")
-    print(
-        f"[2/4] training {args.epochs} epochs at {args.image_size}px on {args.train_subjects} normal phantoms "
-        f"(slices with >= {args.min_area:g} x the largest brain area; 1 torch thread: reproducible on this machine)"
-    )
     cfg = TrainConfig(
         epochs=args.epochs,
         batch_size=16,
         seed=args.seed,
         preprocess={"image_size": args.image_size, "min_area_fraction": args.min_area},
+    )
+    print(
+        f"[2/4] training {args.epochs} epochs + {critic_epochs(cfg)} critic epochs at {args.image_size}px on "
+        f"{args.train_subjects} normal phantoms (slices with >= {args.min_area:g} x the largest brain area; "
+        "1 torch thread: reproducible on this machine)"
     )
     train, val = prepare_data(train_dir, cfg)
     ckpt = work / "model.pt"

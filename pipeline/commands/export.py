@@ -13,9 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "(model version, preprocessing and scoring settings) and OUT/score_stats.npz; "
         "pipeline.onnx_model.load_onnx scores with them through ONNX Runtime.",
     )
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by `patchrank train`")
     p.add_argument("--onnx", required=True, metavar="OUT", help="output folder (created)")
-    p.add_argument("--no-check", action="store_true", help="skip scoring a few slices through both to compare")
+    p.add_argument(
+        "--no-check", action="store_true", help="skip the check that a few slices score the same in PyTorch and ONNX"
+    )
     p.set_defaults(func=run)
 
 

@@ -107,7 +107,10 @@ def run(args: argparse.Namespace) -> int:
     if args.png:
         raise ValueError("--png needs --scan ID")
     counts = store.counts(args.model_version)
-    print(f"{sum(counts.values())} results: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    if counts:
+        print(f"{sum(counts.values())} results: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    else:
+        print(f"0 results under {args.dir} (is it the --out folder of `patchrank screen`?)")
     print(format_ranking(store.top_scans(args.top, model_version=args.model_version, patches=args.patches)))
     failed = store.failed(args.model_version)
     for f in failed[:20]:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from patchrank.pipeline.settings import PRESETS, TrainConfig
+from patchrank.pipeline.settings import PRESETS, TrainConfig, read_config_file
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -66,13 +65,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray worker = torch threads (default 1)"
     )
     p.add_argument("--val-data", help="labelled dataset (normal + abnormal subjects) for a validation AUROC per epoch")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress bars (and with --workers 0 no per-epoch lines either)"
+    )
     p.set_defaults(func=run)
 
 
 def flag_overrides(args: argparse.Namespace) -> dict:
     """The --config file, then the flags that set TrainConfig fields, as one partial config."""
-    over = json.loads(Path(args.config).read_text()) if args.config else {}
+    over = read_config_file(args.config) if args.config else {}
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("seed", "seed")):
         if getattr(args, flag) is not None:
             over[key] = getattr(args, flag)
@@ -85,7 +86,8 @@ def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """-> (the training configuration, the preset it starts from)."""
     from patchrank.pipeline.data.discover import config_for, discover
 
-    return config_for(discover(args.data, modality=args.modality), args.preset, flag_overrides(args))
+    over = flag_overrides(args)  # a bad --config file fails before the data is walked
+    return config_for(discover(args.data, modality=args.modality), args.preset, over)
 
 
 def run(args: argparse.Namespace) -> int:
