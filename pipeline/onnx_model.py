@@ -31,7 +31,7 @@ from patchrank.model.scoring import ScoreStats
 
 FORMAT = "patchrank-onnx/1"
 OPSET = 18
-MAX_BATCH = 8  # images per ONNX Runtime call (the reconstructor gets B x 4 masked copies per scoring batch)
+MAX_BATCH = 4  # images per ONNX Runtime call (the reconstructor gets B x 4 masked copies per scoring batch)
 _SCALARS = ("rec_mean", "rec_std", "disc_mean", "disc_std", "image_mean", "image_std")
 
 
