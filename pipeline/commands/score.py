@@ -45,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.service.intake import load_uri
     from patchrank.pipeline.service.messages import scan_id_for
 
+    missing = [p for p in args.paths if not is_s3(p) and not Path(p).exists()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such file or folder")
     model = load_for_inference(local_checkpoint(args.checkpoint))  # an s3:// checkpoint is fetched once (cached)
     threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
@@ -117,4 +120,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(others)} scans of another modality than {modality}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"model_version": model.model_version, "results": results}, indent=2))
+    if not results:
+        raise ValueError(f"no scans to score in {', '.join(map(str, args.paths))} (see the skipped lines above)")
     return 0

@@ -37,8 +37,10 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
         help="Redis key prefix (default: patchrank for `serve` and a private Redis, "
         "patchrank-screen-<run id> for `screen` on an existing Redis)",
     )
-    p.add_argument("--scorer-replicas", type=int, default=1)
-    p.add_argument("--scorer-gpus", type=float, default=0.0, help="GPUs per scorer replica (> 0 implies --device cuda)")
+    p.add_argument("--scorer-replicas", type=int, default=1, help="scorer replicas (default 1)")
+    p.add_argument(
+        "--scorer-gpus", type=float, default=0.0, help="GPUs per scorer replica (> 0 scores on CUDA; default 0)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="max slices per scorer forward (@serve.batch)")
     p.add_argument("--batch-wait", type=float, default=0.01, help="max seconds a batch waits to fill")
     p.add_argument("--chunk", type=int, default=8, help="slices per scorer request")

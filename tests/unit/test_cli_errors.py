@@ -57,3 +57,15 @@ def test_phantom_into_a_file_is_one_line(tmp_path, capsys):
 def test_query_of_a_folder_without_results_says_so(tmp_path, capsys):
     assert main(["query", str(tmp_path)]) == 0
     assert f"0 results under {tmp_path} (is it the --out folder of `patchrank screen`?)" in capsys.readouterr().out
+
+
+def test_score_of_a_missing_path_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main(["score", str(missing), "--checkpoint", str(tmp_path / "m.pt")]) == 2
+    assert _error_line(capsys) == f"patchrank score: error: {missing}: no such file or folder"
+
+
+def test_score_of_a_folder_without_scans_fails(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("hi")
+    assert main(["score", str(tmp_path), "--checkpoint", str(tiny_checkpoint)]) == 2
+    assert "no scans to score in" in _error_line(capsys)
