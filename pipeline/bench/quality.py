@@ -67,7 +67,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="instead of running: merge quality.json files "
         "of runs with the same folds and config into OUT/quality.md + quality.json",
     )
+    add_perturb_args(p)
     p.set_defaults(func=run)
+
+
+def add_perturb_args(p: argparse.ArgumentParser) -> None:
+    """--perturb: the same fold models evaluated on moved copies of the test scans (pipeline.evaluation.perturb)."""
+    p.add_argument(
+        "--perturb",
+        choices=["rigid"],
+        help="evaluate on copies of the test volumes moved by a seeded random rigid transform (rotation up to "
+        "+-15 deg about the axial axis and +-6 deg about the others, shifts up to +-12 mm), written to "
+        "OUT/perturbed/; training still reads the original volumes",
+    )
+    p.add_argument("--perturb-seed", type=int, default=0, help="seed of the --perturb transforms (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +114,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"preset {preset}")
     t0 = time.perf_counter()
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
+    test_records = None
+    if args.perturb:  # rigid: moved copies of every scan, read by the test side of each fold only
+        from patchrank.pipeline.evaluation.perturb import perturb_records
+
+        test_records = perturb_records(records, Path(args.out) / "perturbed", args.perturb_seed)
     res = run_quality(
         records,
         cfg,
@@ -111,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         fold_seed=args.seed,
         models=Path(args.models) if args.models else None,
         gpu=args.gpu,
+        test_records=test_records,
     )
     wall = time.perf_counter() - t0
     flags = [
@@ -123,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         ("only-folds", args.only_folds),
         ("models", args.models),
         ("out", args.out),
+        ("perturb", args.perturb),
+        ("perturb-seed", args.perturb_seed if args.perturb else None),
     ]
     if args.methods != ",".join(ALL_METHODS):
         flags.append(("methods", args.methods))
