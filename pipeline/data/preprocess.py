@@ -4,7 +4,9 @@ Its parameters (a `PreprocessConfig`) are stored in every checkpoint, and the sc
 rebuilds them from there, so serving reproduces training exactly.
 
 Volumes (C, H, W, S):
-  1. foreground = the provided brain mask, else voxels that are non-zero in any channel;
+  1. foreground = the provided brain mask, else voxels that differ from the background value (0, or the
+     constant of a provider's z-scoring) in any channel; a volume that is not a skull-stripped brain is
+     refused (`contract.check_volume`);
   2. per channel, z-score inside the foreground (works on raw intensities and on data
      already z-scored by the provider alike), clip to [-clip, clip], divide by clip;
      background is set to -1;
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from patchrank.model.evidence.lesion import dark_lesion
+from patchrank.pipeline.data.contract import check_volume
 from patchrank.pipeline.data.loaders import INPUT_ERRNOS, Scan, ScanError, load_scan
 from patchrank.pipeline.settings import PreprocessConfig
 
@@ -145,12 +148,9 @@ def preprocess_scan(
     if min(arr.shape[1:3]) < 8:
         raise ScanError(f"slices too small: {arr.shape[1]}x{arr.shape[2]}")
     if scan.kind == "volume":
-        if scan.foreground is not None:
-            fg = scan.foreground
-        else:  # one channel: no (C, H, W, S) temporary
-            fg = arr[0] != 0 if arr.shape[0] == 1 else np.any(arr != 0, axis=0)
+        fg = check_volume(arr, scan.foreground)  # the input contract: a skull-stripped brain
         if not fg.any():
-            raise ScanError("empty volume: no foreground (non-zero) voxels")
+            raise ScanError("empty volume: no foreground voxels (the whole volume holds one constant value)")
     else:
         fg = np.ones(arr.shape[1:], dtype=bool)
         if cfg.image_foreground == "dark":

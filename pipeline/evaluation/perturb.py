@@ -20,21 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from patchrank.pipeline.data.contract import background_value
 from patchrank.pipeline.data.datasets import DatasetError, Record
-
-
-def rotation(axial_deg: float, lr_deg: float = 0.0, ap_deg: float = 0.0) -> np.ndarray:
-    """-> (3, 3) RAS rotation: about R-L (x) by lr_deg, then A-P (y) by ap_deg, then S-I (z) by axial_deg."""
-
-    def about(axis: int, deg: float) -> np.ndarray:
-        a = np.deg2rad(deg)
-        i, j = [k for k in range(3) if k != axis]
-        r = np.eye(3)
-        r[i, i] = r[j, j] = np.cos(a)
-        r[i, j], r[j, i] = -np.sin(a), np.sin(a)
-        return r
-
-    return about(2, axial_deg) @ about(1, ap_deg) @ about(0, lr_deg)
+from patchrank.pipeline.data.pose import rotation
 
 
 def random_rigid(
@@ -68,21 +56,13 @@ def move_array(data: np.ndarray, affine: np.ndarray, motion: np.ndarray, order: 
     return affine_transform(src, pull[:3, :3], pull[:3, 3], order=order, mode="constant", cval=cval)
 
 
-def background_value(data: np.ndarray) -> float:
-    """The most common value on the volume's six faces (0 for a zero background; the constant a provider's
-    z-scoring turned the zero background into)."""
-    faces = np.concatenate([f.ravel() for a in range(3) for f in (np.take(data, 0, a), np.take(data, -1, a))])
-    vals, counts = np.unique(faces, return_counts=True)
-    return float(vals[np.argmax(counts)])
-
-
 def move_file(src: str | Path, dst: Path, motion: np.ndarray, order: int) -> None:
     """One NIfTI -> its moved copy at dst with the same affine, header and data type."""
     import nibabel as nib
 
     img = nib.load(str(src), mmap=False)
     data = np.asarray(img.dataobj)
-    cval = background_value(data) if order else 0.0
+    cval = background_value(data)[0] if order else 0.0
     moved = move_array(data, img.affine, motion, order, cval)
     if np.issubdtype(img.get_data_dtype(), np.integer):
         moved = np.rint(moved)

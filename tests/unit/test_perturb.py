@@ -10,11 +10,11 @@ import pytest
 
 from patchrank.pipeline.data.datasets import DatasetError, Record, discover_brats
 from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
+from patchrank.pipeline.data.pose import rotation
 from patchrank.pipeline.evaluation.perturb import (
     move_array,
     perturb_records,
     random_rigid,
-    rotation,
     subject_rng,
     world_motion,
 )
