@@ -6,8 +6,8 @@ and scored as brain tissue.
 - background: outside a skull-stripped brain every voxel holds one value, 0 as distributed or the constant a
   provider's z-scoring turned the zeros into (BraTS 2015 files here). The value is the most common one on the
   border of the axial slices (the four side faces); when fewer than `MIN_BORDER_BACKGROUND` of those voxels
-  hold it, the volume is a head (or noise-filled air), not a skull-stripped brain. Without a brain mask, the foreground is every voxel that
-  differs from the background value in any channel.
+  hold it, the volume is a head (or noise-filled air), not a skull-stripped brain. Without a brain mask, the
+  foreground is every voxel that differs from the background value in any channel.
 - size: a brain fills at most ~52 % of its own bounding box (an ellipsoid's share); a foreground (the given
   brain mask, or the non-background voxels) over `MAX_FOREGROUND_FRACTION` of the field of view is not a brain.
 """
