@@ -4,20 +4,22 @@ Atlas-registered volumes (BraTS) share one pose; real archives do not, and the b
 small lesions (intensity calibrated per position, left-right symmetry about the image centre) assumes it.
 On the canonical (RAS+) array, in millimetres:
 
-1. centroid and axial orientation from the brain mask's moments: the longest in-plane axis is
-   anterior-posterior (yaw about the superior-inferior axis);
-2. mid-sagittal plane refined by left-right symmetry: yaw, roll (about the A-P axis) and the plane's
-   left-right offset that maximise the correlation of the (smoothed) image with its mirror image across
-   the plane, inside the brain (Nelder-Mead from the moments' estimate);
-3. pitch (about the left-right axis) from the moments of the mask in that symmetric frame: the angle of
-   its long axis in the sagittal plane.
+1. centroid: the brain mask's first moment;
+2. mid-sagittal plane by left-right symmetry: yaw (about the superior-inferior axis), roll (about the
+   anterior-posterior axis) and the plane's left-right offset that maximise the correlation of the smoothed
+   image, plus that of the smoothed brain mask (the outline: image symmetry alone is weak next to a large
+   tumour), with their mirror images across the plane, over the brain: a coarse grid, then Nelder-Mead;
+3. reference point: on the mid-sagittal plane, at the brain centroid's level, and anterior-posterior at the
+   centroid of the brain's widest levels (a pole cut off by the field of view does not move it);
+pitch (about the left-right axis) is not estimated: the mask's second moments gave 17-30 degrees over the
+6 registered development volumes, a scatter wider than the head tilts to correct.
 
-`Pose` = (yaw, roll, pitch in degrees; centroid offset from the grid centre in mm). Training fits the
-target pose as the mean over its volumes (`fit_target`, stored in the checkpoint's preprocessing
-settings); every volume loaded with `pose` on is resampled (trilinear; masks and labels nearest) so that
-its pose becomes the target, unless it is already within `tolerance` of it (registered volumes stay
-bit-identical). The transform is kept (`Geometry.pose`) so patch coordinates and maps go back to the
-input's own grid.
+`Pose` = (yaw, roll in degrees; reference point - grid centre in mm). Training fits the target pose as
+the mean over its volumes (`fit_target`, stored in the checkpoint's preprocessing settings); a volume
+loaded with `pose` on is resampled (trilinear; masks and labels nearest) into the target pose unless its
+rotation from it is under `TOLERANCE_DEG` (registered volumes stay bit-identical: the estimates of the
+6 registered development volumes lie within 2.3 degrees of their mean). The transform is kept
+(`Geometry.pose`) so patch coordinates and maps go back to the input's own grid.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import numpy as np
 
 SYMMETRY_MM = 3.0  # sampling step (mm) of the brain for the symmetry search
 SMOOTH_MM = 2.0  # Gaussian smoothing (mm) of the image before the symmetry search
+TOLERANCE_DEG = 3.0  # rotation from the target pose under which a volume is not resampled
+YAW_RANGE, ROLL_RANGE = 24.0, 12.0  # degrees searched (coarse grid, 4-degree steps) before the local refinement
 
 
 def rotation(axial_deg: float, lr_deg: float = 0.0, ap_deg: float = 0.0) -> np.ndarray:
@@ -48,30 +52,19 @@ def rotation(axial_deg: float, lr_deg: float = 0.0, ap_deg: float = 0.0) -> np.n
 class Pose:
     yaw: float  # degrees about S-I (z)
     roll: float  # degrees about A-P (y)
-    pitch: float  # degrees about R-L (x)
-    offset: tuple[float, float, float]  # brain centroid - grid centre (mm)
+    offset: tuple[float, float, float]  # the brain's reference point - the grid centre (mm)
 
     @property
     def rotation(self) -> np.ndarray:
-        return rotation(self.yaw, self.pitch, self.roll)
+        return rotation(self.yaw, 0.0, self.roll)
 
     def as_list(self) -> list[float]:
-        return [self.yaw, self.roll, self.pitch, *self.offset]
+        return [self.yaw, self.roll, *self.offset]
 
     @classmethod
     def of(cls, values) -> Pose:
         v = [float(x) for x in values]
-        return cls(v[0], v[1], v[2], (v[3], v[4], v[5]))
-
-
-def _principal_angle(a: np.ndarray, b: np.ndarray) -> float:
-    """Points' coordinates a, b (N,) -> degrees of their long axis from the b axis towards a (|angle| < 90)."""
-    cov = np.cov(np.stack([a, b]))
-    w, v = np.linalg.eigh(cov)
-    e = v[:, np.argmax(w)]
-    if e[1] < 0:
-        e = -e
-    return float(np.degrees(np.arctan2(e[0], e[1])))
+        return cls(v[0], v[1], (v[2], v[3], v[4]))
 
 
 def _symmetry(image: np.ndarray, pts: np.ndarray, zooms: np.ndarray, params, centroid: np.ndarray) -> float:
@@ -101,43 +94,62 @@ def estimate(image: np.ndarray, mask: np.ndarray, zooms) -> Pose:
     pts = idx * zooms
     centroid = pts.mean(0)
     centre = (np.asarray(mask.shape) - 1) / 2.0 * zooms
-    yaw0 = -_principal_angle(pts[:, 0], pts[:, 1])  # long in-plane axis = A-P (y)
     step = np.maximum(1, np.round(SYMMETRY_MM / zooms)).astype(int)
     sub = np.argwhere(mask[:: step[0], :: step[1], :: step[2]]) * step * zooms
-    smooth = gaussian_filter(np.asarray(image, dtype=np.float32), SMOOTH_MM / zooms)
-    best = None
-    for start in (yaw0, yaw0 - 6.0, yaw0 + 6.0):
-        res = minimize(
-            lambda p: _symmetry(smooth, sub, zooms, p, centroid),
-            np.array([start, 0.0, 0.0]),
-            method="Nelder-Mead",
-            options={"xatol": 0.05, "fatol": 1e-5, "initial_simplex": None, "maxiter": 300},
-        )
-        if best is None or res.fun < best.fun:
-            best = res
-    yaw, roll, _ = (float(v) for v in best.x)
-    local = (pts - centroid) @ rotation(yaw, 0.0, roll)  # into the symmetric frame (columns: x, y, z)
-    pitch = _principal_angle(local[:, 2], local[:, 1])  # long sagittal axis = A-P
-    return Pose(yaw, roll, pitch, tuple(float(v) for v in centroid - centre))
+    sigma = SMOOTH_MM / zooms
+    maps = (
+        gaussian_filter(np.asarray(image, dtype=np.float32), sigma),
+        gaussian_filter(mask.astype(np.float32), sigma),
+    )
+
+    def cost(p, points=sub) -> float:  # image and brain-outline symmetry
+        return sum(_symmetry(m, points, zooms, p, centroid) for m in maps)
+
+    coarse = sub[::8]
+    grid = [
+        (y, r, 0.0)
+        for y in np.arange(-YAW_RANGE, YAW_RANGE + 1, 4.0)
+        for r in np.arange(-ROLL_RANGE, ROLL_RANGE + 1, 4.0)
+    ]
+    x0 = np.array(min(grid, key=lambda p: cost(p, coarse)))
+    res = minimize(
+        cost,
+        x0,
+        method="Nelder-Mead",
+        options={
+            "xatol": 0.05,
+            "fatol": 1e-6,
+            "maxiter": 300,
+            "initial_simplex": x0 + np.vstack([0 * x0, 2 * np.eye(3)]),
+        },
+    )
+    yaw, roll, shift = (float(v) for v in res.x)
+    ref = centroid + shift * (rotation(yaw, 0.0, roll) @ np.array([1.0, 0.0, 0.0]))  # on the mid-sagittal plane
+    area = mask.sum((0, 1))
+    slab = mask[..., area >= 0.5 * area.max()]  # the brain's widest levels: a cut-off pole does not move it
+    ref[1] = float(np.argwhere(slab)[:, 1].mean()) * zooms[1]
+    return Pose(yaw, roll, tuple(float(v) for v in ref - centre))
 
 
 def to_target(pose: Pose, target: Pose, shape, zooms) -> np.ndarray:
-    """-> (4, 4) voxel map: target-pose grid voxel -> this volume's voxel (same grid shape and zooms)."""
+    """-> (4, 4) voxel map: target-pose grid voxel -> this volume's voxel (same grid shape and zooms). The
+    reference point goes to the target's left-right and anterior-posterior place; its axial level is kept
+    (slices are compared by their relative level in the brain, not by their index)."""
     zooms = np.asarray(zooms, dtype=np.float64)
     centre = (np.asarray(shape[:3]) - 1) / 2.0 * zooms
     r = pose.rotation @ target.rotation.T
-    c_src, c_dst = centre + np.asarray(pose.offset), centre + np.asarray(target.offset)
+    c_src = centre + np.asarray(pose.offset)
+    c_dst = np.array([centre[0] + target.offset[0], centre[1] + target.offset[1], c_src[2]])
     mm = np.eye(4)
     mm[:3, :3] = r
     mm[:3, 3] = c_src - r @ c_dst
     return np.diag([*(1.0 / zooms), 1.0]) @ mm @ np.diag([*zooms, 1.0])
 
 
-def within(pose: Pose, target: Pose, tolerance: tuple[float, float]) -> bool:
-    """The rotation between the two is under tolerance[0] degrees and the centroids under tolerance[1] mm apart."""
+def within(pose: Pose, target: Pose, degrees: float) -> bool:
+    """The rotation between the two poses is under `degrees` (then the volume is left as it is)."""
     r = pose.rotation @ target.rotation.T
-    angle = np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0)))
-    return bool(angle < tolerance[0] and np.linalg.norm(np.subtract(pose.offset, target.offset)) < tolerance[1])
+    return bool(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1.0, 1.0))) < degrees)
 
 
 def resample(vol: np.ndarray, pull: np.ndarray, order: int, cval: float) -> np.ndarray:
@@ -149,6 +161,54 @@ def resample(vol: np.ndarray, pull: np.ndarray, order: int, cval: float) -> np.n
 
 
 def mean_pose(poses: list[Pose]) -> Pose:
-    """The target pose of a training set: mean angles (small rotations) and mean centroid offset."""
+    """The target pose of a training set: mean angles (small rotations) and mean reference point."""
     a = np.array([p.as_list() for p in poses], dtype=np.float64)
     return Pose.of(a.mean(0).round(4))
+
+
+def zooms_of(geometry) -> np.ndarray:
+    """Voxel sizes (mm) of the canonical array (1 mm where the geometry is unknown)."""
+    if geometry is None:
+        return np.ones(3)
+    return np.sqrt((np.asarray(geometry.canonical, dtype=np.float64)[:3, :3] ** 2).sum(0))
+
+
+def canonicalise(arr: np.ndarray, fg: np.ndarray, labels: np.ndarray | None, zooms, target) -> tuple:
+    """arr: (C, X, Y, Z); fg: (X, Y, Z) bool; labels: (X, Y, Z) or None; target: a fitted Pose list ->
+    (arr, fg, labels, pull): resampled into the target pose, pull = (4, 4) target-grid voxel -> input voxel;
+    the inputs as they are and pull None when the volume's rotation from the target is under TOLERANCE_DEG."""
+    from patchrank.pipeline.data.contract import background_value
+
+    target = Pose.of(target)
+    pose = estimate(arr[0], fg, zooms)
+    if within(pose, target, TOLERANCE_DEG):
+        return arr, fg, labels, None
+    pull = to_target(pose, target, fg.shape, zooms)
+    moved = np.stack([resample(arr[c], pull, 1, background_value(arr[c])[0]) for c in range(arr.shape[0])])
+    fg = resample(fg.astype(np.uint8), pull, 0, 0) > 0
+    if labels is not None:
+        labels = resample(labels, pull, 0, 0)
+    return moved, fg, labels, pull
+
+
+def fit_target(records: list, channels: int = 1, max_voxels: int | None = None) -> list[float]:
+    """Training records (volumes) -> the target pose: the mean of their poses (as a list for the settings)."""
+    from patchrank.pipeline.data.contract import check_volume
+    from patchrank.pipeline.data.loaders import load_scan
+
+    poses = []
+    for rec in records:
+        scan = load_scan(rec.path, channels=channels, mask_path=rec.mask_path,
+                         extra_channel_paths=rec.extra_paths or None, max_voxels=max_voxels)  # fmt: skip
+        poses.append(estimate(scan.array[0], check_volume(scan.array, scan.foreground), zooms_of(scan.geometry)))
+    return mean_pose(poses).as_list()
+
+
+def with_target(cfg, records: list):
+    """A TrainConfig with pose canonicalisation on and no target yet -> the same with the target fitted on
+    `records` (the training volumes); any other config as it is."""
+    pre = cfg.preprocess
+    if not pre.pose or pre.pose_target is not None:
+        return cfg
+    target = fit_target(records, pre.channels, pre.max_voxels)
+    return cfg.model_copy(update={"preprocess": pre.model_copy(update={"pose_target": tuple(target)})})

@@ -21,6 +21,7 @@ import numpy as np
 
 from patchrank.model.losses import UNIFORM_RANK
 from patchrank.pipeline.data.datasets import DatasetError, Record, build_slices, split_by_subject
+from patchrank.pipeline.data.pose import with_target
 from patchrank.pipeline.evaluation.harness import PatchRankScorer, evaluate_scorer, load_test_scans, report
 from patchrank.pipeline.settings import TrainConfig, merge
 
@@ -211,14 +212,15 @@ def run_quality(
         for i, test_subjects in enumerate(split):
             if only is not None and i not in only:
                 continue
-            fold = build_fold(records, test_subjects, cfg, i, test_records)
+            fcfg = with_target(cfg, [r for r in records if r.subject not in test_subjects and r.label in (None, 0)])
+            fold = build_fold(records, test_subjects, fcfg, i, test_records)
             log(
                 f"fold {i + 1}/{folds}: train {len(fold.train)} normal slices, val {len(fold.val)}, "
                 f"test subjects {len(test_subjects)}"
             )
             for name in methods:
                 t0 = time.perf_counter()
-                scorer = fit_method(name, fold, cfg, workdir, reuse=models is not None, gpu=gpu)
+                scorer = fit_method(name, fold, fcfg, workdir, reuse=models is not None, gpu=gpu)
                 t_fit = time.perf_counter() - t0
                 rep = report(evaluate_scorer(scorer, fold.test, seed=fold_seed))
                 rep.update(method=name, fold=i, fit_seconds=round(t_fit, 1), seconds=round(time.perf_counter() - t0, 1))
