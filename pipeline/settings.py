@@ -48,6 +48,15 @@ class PreprocessConfig(Strict):
         "fitted by training when `pose` is on",
     )
 
+    def saved(self) -> dict:
+        """What a checkpoint stores; without the pose settings while pose is off (as before they existed)."""
+        d = self.model_dump()
+        if not self.pose:
+            d.pop("pose"), d.pop("pose_target")
+        elif d["pose_target"] is not None:
+            d["pose_target"] = list(d["pose_target"])
+        return d
+
     @model_validator(mode="after")
     def _multiple_of_16(self) -> PreprocessConfig:
         if self.image_size % 16:

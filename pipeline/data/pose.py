@@ -67,24 +67,26 @@ class Pose:
         return cls(v[0], v[1], (v[2], v[3], v[4]))
 
 
-def _symmetry(image: np.ndarray, pts: np.ndarray, zooms: np.ndarray, params, centroid: np.ndarray) -> float:
-    """-(correlation of the image at pts (N, 3 mm) with its mirror across the plane given by
-    params = (yaw, roll, lr offset mm) through the centroid)."""
+def _mirrored(maps, pts: np.ndarray, zooms: np.ndarray, params, centroid: np.ndarray) -> list[np.ndarray]:
+    """The maps' values at pts (N, 3 mm) mirrored across the plane given by params = (yaw, roll, left-right
+    offset mm from the centroid)."""
     from scipy.ndimage import map_coordinates
 
     yaw, roll, shift = params
     n = rotation(yaw, 0.0, roll) @ np.array([1.0, 0.0, 0.0])
     d = float(n @ centroid) + shift
-    mirror = pts - 2.0 * ((pts @ n) - d)[:, None] * n[None]
-    a = map_coordinates(image, (pts / zooms).T, order=1, mode="nearest")
-    b = map_coordinates(image, (mirror / zooms).T, order=1, mode="nearest")
+    coords = ((pts - 2.0 * ((pts @ n) - d)[:, None] * n[None]) / zooms).T
+    return [map_coordinates(m, coords, order=1, mode="nearest") for m in maps]
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
-    return -float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
 
 
 def estimate(image: np.ndarray, mask: np.ndarray, zooms) -> Pose:
     """image: (X, Y, Z) canonical RAS+ array; mask: (X, Y, Z) bool brain; zooms: (3,) mm -> its Pose."""
-    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import gaussian_filter, map_coordinates
     from scipy.optimize import minimize
 
     zooms = np.asarray(zooms, dtype=np.float64)
@@ -102,16 +104,21 @@ def estimate(image: np.ndarray, mask: np.ndarray, zooms) -> Pose:
         gaussian_filter(mask.astype(np.float32), sigma),
     )
 
-    def cost(p, points=sub) -> float:  # image and brain-outline symmetry
-        return sum(_symmetry(m, points, zooms, p, centroid) for m in maps)
+    def at(points: np.ndarray) -> list[np.ndarray]:
+        return [map_coordinates(m, (points / zooms).T, order=1, mode="nearest") for m in maps]
 
-    coarse = sub[::8]
+    here, coarse = at(sub), sub[::8]
+    here_coarse = at(coarse)
+
+    def cost(p, points=sub, values=here) -> float:  # -(image + brain-outline symmetry)
+        return -sum(_correlation(a, b) for a, b in zip(values, _mirrored(maps, points, zooms, p, centroid)))
+
     grid = [
         (y, r, 0.0)
         for y in np.arange(-YAW_RANGE, YAW_RANGE + 1, 4.0)
         for r in np.arange(-ROLL_RANGE, ROLL_RANGE + 1, 4.0)
     ]
-    x0 = np.array(min(grid, key=lambda p: cost(p, coarse)))
+    x0 = np.array(min(grid, key=lambda p: cost(p, coarse, here_coarse)))
     res = minimize(
         cost,
         x0,

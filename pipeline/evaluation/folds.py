@@ -99,8 +99,7 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False)
 
     d = json.loads(cfg.model_dump_json())
     d.pop("scoring", None)
-    if not d["preprocess"].get("pose"):  # pose canonicalisation off: its settings do not matter (older keys lack them)
-        d["preprocess"] = {k: v for k, v in d["preprocess"].items() if k not in ("pose", "pose_target")}
+    d["preprocess"] = cfg.preprocess.saved()  # pose off: no pose settings, as in keys written before they existed
     if not critic_epochs(cfg):  # no critic phase: its settings do not matter
         d.pop("critic_epochs", None)
         d.pop("lr_critic", None)

@@ -82,3 +82,31 @@ def test_moved_copy_is_scored_in_the_target_pose_and_maps_back(volumes):
     assert native.shape == moved.shape
     spot_map = np.unravel_index(np.argmax(native), native.shape)
     assert np.linalg.norm(np.array(spot_map) - spot) < 3.0
+
+
+def test_pose_settings_stored_only_when_on():
+    from patchrank.pipeline.settings import PreprocessConfig
+
+    assert "pose" not in PreprocessConfig().saved()  # checkpoints without pose are as before the setting existed
+    on = PreprocessConfig(pose=True, pose_target=(1.0, 2.0, 3.0, 4.0, 5.0)).saved()
+    assert on["pose"] is True and on["pose_target"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_train_fits_the_target_and_the_checkpoint_scores_a_moved_copy(phantom_dir, volumes, tmp_path):
+    from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.commands.train import fit
+    from patchrank.pipeline.scan_scoring import score_prepared
+    from patchrank.pipeline.settings import TrainConfig
+
+    cfg = TrainConfig(
+        epochs=1, critic_epochs=0, batch_size=8, preprocess={"image_size": 32, "pose": True},
+        arch={"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
+    )  # fmt: skip
+    fit(phantom_dir, tmp_path / "m.pt", cfg, show=False)
+    model = load_checkpoint(tmp_path / "m.pt")
+    assert model.preprocess["pose"] is True and len(model.preprocess["pose_target"]) == 5
+    prep = load_prepared(volumes[1], model.preprocess)
+    assert prep.geometry.pose is not None  # the moved copy was resampled into the training pose
+    assert np.isfinite(score_prepared(model, prep, top_n=3).scan_score)
