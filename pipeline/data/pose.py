@@ -10,7 +10,7 @@ On the canonical (RAS+) array, in millimetres:
    image, plus that of the smoothed brain mask (the outline: image symmetry alone is weak next to a large
    tumour), with their mirror images across the plane, over the brain: a coarse grid, then Nelder-Mead;
 3. reference point: on the mid-sagittal plane, at the brain centroid's level, and anterior-posterior at the
-   centroid of the brain's widest levels (a pole cut off by the field of view does not move it);
+   centroid of the brain's widest levels (axial area >= half the largest);
 pitch (about the left-right axis) is not estimated: the mask's second moments gave 17-30 degrees over the
 6 registered development volumes, a scatter wider than the head tilts to correct.
 
@@ -18,7 +18,7 @@ pitch (about the left-right axis) is not estimated: the mask's second moments ga
 the mean over its volumes (`fit_target`, stored in the checkpoint's preprocessing settings); a volume
 loaded with `pose` on is resampled (trilinear; masks and labels nearest) into the target pose unless its
 rotation from it is under `TOLERANCE_DEG` (registered volumes stay bit-identical: the estimates of the
-6 registered development volumes lie within 2.3 degrees of their mean). The transform is kept
+6 registered development volumes lie within 1.9 degrees of their mean). The transform is kept
 (`Geometry.pose`) so patch coordinates and maps go back to the input's own grid.
 """
 
@@ -133,7 +133,7 @@ def estimate(image: np.ndarray, mask: np.ndarray, zooms) -> Pose:
     yaw, roll, shift = (float(v) for v in res.x)
     ref = centroid + shift * (rotation(yaw, 0.0, roll) @ np.array([1.0, 0.0, 0.0]))  # on the mid-sagittal plane
     area = mask.sum((0, 1))
-    slab = mask[..., area >= 0.5 * area.max()]  # the brain's widest levels: a cut-off pole does not move it
+    slab = mask[..., area >= 0.5 * area.max()]  # the brain's widest levels
     ref[1] = float(np.argwhere(slab)[:, 1].mean()) * zooms[1]
     return Pose(yaw, roll, tuple(float(v) for v in ref - centre))
 
