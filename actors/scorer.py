@@ -12,12 +12,13 @@ torch threads as CPUs it was given (or `torch_threads`), and its networks go thr
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import asdict
 
 import ray
 from ray import serve
 
-from patchrank.pipeline.inference import inference_threads
+from patchrank.pipeline.inference import inference_threads, process_memory
 from patchrank.pipeline.service.slice_scorer import ChunkResult, SliceChunk, SliceScorer, chunk_size, model_info
 
 
@@ -31,6 +32,7 @@ class ScorerDeployment:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         threads = torch_threads or inference_threads(cpus if cpus else 1)
         self.scorer = SliceScorer(checkpoint, device=device, torch_threads=threads, endpoint=s3_endpoint)
+        self.work = {"batches": 0, "slices": 0, "busy_s": 0.0}  # forwards run by this replica
 
     def reconfigure(self, user_config: dict) -> None:
         """user_config: {max_batch_size: int, batch_wait_timeout_s: float} (both optional)."""
@@ -42,8 +44,18 @@ class ScorerDeployment:
     def info(self) -> dict:
         return asdict(model_info(self.scorer))
 
+    def usage(self) -> dict:
+        """This replica: pid, resident set now and its peak (MiB), and the forwards it ran (batches, slices,
+        seconds spent in them: busy_s over a wall-clock window is the replica's utilisation)."""
+        return {**process_memory(), **self.work}
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=chunk_size)
     async def score(self, chunks: list[SliceChunk]) -> list[ChunkResult]:
         # The forward runs in a worker thread so this replica keeps accepting (and
         # batching) requests while the model computes.
-        return await asyncio.to_thread(self.scorer.score_chunks, chunks)
+        t0 = time.perf_counter()
+        out = await asyncio.to_thread(self.scorer.score_chunks, chunks)
+        self.work["busy_s"] += time.perf_counter() - t0
+        self.work["batches"] += 1
+        self.work["slices"] += chunk_size(chunks)
+        return out

@@ -25,7 +25,8 @@ import torch
 
 from patchrank.model.checkpoint import load_checkpoint
 from patchrank.pipeline.settings import TrainConfig
-from patchrank.pipeline.training.loop import Place, Reporter, append_curve_row, epoch_line, fit_loop
+from patchrank.pipeline.training.loop import Place, fit_loop
+from patchrank.pipeline.training.report import Reporter, append_curve_row, epoch_line
 
 CKPT_FILE = "model.pt"
 CURVE_FILE = "curve.csv"
@@ -139,7 +140,9 @@ class RayReporter(Reporter):
                 dist.barrier()
             if self.rank == self.world - 1:
                 time.sleep(6.0)
-                raise RuntimeError(f"injected failure of rank {self.rank} after epoch {epoch + 1} (fault-tolerance test)")
+                raise RuntimeError(
+                    f"injected failure of rank {self.rank} after epoch {epoch + 1} (fault-tolerance test)"
+                )
 
 
 def _say(line: str) -> None:

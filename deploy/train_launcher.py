@@ -169,7 +169,7 @@ def launch(
         if result.checkpoint is None:  # nothing left to train: --resume of a finished run
             if src is None:
                 raise RuntimeError(f"Ray Train run {result.path} reported no checkpoint")
-            from patchrank.pipeline.training.loop import critic_epochs, total_epochs
+            from patchrank.pipeline.training.state import critic_epochs, total_epochs
 
             print(
                 f"{src} has already trained {total_epochs(cfg)} epoch(s) ({cfg.epochs} adversarial + "

@@ -20,6 +20,7 @@ COMMANDS = [
     "query",
     "serve",
     "report",
+    "compact",
 ]
 
 

@@ -32,6 +32,20 @@ def inference_threads(cpus: float | None = None) -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def process_memory() -> dict:
+    """This process: {"pid", "rss_mib" (now), "peak_rss_mib" (high-water mark)} from /proc (Linux)."""
+    mem = {"pid": os.getpid(), "rss_mib": None, "peak_rss_mib": None}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    mem["rss_mib" if key == "VmRSS" else "peak_rss_mib"] = int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return mem
+
+
 def set_inference_threads(cpus: float | None = None) -> int:
     """torch.set_num_threads(inference_threads(cpus)); -> the thread count set."""
     n = inference_threads(cpus)

@@ -31,7 +31,7 @@ from patchrank.model.scoring import ScoreStats
 
 FORMAT = "patchrank-onnx/1"
 OPSET = 18
-MAX_BATCH = 32  # images per ONNX Runtime call (the reconstructor gets B x 4 masked copies per scoring batch)
+MAX_BATCH = 8  # images per ONNX Runtime call (the reconstructor gets B x 4 masked copies per scoring batch)
 _SCALARS = ("rec_mean", "rec_std", "disc_mean", "disc_std", "image_mean", "image_std")
 
 
@@ -129,6 +129,9 @@ class _Session:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        # Idle intra-op threads sleep instead of spinning: a scorer shares its cores with the ingest's
+        # loading, Ray and Redis (docs/decisions.md, "Inference").
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         source = graph if isinstance(graph, bytes) else str(graph)
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from patchrank.pipeline.service.embedded_redis import free_port, wait_listening
 
+TEST_BUCKET = "patchrank-test"  # the bucket the `s3` fixture (tests/integration/conftest.py) creates
+
 CREDENTIALS = {  # moto accepts any; these keep the AWS SDK from searching further
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

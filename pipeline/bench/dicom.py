@@ -7,6 +7,9 @@ as .nii.gz and as a single-frame DICOM series (pipeline.data.dicom_export), then
   * dicom:  load_series_scan of the folder + SeriesInstanceUID (what the consumer does: find the series
             again, read every file, order, rescale, reorient);
 and checks the two arrays are identical. Prints a table and writes --out JSON.
+
+With --checkpoint: a trained model on a held-out patient exported as a PACS-like DICOM folder (top patch on the
+lesion in world coordinates, same score as the NIfTI; pipeline/bench/dicom_lesion.py).
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=int, default=3, help="volumes")
     p.add_argument("--repeat", type=int, default=3, help="timings per volume (best kept)")
     p.add_argument("--out", help="JSON file for the numbers")
+    p.add_argument("--checkpoint", help="instead: check this model's top patch on held-out patients exported as DICOM")
+    p.add_argument("--patients", help="with --checkpoint: comma-separated case folders (default: the last one)")
+    p.add_argument("--near-mm", type=float, default=5.0, help="with --checkpoint: 'near the tumour' (default 5 mm)")
     p.set_defaults(func=run)
 
 
@@ -55,6 +61,10 @@ def _volumes(data: Path, n: int, tmp: Path) -> list[tuple[str, np.ndarray, np.nd
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.checkpoint:
+        from patchrank.pipeline.bench import dicom_lesion
+
+        return dicom_lesion.run(args)
     import nibabel as nib
 
     from patchrank.pipeline.data.dicom import load_series_scan

@@ -67,6 +67,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="instead of running: merge quality.json files "
         "of runs with the same folds and config into OUT/quality.md + quality.json",
     )
+    from patchrank.pipeline.bench import quality_nested
+
+    quality_nested.add_arguments(p)
     add_perturb_args(p)
     p.set_defaults(func=run)
 
@@ -113,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     cfg, preset = config_for(records, args.preset, base)
     print(f"preset {preset}")
     t0 = time.perf_counter()
+    if args.nested:
+        from patchrank.pipeline.bench import quality_nested
+
+        if args.perturb or (cfg.preprocess.pose and records and records[0].path.lower().endswith((".nii", ".nii.gz"))):
+            raise DatasetError("--nested runs neither --perturb nor pose canonicalisation (brain-mri) yet")
+
+        return quality_nested.run(args, records, cfg, preset, folds, methods)
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
     test_records = None
     if args.perturb:  # rigid: moved copies of every scan, read by the test side of each fold only

@@ -47,7 +47,8 @@ def fresh_checkpoint(path: Path, image_size: int) -> Path:
 
     from patchrank.model.scoring import ScoreStats
     from patchrank.pipeline.settings import TrainConfig
-    from patchrank.pipeline.training.loop import build_models, save_trained
+    from patchrank.pipeline.training.loop import build_models
+    from patchrank.pipeline.training.state import save_trained
 
     cfg = TrainConfig(preprocess={"image_size": image_size} if image_size else {})
     image_size = cfg.preprocess.image_size
@@ -92,6 +93,12 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def _delta(before: list[dict], after: list[dict], key: str) -> float:
+    """Sum over replicas of after[key] - before[key] (a replica first seen after counts from 0)."""
+    start = {m["pid"]: m[key] for m in before}
+    return sum(m[key] - start.get(m["pid"], 0) for m in after)
+
+
 def _pct(values: list[float], q: float) -> float:
     import numpy as np
 
@@ -103,7 +110,7 @@ def serve_run(
 ) -> dict:
     from patchrank.pipeline.commands.enqueue import enqueue_paths
     from patchrank.pipeline.service.results import ResultStore
-    from patchrank.pipeline.service.screening import deploy, undeploy, wait_drained
+    from patchrank.pipeline.service.screening import deploy, scorer_usage, undeploy, wait_drained
     from patchrank.pipeline.service.settings import AppArgs, Placement, ServiceConfig
     from patchrank.pipeline.service.streams import StreamClient
 
@@ -131,10 +138,12 @@ def serve_run(
     try:
         enqueue_paths(client, files[:1], show=False)  # warm-up: one scan through every stage
         wait_drained(client, timeout_s=600, show=False)
+        before = scorer_usage(replicas=replicas)
         t0 = time.perf_counter()
         enqueue_paths(client, files[1:], show=False)
         wait_drained(client, timeout_s=3600, show=False)
         seconds = time.perf_counter() - t0
+        after = scorer_usage(replicas=replicas)
     finally:
         client.close()
         undeploy()
@@ -157,6 +166,11 @@ def serve_run(
         "latency_p95": _pct(proc, 95),
         "e2e_p50": _pct(e2e, 50),
         "e2e_p95": _pct(e2e, 95),
+        "scorer_peak_rss_mib": max((m["peak_rss_mib"] or 0.0) for m in after),
+        # Share of the timed window the scorer replicas spent in forwards, and their slices/s while in them.
+        "scorer_busy": _delta(before, after, "busy_s") / (seconds * replicas),
+        "scorer_busy_slices_per_s": _delta(before, after, "slices") / max(_delta(before, after, "busy_s"), 1e-9),
+        "scorer_mean_batch": _delta(before, after, "slices") / max(_delta(before, after, "batches"), 1),
     }
 
 
@@ -165,6 +179,9 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
     from patchrank.pipeline.service.screening import services
 
+    # Ray starts its worker processes (the replicas) at niceness 15; beside other jobs at niceness 0 that
+    # alone would halve their share against the bare forward, which runs at 0 in this process.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     work = Path(tempfile.mkdtemp(prefix="patchrank-bench-serve-"))
     if args.data:
         files, _ = collect(args.data)
@@ -206,20 +223,22 @@ def run(args: argparse.Namespace) -> int:
                 print(
                     f"  replicas {r} batch {b}: {res['slices_per_s']:.1f} slices/s ({res['scans_per_s']:.2f} scans/s) "
                     f"vs bare {bare:.1f} ({before:.1f} before, {after:.1f} after) -> ratio {res['ratio']:.2f}; "
-                    f"latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; load {res['load']}",
+                    f"latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; scorer busy "
+                    f"{100 * res['scorer_busy']:.0f}% at {res['scorer_busy_slices_per_s']:.1f} slices/s, peak RSS "
+                    f"{res['scorer_peak_rss_mib']:.0f} MiB; load {res['load']}",
                     flush=True,
                 )
     print(
         "\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / "
-        "p95 (s) | enqueue->result p50 / p95 (s) | load avg |"
+        "p95 (s) | enqueue->result p50 / p95 (s) | scorer peak RSS (MiB) | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for x in results:
         print(
             f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | "
             f"{x['bare_slices_per_s']:.1f} | "
             f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / "
-            f"{x['e2e_p95']:.2f} | {x['load']} |"
+            f"{x['e2e_p95']:.2f} | {x['scorer_peak_rss_mib']:.0f} | {x['load']} |"
         )
     if args.json_out:
         Path(args.json_out).write_text(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCHES = ["quality", "train", "serve", "load", "score", "dicom", "autoscale"]
+BENCHES = ["quality", "train", "serve", "load", "score", "dicom", "autoscale", "compact"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -8,9 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from patchrank.pipeline.commands.options import add_redis_password_arg
+from patchrank.pipeline.commands.options import add_quiet_arg, add_redis_password_arg
 from patchrank.pipeline.data.dicom import is_dicom_file
 from patchrank.pipeline.data.files import link_problem, walk_s3, walk_scans
 
@@ -67,6 +65,7 @@ def enqueue_paths(
     """Walk paths, keep the scans of `modality` (all when None; see pipeline.data.modality), validate one
     ScanMessage per scan file or DICOM series, XADD them (pipelined, in batches)."""
     from patchrank.pipeline.data.modality import select
+    from patchrank.pipeline.progress import Progress
     from patchrank.pipeline.service.messages import message_for
 
     files, skipped = collect(paths, endpoint)
@@ -76,7 +75,7 @@ def enqueue_paths(
     client.ensure_group()
     seen: set[str] = set()
     pending = []
-    bar = tqdm(total=len(files), desc="enqueue", unit="scan", disable=None if show else True)  # None: TTY only
+    bar = Progress(len(files), "enqueue", quiet=not show)  # a bar on a terminal, else a line every 30 s
     for f in files:
         try:
             msg = message_for(f, modality, endpoint)
@@ -124,6 +123,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--s3-endpoint", default=None, help="S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)"
     )
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -145,7 +145,12 @@ def run(args: argparse.Namespace) -> int:
     client = StreamClient.from_url(args.redis_url, StreamKeys(args.namespace), **kw)
     try:
         report = enqueue_paths(
-            client, args.paths, modality=args.modality, pattern=args.modality_pattern, endpoint=args.s3_endpoint
+            client,
+            args.paths,
+            modality=args.modality,
+            pattern=args.modality_pattern,
+            endpoint=args.s3_endpoint,
+            show=not args.quiet,
         )
     finally:
         client.close()

@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "folder with labels.csv, or a manifest CSV). Slice inclusion and labels follow the protocol in "
         "docs/experiments.md. Writes OUT/report.json, OUT/roc.png, OUT/montage.png.",
     )
-    p.add_argument("--checkpoint", required=True, help="checkpoint written by `patchrank train`")
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint written by `patchrank train` (path or s3://bucket/key)"
+    )
     p.add_argument("--data", required=True, help="dataset folder or manifest CSV")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--modality", default="flair", help="MRI modality for BraTS-style folders (default flair)")
@@ -41,13 +43,14 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.datasets import DatasetError
     from patchrank.pipeline.data.discover import discover
     from patchrank.pipeline.data.preprocess import as_config
+    from patchrank.pipeline.data.storage import local_checkpoint
     from patchrank.pipeline.evaluation.harness import PatchRankScorer, evaluate_scorer, load_test_scans, report
     from patchrank.pipeline.evaluation.plots import montage_png, roc_png
     from patchrank.pipeline.training.local import pick_device
 
     t0 = time.perf_counter()
     device = pick_device(args.gpu).type  # a clear error for --gpu without CUDA
-    model = load_checkpoint(args.checkpoint, map_location=device)
+    model = load_checkpoint(local_checkpoint(args.checkpoint), map_location=device)  # s3://: fetched once
     cfg = as_config(model.preprocess)
     records = discover(args.data, modality=args.modality)
     if args.subjects:
@@ -55,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         records = [r for r in records if r.subject in wanted]
         if not records:
             raise DatasetError(f"none of the subjects {sorted(wanted)} are in {args.data}")
-    bar = None if args.quiet else (lambda it: tqdm(it, desc="loading", unit="scan", leave=False))
+    bar = None if args.quiet else (lambda it: tqdm(it, desc="loading", unit="scan", leave=False, disable=None))
     scans = load_test_scans(records, cfg, progress=bar)
     data = evaluate_scorer(PatchRankScorer(model, device=device), scans)
     rep = report(data)

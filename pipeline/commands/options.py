@@ -26,3 +26,12 @@ def add_redis_password_arg(p: argparse.ArgumentParser) -> None:
         help="file holding the Redis password (keeps it out of the URL, which `ps` shows); "
         "default $PATCHRANK_REDIS_PASSWORD_FILE, else $PATCHRANK_REDIS_PASSWORD",
     )
+
+
+def add_quiet_arg(p: argparse.ArgumentParser) -> None:
+    """--quiet: no progress output (pipeline.progress); results and errors still print."""
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress output (default: a bar on a terminal, else one progress line every 30 s)",
+    )

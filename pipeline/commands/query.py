@@ -36,12 +36,7 @@ def _print_table(cols: list[str], rows: list[tuple], limit: int = 200) -> None:
 
 
 def _resolve(store, prefix: str) -> str:
-    ids = [
-        r[0]
-        for r in store.con.execute(
-            "SELECT DISTINCT scan_id FROM scans WHERE starts_with(scan_id, ?)", [prefix]
-        ).fetchall()
-    ]
+    ids = [r[0] for r in store.sql("SELECT DISTINCT scan_id FROM scans WHERE starts_with(scan_id, ?)", [prefix])[1]]
     if len(ids) != 1:
         raise ValueError(f"scan id prefix {prefix!r} matches {len(ids)} scans")
     return ids[0]
@@ -53,14 +48,13 @@ def _flagged(store, model_version: str | None) -> int:
         print("0 flagged: these results predate operating points (no flagged column)")
         return 0
     where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
-    rel = store.con.execute(
+    cols, rows = store.sql(
         f"SELECT scan_id, scan_score, uri, series_uid FROM scans WHERE flagged {where} "
         "ORDER BY scan_score DESC, scan_id",
         params,
     )
-    rows = rel.fetchall()
     print(f"{len(rows)} flagged")
-    _print_table([d[0] for d in rel.description], rows)
+    _print_table(cols, rows)
     return 0
 
 

@@ -7,22 +7,25 @@ import json
 import math
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from patchrank.pipeline.commands.options import add_modality_args
-from patchrank.pipeline.data.files import walk_scans
+from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg
+from patchrank.pipeline.data.files import walk_s3, walk_scans
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="score scan files in-process and print them ranked (no services)")
-    p.add_argument("paths", nargs="+", help="scan files or folders (.nii, .nii.gz, .png, .jpg)")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument(
+        "paths", nargs="+", help="scan files or folders (NIfTI, DICOM, 2D images), local or s3://bucket/prefix"
+    )
+    p.add_argument(
+        "--checkpoint", required=True, help="checkpoint path or s3://bucket/key (its endpoint from the AWS env)"
+    )
     p.add_argument("--top", type=int, default=3, help="patches to list per scan (default 3)")
     p.add_argument("--json", dest="json_out", help="also write all results to this JSON file")
     p.add_argument(
         "--maps", metavar="DIR", help="write each volume's anomaly map as DIR/<scan_id>.nii.gz on the input's grid"
     )
     add_modality_args(p, "score")
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -34,22 +37,36 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.modality import model_modality, select
     from patchrank.pipeline.data.prefetch import prefetched
     from patchrank.pipeline.data.preprocess import as_config, load_prepared
+    from patchrank.pipeline.data.storage import is_s3, local_checkpoint
     from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.inference import load_for_inference
+    from patchrank.pipeline.progress import Progress
     from patchrank.pipeline.scan_scoring import score_prepared
+    from patchrank.pipeline.service.intake import load_uri
     from patchrank.pipeline.service.messages import scan_id_for
 
-    model = load_for_inference(args.checkpoint)
+    model = load_for_inference(local_checkpoint(args.checkpoint))  # an s3:// checkpoint is fetched once (cached)
     threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
-    files, skipped = walk_scans(args.paths)
+    files, skipped = walk_scans([p for p in args.paths if not is_s3(p)])
+    for uri in filter(is_s3, args.paths):  # endpoint and credentials from the AWS environment
+        found, skip = walk_s3(uri)
+        files, skipped = files + found, skipped + skip
     modality = args.modality or model_modality(model.meta)
     files, other = select(files, modality, args.modality_pattern)
     skipped += other
     results = []
-    # The next file is read and preprocessed in a background thread while this one is scored.
-    loads = prefetched(files, lambda p: load_prepared(p, pre))
-    for path, loading in tqdm(loads, total=len(files), desc="scoring", unit="scan", disable=None):  # TTY only
+
+    def load(p):  # s3:// objects and series are first copied to a temp folder (service.intake.load_uri)
+        if isinstance(p, SeriesRef) and is_s3(p.folder):
+            return load_uri(p.folder, pre, series_uid=p.uid)
+        return load_uri(p, pre) if is_s3(p) else load_prepared(p, pre)
+
+    # The next scan is read and preprocessed in a background thread while this one is scored.
+    loads = prefetched(files, load)
+    n_failed = 0
+    bar = Progress(len(files), "scoring", quiet=args.quiet, note=lambda: f"{n_failed} failed" if n_failed else "")
+    for path, loading in loads:
         series = isinstance(path, SeriesRef)
         scan_id = series_scan_id(path) if series else scan_id_for(path)
         where = {
@@ -77,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
             )
         except ScanError as exc:
             results.append({**where, "status": "failed", "error": str(exc), "scan_score": None, "top_patches": []})
+            n_failed += 1
+        bar.update()
+    bar.close()
     ok = sorted((r for r in results if r["status"] == "ok"), key=lambda r: -r["scan_score"])
     print(f"{'rank':>4}  {'score':>8}  scan  [top patches: slice (row,col) score]")
     for i, r in enumerate(ok, 1):

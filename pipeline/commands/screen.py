@@ -17,7 +17,7 @@ import argparse
 import os
 from pathlib import Path
 
-from patchrank.pipeline.commands.options import add_modality_args, add_redis_password_arg
+from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg, add_redis_password_arg
 
 
 def add_service_args(p: argparse.ArgumentParser) -> None:
@@ -136,6 +136,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--timeout", type=float, default=6 * 3600, help="give up if the stream is not drained after this many seconds"
     )
     add_service_args(p)
+    add_quiet_arg(p)
     p.set_defaults(func=run)
 
 
@@ -157,14 +158,14 @@ def allowed_roots(paths: list[str], endpoint: str | None = None) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from patchrank.model.checkpoint import load_checkpoint
     from patchrank.pipeline.data.modality import model_modality
-    from patchrank.pipeline.data.storage import is_file
+    from patchrank.pipeline.data.storage import is_file, local_checkpoint
     from patchrank.pipeline.service.results import ResultStore, format_ranking
     from patchrank.pipeline.service.screening import check_redis, run_id, screen, services
     from patchrank.pipeline.service.settings import check_redis_url
 
     if not is_file(args.checkpoint, args.s3_endpoint):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-    model = load_checkpoint(args.checkpoint)  # a bad checkpoint: one line now, not a failed deployment later
+    model = load_checkpoint(local_checkpoint(args.checkpoint, args.s3_endpoint))  # bad: one line now, not at deploy
     modality = args.modality or model_modality(model.meta)
     paths = list(args.paths)
     if args.retry_failed:
@@ -197,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
             app_name=f"patchrank-screen-{rid}",
             modality=modality,
             pattern=args.modality_pattern,
+            show=not args.quiet,
         )
         if args.redis_url is not None and args.namespace is None:
             _drop_run_keys(app.service, keep_dead=bool(res.accounting and res.accounting.dead_only))

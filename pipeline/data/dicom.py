@@ -34,11 +34,12 @@ MISSING_GAP = 1.5
 @dataclass(frozen=True)
 class SeriesRef:
     """One DICOM series: its folder (the deepest folder holding all its files), SeriesInstanceUID and files.
+    On S3 (pipeline.data.dicom_s3) the folder is an s3:// prefix and the files are object URIs.
     `label` (SeriesDescription + ProtocolName, lower case) is for modality matching only, never printed."""
 
-    folder: Path
+    folder: Path | str
     uid: str
-    files: tuple[Path, ...]
+    files: tuple[Path | str, ...]
     label: str = field(default="", compare=False)
 
     def __str__(self) -> str:  # what logs and skip lists show: the folder, never header text
@@ -91,17 +92,26 @@ def _skip_reason(ds) -> str | None:
     return None
 
 
-def group_series(files: list[Path]) -> tuple[list[SeriesRef], list[tuple[Path, str]]]:
+def _folder(paths: list) -> Path | str:
+    """The deepest folder (or s3:// prefix) holding all these files."""
+    if isinstance(paths[0], str) and paths[0].startswith("s3://"):
+        return "s3://" + os.path.commonpath([p[len("s3://") :].rsplit("/", 1)[0] for p in paths])
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def group_series(files: list, read=None) -> tuple[list[SeriesRef], list[tuple[Path | str, str]]]:
     """DICOM files -> (series sorted by folder then UID, [(folder or file, reason skipped)]).
     Files without a SeriesInstanceUID, and series made of localisers / multi-frame / non-image objects,
-    are skipped with a reason (one entry per series)."""
+    are skipped with a reason (one entry per series). `read(file)` gives a file's header (pixels not
+    needed) or None; default: pydicom on a local path."""
+    read = read or _header
     members: dict[str, list[Path]] = defaultdict(list)
     reasons: dict[str, str] = {}
     labels: dict[str, str] = {}
     skipped: list[tuple[Path, str]] = []
     with _quiet():
         for f in files:
-            ds = _header(f)
+            ds = read(f)
             uid = str(ds.get("SeriesInstanceUID", "")) if ds is not None else ""
             if not uid:
                 skipped.append((f, "unreadable DICOM file or no SeriesInstanceUID"))
@@ -114,7 +124,7 @@ def group_series(files: list[Path]) -> tuple[list[SeriesRef], list[tuple[Path, s
                 labels[uid] = f"{ds.get('SeriesDescription', '')} {ds.get('ProtocolName', '')}".lower()
     series = []
     for uid, paths in members.items():
-        folder = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        folder = _folder(paths)
         if uid in reasons:
             skipped.append((folder, f"{reasons[uid]} ({len(paths)} files)"))
         else:
@@ -142,8 +152,16 @@ def find_series(folder: str | Path, uid: str | None = None) -> SeriesRef:
     return found[0]
 
 
-def series_scan_id(ref: SeriesRef) -> str:
-    """Stable id of a series: sha256(resolved folder, UID, each file's name, size and mtime_ns), 32 hex chars."""
+def series_scan_id(ref: SeriesRef, endpoint: str | None = None) -> str:
+    """Stable id of a series: sha256(resolved folder, UID, each file's name, size and mtime_ns), 32 hex chars;
+    on S3 the same over the prefix URI and each object's name, size and last-modified time."""
+    if isinstance(ref.folder, str):
+        from patchrank.pipeline.data.dicom_s3 import object_stamps
+
+        h = hashlib.sha256(f"{ref.folder}\0{ref.uid}".encode())
+        for name, size, mtime_ns in object_stamps(ref, endpoint):
+            h.update(f"\0{name}\0{size}\0{mtime_ns}".encode())
+        return h.hexdigest()[:32]
     h = hashlib.sha256(f"{ref.folder.resolve()}\0{ref.uid}".encode())
     for p in ref.files:
         st = os.stat(p)

@@ -140,8 +140,10 @@ def walk_scans(paths: list[str | Path]) -> tuple[list, list[tuple[Path, str]]]:
     return sorted(set(files), key=str) + series, skipped + skip
 
 
-def walk_s3(uri: str, endpoint: str | None = None) -> tuple[list[str], list[tuple[str, str]]]:
-    """An s3:// object or prefix -> (scan object URIs sorted, [(uri, reason skipped)])."""
+def walk_s3(uri: str, endpoint: str | None = None) -> tuple[list, list[tuple[str, str]]]:
+    """An s3:// object or prefix -> (scan object URIs sorted, and one `dicom.SeriesRef` per DICOM series
+    (objects of any names, grouped by SeriesInstanceUID: pipeline.data.dicom_s3); [(uri, reason skipped)])."""
+    from patchrank.pipeline.data.dicom_s3 import find_series_s3
     from patchrank.pipeline.data.storage import S3Uri, is_file, list_files
 
     u = str(S3Uri.parse(uri))
@@ -150,15 +152,16 @@ def walk_s3(uri: str, endpoint: str | None = None) -> tuple[list[str], list[tupl
     objects = list_files(u, endpoint)
     if not objects:
         return [], [(u, "not found")]
-    files, skipped = [], []
+    files, others, skipped = [], [], []
     for o in objects:
         name = o.rsplit("/", 1)[-1]
         if name.startswith("."):
             continue
         if not name.lower().endswith(SCAN_SUFFIXES):
-            skipped.append((o, "unsupported file type"))
+            others.append(o)  # a DICOM file, or of an unsupported type
         elif is_auxiliary(Path(name)):
             skipped.append((o, "label/mask file, not a scan"))
         else:
             files.append(o)
-    return files, skipped
+    series, skip = find_series_s3(others, endpoint) if others else ([], [])
+    return files + series, skipped + skip

@@ -10,6 +10,7 @@ filesystem(root)            (fs, path inside fs) for a local folder or an s3:// 
 fetch(uri, folder)          copy an object to a local file with the same name (loaders read files)
 local_checkpoint(uri)       a checkpoint object cached on local disk, keyed by its size + mtime
 under_root(uri, root)       is an s3:// URI inside an allowed s3:// root (bucket + key prefix)
+vanished(exc)               is an error "that file / object does not exist (any more)"
 """
 
 from __future__ import annotations
@@ -159,3 +160,10 @@ def under_root(uri: str, root: str) -> bool:
     """True if s3 `uri` is the root object or lies under the root prefix (segment-wise)."""
     u, r = S3Uri.parse(uri), S3Uri.parse(root)
     return u.bucket == r.bucket and (not r.key or u.key == r.key or u.key.startswith(r.key + "/"))
+
+
+def vanished(exc: BaseException) -> bool:
+    """Is this "the file or object is not there" (pyarrow's S3 filesystem raises a plain OSError for it)?"""
+    return isinstance(exc, FileNotFoundError) or (
+        isinstance(exc, OSError) and any(t in str(exc) for t in ("RESOURCE_NOT_FOUND", "NoSuchKey"))
+    )

@@ -95,7 +95,7 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False)
     """What decides a fold model's weights: the training configuration (scoring excluded,
     its statistics are refit), the fold's held-out subjects, and whether it trained on a GPU
     (bf16 autocast gives other weights than the CPU's float32)."""
-    from patchrank.pipeline.training.loop import critic_epochs
+    from patchrank.pipeline.training.state import critic_epochs
 
     d = json.loads(cfg.model_dump_json())
     d.pop("scoring", None)

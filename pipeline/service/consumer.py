@@ -25,11 +25,9 @@ Logs name the scan_id and stream entry, never the path or header text.
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import os
 import socket
-import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -37,130 +35,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 import redis
 
 from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.bids import entities
-from patchrank.pipeline.data.files import FileIdentity
-from patchrank.pipeline.data.loaders import INPUT_ERRNOS, ScanError, scan_kind_or_none, scan_values
-from patchrank.pipeline.data.preprocess import (
-    MAX_PREPARED_BYTES,
-    MAX_SLICES,
-    Prepared,
-    as_config,
-    load_prepared,
-    peak_bytes,
-    prepared_bytes,
-)
-from patchrank.pipeline.data.storage import S3Uri, fetch, is_s3, stat, under_root
+from patchrank.pipeline.data.loaders import ScanError, scan_kind_or_none, scan_values
+from patchrank.pipeline.data.preprocess import Prepared, as_config, peak_bytes, prepared_bytes
+from patchrank.pipeline.data.storage import is_s3
 from patchrank.pipeline.errors import one_line
 from patchrank.pipeline.evaluation import operating_point
 from patchrank.pipeline.scan_scoring import finish_scan, rank_patches, write_scan_map
+from patchrank.pipeline.service.intake import MemoryBudget, check_identity, check_uri, load_uri
 from patchrank.pipeline.service.messages import MessageError, ScanMessage
 from patchrank.pipeline.service.settings import ServiceConfig
 from patchrank.pipeline.service.sink import ParquetSink
 from patchrank.pipeline.service.slice_scorer import ChunkResult, ModelInfo, SliceChunk, merge_chunks
 from patchrank.pipeline.service.streams import AsyncStreamClient
-from patchrank.pipeline.service.tables import GAVE_UP, PatchRow, ScanRow, TopPatch, gave_up, utcnow
+from patchrank.pipeline.service.tables import GAVE_UP, PatchRow, ScanRow, gave_up, patch_row, top_patch, utcnow
 
 log = logging.getLogger(__name__)
 ScoreChunk = Callable[[SliceChunk], Awaitable[ChunkResult]]
-
-
-def check_uri(uri: str, roots: list[Path | str]) -> Path | str:
-    """The scan's location if it lies under an allowed root: a local path resolved (symlinks and
-    '..' followed), or an s3:// URI whose bucket and key prefix match an s3:// root."""
-    if "\x00" in uri:
-        raise ScanError("invalid path (NUL byte)")
-    if is_s3(uri):
-        try:
-            u = S3Uri.parse(uri)
-        except ValueError as exc:
-            raise ScanError(str(exc)) from None
-        if not roots:
-            raise ScanError("no allowed input roots are configured; refusing to read any file")
-        if not any(is_s3(r) and under_root(str(u), r) for r in roots):
-            raise ScanError(f"{u.name}: object is outside the allowed input roots")
-        return str(u)
-    p = Path(uri)
-    if not p.is_absolute():
-        raise ScanError("path must be absolute")
-    if not roots:
-        raise ScanError("no allowed input roots are configured; refusing to read any file")
-    try:
-        real = p.resolve()
-    except RuntimeError:  # Python < 3.13: "Symlink loop from ..."
-        raise ScanError(f"{p.name}: symlink loop") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ScanError(f"{p.name}: symlink loop") from None
-        if exc.errno in INPUT_ERRNOS:
-            raise ScanError(f"{p.name}: cannot resolve the path ({errno.errorcode[exc.errno]})") from None
-        raise
-    if not any(isinstance(r, Path) and (real == r or real.is_relative_to(r)) for r in roots):
-        raise ScanError(f"{p.name}: path is outside the allowed input roots")
-    return real
-
-
-def load_uri(
-    path: Path | str,
-    preprocess: dict,
-    endpoint: str | None = None,
-    series_uid: str | None = None,
-    *,
-    max_slices: int | None = MAX_SLICES,
-    max_bytes: int | None = MAX_PREPARED_BYTES,
-) -> Prepared:
-    """load_prepared for a checked location (a file, or a DICOM series' folder); an s3:// object is first
-    copied to a private temp folder."""
-    caps = {"max_slices": max_slices, "max_bytes": max_bytes}
-    if not is_s3(path):
-        return load_prepared(path, preprocess, series_uid, **caps)
-    info = stat(str(path), endpoint)  # connection errors propagate: infrastructure, retried
-    if info.type != pafs.FileType.File:
-        raise ScanError(f"{S3Uri.parse(str(path)).name}: object not found")
-    with tempfile.TemporaryDirectory(prefix="patchrank-scan-") as tmp:
-        return load_prepared(fetch(str(path), tmp, endpoint, info.size), preprocess, **caps)
-
-
-def check_identity(msg: ScanMessage, path: Path, when: str = "since it was queued") -> None:
-    """The file at `path` must still be the one queued (size, mtime, inode recorded at enqueue);
-    `when` says when it changed in the failure reason."""
-    queued = msg.identity()
-    if queued is None:
-        return
-    try:
-        now = FileIdentity.of(path)
-    except OSError as exc:
-        if exc.errno in INPUT_ERRNOS:
-            raise ScanError(f"{path.name}: file vanished {when} ({errno.errorcode[exc.errno]})") from None
-        raise
-    changed = queued.differs(now)
-    if changed:
-        raise ScanError(
-            f"{path.name}: file changed {when} ({changed} differ); enqueue it again to score the new content"
-        )
-
-
-class MemoryBudget:
-    """Bytes that the scans in flight in one ingest replica may hold (estimated); a scan
-    waits until its share is free. A share larger than the whole budget is refused by the
-    caller, so one huge scan never waits forever."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity, self.used = int(capacity), 0
-        self._cond = asyncio.Condition()
-
-    async def acquire(self, n: int) -> None:
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.used + n <= self.capacity)
-            self.used += n
-
-    async def release(self, n: int) -> None:
-        async with self._cond:
-            self.used -= n
-            self._cond.notify_all()
 
 
 def consumer_name() -> str:
@@ -193,7 +87,8 @@ class StreamConsumer:
         self.scoring = ScoringConfig.from_dict(info.scoring)
         self.roots = cfg.resolved_roots()
         self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version, endpoint=cfg.s3_endpoint_url)
-        self.threshold = operating_point.load(cfg.checkpoint, info.model_version)  # None: rows get flagged=None
+        # None: rows get flagged=None
+        self.threshold = operating_point.load(cfg.checkpoint, info.model_version, cfg.s3_endpoint_url)
         self.stats = {
             k: 0
             for k in (
@@ -401,20 +296,6 @@ class StreamConsumer:
             log.warning("scan %s: %s", msg.scan_id, why)
             return _Result(entry_id, self._failed(msg, entry_id, deliveries, why, t0, queue_s))
         now, rid, mv = utcnow(), uuid.uuid4().hex, self.info.model_version
-        tops = [
-            TopPatch(
-                rank=h.rank,
-                slice_index=h.slice_index,
-                row=h.row,
-                col=h.col,
-                y0=h.y0,
-                x0=h.x0,
-                y1=h.y1,
-                x1=h.x1,
-                score=h.score,
-            )
-            for h in hits[:10]
-        ]
         scan = ScanRow(
             result_id=rid,
             scan_id=msg.scan_id,
@@ -426,7 +307,7 @@ class StreamConsumer:
             status="ok",
             n_slices=n,
             scan_score=float(score),
-            top_patches=tops,
+            top_patches=[top_patch(h) for h in hits[:10]],
             latency_s=time.monotonic() - t0,
             queue_s=queue_s,
             model_version=mv,
@@ -434,28 +315,8 @@ class StreamConsumer:
             deliveries=deliveries,
             scored_at=now,
         )
-        patches = [
-            PatchRow(
-                result_id=rid,
-                scan_id=msg.scan_id,
-                slice_index=h.slice_index,
-                row=h.row,
-                col=h.col,
-                y0=h.y0,
-                x0=h.x0,
-                y1=h.y1,
-                x1=h.x1,
-                score=h.score,
-                rank=h.rank,
-                rec=h.rec,
-                disc=h.disc,
-                **{c: getattr(h, c) for c in ("i", "j", "k", "ras_x_mm", "ras_y_mm", "ras_z_mm")},
-                model_version=mv,
-                stream_id=entry_id,
-                scored_at=now,
-            )
-            for h in hits
-        ]
+        patches = [patch_row(h, result_id=rid, scan_id=msg.scan_id, model_version=mv, stream_id=entry_id, scored_at=now)
+                   for h in hits]  # fmt: skip
         log.debug("scan %s scored: %d slices, score %.3f", msg.scan_id, n, score)
         return _Result(entry_id, scan, patches)
 

@@ -111,10 +111,9 @@ def message_for(path, modality: str | None = None, endpoint: str | None = None) 
         uri, sid = _s3_id(path, endpoint)
         return ScanMessage(scan_id=sid, uri=uri, modality=modality, submitted_at=time.time())
     if isinstance(path, SeriesRef):
-        uri = str(path.folder.resolve())
-        return ScanMessage(
-            scan_id=series_scan_id(path), uri=uri, series_uid=path.uid, modality=modality, submitted_at=time.time()
-        )
+        uri = str(path.folder) if isinstance(path.folder, str) else str(path.folder.resolve())  # s3:// prefix
+        sid = series_scan_id(path, endpoint)
+        return ScanMessage(scan_id=sid, uri=uri, series_uid=path.uid, modality=modality, submitted_at=time.time())
     p = Path(path).resolve()
     ident = FileIdentity.of(p)  # one stat for both the id and the recorded identity
     return ScanMessage(

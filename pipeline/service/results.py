@@ -4,7 +4,8 @@ Views (one logical result per (scan_id, model_version): the first one written wi
 that a row which gave up on an infrastructure fault yields to a later result for the key;
 patch rows belong to the winning result, orphans of an interrupted write are dropped):
   scans_all, patches_all   every row of every part file
-  scans, patches           deduplicated logical results
+  scans, patches           deduplicated logical results (a patch row once per (result_id, rank): a
+                           compaction interrupted between its write and its deletes leaves two copies)
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from patchrank.pipeline.data.storage import S3Uri, filesystem, is_s3
 from patchrank.pipeline.service.sink import part_files
 from patchrank.pipeline.service.tables import GAVE_UP, SCHEMAS
 
+# Which physical row of a key is its logical result, for readers and compaction alike: a row that gave
+# up on an infrastructure fault yields to any other, then the earliest; result_id makes the order total.
+GAVE_UP_SQL = f"(status = 'failed' AND starts_with(coalesce(error, ''), '{GAVE_UP}'))"
+FIRST_RESULT_ORDER = f"{GAVE_UP_SQL}, scored_at, stream_id, result_id"
+
 
 class ResultStore:
     def __init__(self, root: str | Path, *, endpoint: str | None = None) -> None:
@@ -27,11 +33,15 @@ class ResultStore:
         self.endpoint = endpoint
         if not (self._s3_exists(endpoint) if is_s3(root) else self.root.is_dir()):
             raise FileNotFoundError(f"no result dataset at {self.root}")
+        self._load()
+
+    def _load(self) -> None:
+        """Views over the part files listed now (again after `patchrank compact` replaced some)."""
         self.con = duckdb.connect()
         for table in ("scans", "patches"):
-            files = part_files(self.root, table, endpoint)
-            if files and is_s3(root):  # pyarrow reads the objects; DuckDB scans the Arrow dataset
-                fs, _ = filesystem(self.root, endpoint)
+            files = part_files(self.root, table, self.endpoint)
+            if files and is_s3(self.root):  # pyarrow reads the objects; DuckDB scans the Arrow dataset
+                fs, _ = filesystem(self.root, self.endpoint)
                 parts = [S3Uri.parse(f).path for f in files]
                 self.con.register(f"{table}_all", ds.dataset(parts, schema=SCHEMAS[table], filesystem=fs))
             elif files:
@@ -44,12 +54,11 @@ class ResultStore:
                 self.con.register(f"{table}_all", pa.Table.from_pylist([], schema=SCHEMAS[table]))
         self.con.execute(  # the first final result per key; a row that gave up yields to a later one
             "CREATE VIEW scans AS SELECT * EXCLUDE (_rn) FROM (SELECT *, row_number() OVER "
-            "(PARTITION BY scan_id, model_version ORDER BY "
-            f"(status = 'failed' AND starts_with(coalesce(error, ''), '{GAVE_UP}')), scored_at, stream_id) AS _rn "
-            "FROM scans_all) WHERE _rn = 1"
+            f"(PARTITION BY scan_id, model_version ORDER BY {FIRST_RESULT_ORDER}) AS _rn FROM scans_all) WHERE _rn = 1"
         )
         self.con.execute(
-            "CREATE VIEW patches AS SELECT p.* FROM patches_all p SEMI JOIN scans s ON p.result_id = s.result_id"
+            "CREATE VIEW patches AS SELECT p.* FROM patches_all p SEMI JOIN scans s ON p.result_id = s.result_id "
+            "QUALIFY row_number() OVER (PARTITION BY p.result_id, p.rank) = 1"
         )
 
     def _s3_exists(self, endpoint: str | None) -> bool:
@@ -57,74 +66,73 @@ class ResultStore:
         return bool(fs.get_file_info(pafs.FileSelector(base, recursive=False, allow_not_found=True)))
 
     def sql(self, query: str, params: list | None = None) -> tuple[list[str], list[tuple]]:
-        rel = self.con.execute(query, params) if params else self.con.execute(query)
-        cols = [d[0] for d in rel.description] if rel.description else []
-        return cols, rel.fetchall()
+        """(column names, rows); if a part file listed earlier has gone (compacted), list again and retry once."""
+        for attempt in (0, 1):
+            try:
+                rel = self.con.execute(query, params) if params else self.con.execute(query)
+                return ([d[0] for d in rel.description] if rel.description else []), rel.fetchall()
+            except (duckdb.IOException, duckdb.InvalidInputException):
+                if attempt:
+                    raise
+                self._load()
+        raise AssertionError("unreachable")
+
+    def _dicts(self, query: str, params: list | None = None) -> list[dict]:
+        cols, rows = self.sql(query, params)
+        return [dict(zip(cols, r)) for r in rows]
 
     def counts(self, model_version: str | None = None) -> dict[str, int]:
         where, params = ("WHERE model_version = ?", [model_version]) if model_version else ("", [])
-        rows = self.con.execute(f"SELECT status, count(*) FROM scans {where} GROUP BY status", params).fetchall()
+        rows = self.sql(f"SELECT status, count(*) FROM scans {where} GROUP BY status", params)[1]
         return {s: int(n) for s, n in rows}
 
     def model_versions(self) -> list[str]:
-        return [
-            r[0]
-            for r in self.con.execute(
-                "SELECT model_version FROM scans GROUP BY 1 ORDER BY max(scored_at) DESC"
-            ).fetchall()
-        ]
+        return [r[0] for r in self.sql("SELECT model_version FROM scans GROUP BY 1 ORDER BY max(scored_at) DESC")[1]]
 
     def top_scans(self, n: int = 10, *, model_version: str | None = None, patches: int = 3) -> list[dict]:
         """Most suspicious `ok` scans first, each with its top patches."""
         where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
-        rel = self.con.execute(
+        out = self._dicts(
             f"SELECT scan_id, uri, scan_score, n_slices, model_version, result_id, latency_s FROM scans "
             f"WHERE status = 'ok' {where} ORDER BY scan_score DESC NULLS LAST, scan_id LIMIT ?",
             [*params, n],
         )
-        cols = [d[0] for d in rel.description]
-        out = [dict(zip(cols, r)) for r in rel.fetchall()]
         for row in out:
             row["patches"] = self.patches_of(row["result_id"], patches)
         return out
 
     def failed(self, model_version: str | None = None) -> list[dict]:
         where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
-        rel = self.con.execute(
+        return self._dicts(
             f"SELECT scan_id, uri, error FROM scans WHERE status = 'failed' {where} ORDER BY uri", params
         )
-        return [dict(zip(("scan_id", "uri", "error"), r)) for r in rel.fetchall()]
 
     def gave_up(self, model_version: str) -> list[str]:
         """URIs of the scans whose logical result gave up on an infrastructure fault."""
-        rel = self.con.execute(
+        rows = self.sql(
             "SELECT uri FROM scans WHERE model_version = ? AND status = 'failed' AND starts_with(error, ?) "
             "ORDER BY uri",
             [model_version, GAVE_UP],
-        )
-        return [r[0] for r in rel.fetchall()]
+        )[1]
+        return [r[0] for r in rows]
 
     def patches_of(self, result_id: str, n: int) -> list[dict]:
-        rel = self.con.execute(
+        return self._dicts(
             "SELECT rank, slice_index, row, col, y0, x0, y1, x1, score, rec, disc FROM patches WHERE result_id "
             "= ? ORDER BY rank LIMIT ?",
             [result_id, n],
         )
-        cols = [d[0] for d in rel.description]
-        return [dict(zip(cols, r)) for r in rel.fetchall()]
 
     def scan(self, scan_id: str, model_version: str | None = None) -> dict:
         where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
-        rel = self.con.execute(
+        rows = self._dicts(
             f"SELECT * FROM scans WHERE scan_id = ? {where} ORDER BY scored_at DESC LIMIT 1", [scan_id, *params]
         )
-        cols = [d[0] for d in rel.description]
-        row = rel.fetchone()
-        if row is None:
+        if not rows:
             raise ValueError(
                 f"no result for scan {scan_id}" + (f" and model version {model_version}" if model_version else "")
             )
-        return dict(zip(cols, row))
+        return rows[0]
 
 
 def format_ranking(rows: list[dict], *, truth: dict[str, bool] | None = None) -> str:

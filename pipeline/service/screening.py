@@ -25,8 +25,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from patchrank.pipeline.service.settings import AppArgs, redact_url
 from patchrank.pipeline.service.streams import Backlog, StreamClient
 
@@ -89,6 +87,21 @@ def check_redis(url: str, **kw) -> None:
         client.close()
 
 
+def quiet_ray_logs() -> None:
+    """Keep Ray's routine driver-side messages off a clean run's output (unless debug logging is on):
+    Serve's INFO lines ("Started Serve", "Deleting app") and the notice that token authentication is on.
+    Warnings and errors still print."""
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        return
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    auth = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(getattr(f, "patchrank", False) for f in auth.filters):
+        notice = logging.Filter()
+        notice.filter = lambda r: not r.getMessage().startswith("Token authentication is enabled")
+        notice.patchrank = True
+        auth.addFilter(notice)
+
+
 @contextlib.contextmanager
 def services(redis_url: str | None = None, address: str | None = None, num_cpus: int | None = None):
     """Yield a Redis URL with Ray + Serve running; stop whatever was started here."""
@@ -98,6 +111,7 @@ def services(redis_url: str | None = None, address: str | None = None, num_cpus:
     from patchrank.pipeline.service.embedded_redis import EmbeddedRedis
     from patchrank.pipeline.service.watchdog import watch_children
 
+    quiet_ray_logs()
     if address and not ray.is_initialized():
         check_address(address)  # before anything is started
     stack = contextlib.ExitStack()
@@ -106,7 +120,7 @@ def services(redis_url: str | None = None, address: str | None = None, num_cpus:
             stack.enter_context(watch_children())  # a kill -9 of this process still stops what it starts
         if redis_url is None:
             redis_url = stack.enter_context(EmbeddedRedis())
-            log.info("started a private redis-server at %s", redact_url(redis_url))
+            log.debug("started a private redis-server at %s", redact_url(redis_url))
         started_ray = False
         if not ray.is_initialized():
             kw = (
@@ -127,10 +141,8 @@ def services(redis_url: str | None = None, address: str | None = None, num_cpus:
             serve.start(proxy_location="Disabled")
             yield redis_url
         finally:
-            if started_ray:
-                with contextlib.suppress(Exception):
-                    serve.shutdown()
-                ray.shutdown()
+            if started_ray:  # stopping the local Ray stops Serve's controller too; serve.shutdown() would
+                ray.shutdown()  # ray.kill it and print "(raylet) ... killed by `ray.kill`" for its pending calls
 
 
 def deploy(args: AppArgs, name: str = APP_NAME):
@@ -149,6 +161,19 @@ def scorer_info(name: str = APP_NAME):
     return ModelInfo(**serve.get_deployment_handle("Scorer", name).info.remote().result())
 
 
+def scorer_usage(name: str = APP_NAME, replicas: int = 1) -> list[dict]:
+    """ScorerDeployment.usage() of the scorer replicas (memory, forwards run), one entry per process
+    reached; requests are routed at random, so 4 per replica reach each with high probability."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Scorer", name)
+    seen = {}
+    for _ in range(4 * replicas):
+        m = handle.usage.remote().result()
+        seen[m["pid"]] = m
+    return list(seen.values())
+
+
 def undeploy(name: str = APP_NAME) -> None:
     from ray import serve
 
@@ -157,25 +182,36 @@ def undeploy(name: str = APP_NAME) -> None:
 
 
 def wait_drained(
-    client: StreamClient, *, timeout_s: float | None = None, show: bool = True, poll_s: float = 0.25
+    client: StreamClient,
+    *,
+    timeout_s: float | None = None,
+    show: bool = True,
+    poll_s: float = 0.25,
+    skipped: int = 0,
 ) -> Backlog:
-    """Block until every entry of the stream is acknowledged (lag + pending == 0)."""
+    """Block until every entry of the stream is acknowledged (lag + pending == 0); progress as
+    pipeline.progress shows it (a bar on a terminal, a line every 30 s otherwise, nothing if not show)."""
+    from patchrank.pipeline.progress import Progress
+
     b = client.backlog()
     total = b.total
-    bar = tqdm(total=total, desc="scoring", unit="scan", disable=None if show else True)  # None: TTY only
+    dead0 = int(client.r.xlen(client.keys.dead_letter))
+
+    def note() -> str:
+        dead = int(client.r.xlen(client.keys.dead_letter)) - dead0
+        return ", ".join(
+            t for t in (f"{dead} dead-lettered" if dead else "", f"{skipped} skipped" if skipped else "") if t
+        )
+
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    try:
+    with Progress(total, "scoring", quiet=not show, note=note) as bar:
         while b.total > 0:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"stream not drained after {timeout_s:.0f}s: lag {b.lag}, pending {b.pending}")
             time.sleep(poll_s)
             b = client.backlog()
-            if b.total > total:  # more was enqueued meanwhile
-                bar.total = total = b.total
-            bar.n = total - b.total
-            bar.refresh()
-    finally:
-        bar.close()
+            total = max(total, b.total)  # more was enqueued meanwhile
+            bar.set(total - b.total, total)
     return b
 
 
@@ -330,7 +366,7 @@ def screen(
             client, paths, modality=modality, pattern=pattern, show=show, endpoint=cfg.s3_endpoint_url
         )
         try:
-            wait_drained(client, timeout_s=timeout_s, show=show)
+            wait_drained(client, timeout_s=timeout_s, show=show, skipped=len(report.skipped))
         except TimeoutError as exc:
             timed_out = str(exc)
         queued = [(sid, eid, report.uris.get(sid, "")) for sid, eid in report.queued]

@@ -31,13 +31,13 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from patchrank.pipeline.data.storage import S3, filesystem, is_s3
+from patchrank.pipeline.data.storage import S3, filesystem, is_s3, vanished
 from patchrank.pipeline.service.tables import PatchRow, ScanRow, gave_up, to_arrow
 
 log = logging.getLogger(__name__)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -48,25 +48,25 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _part_name() -> str:
-    return f"part-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
+def _part_name(prefix: str = "part") -> str:
+    return f"{prefix}-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.parquet"
 
 
-def write_object_part(fs: pafs.FileSystem, folder: str, table: pa.Table) -> str:
-    """Write one Parquet part to an object store as a single upload to a unique key."""
+def write_object_part(fs: pafs.FileSystem, folder: str, table: pa.Table, prefix: str = "part") -> str:
+    """Write one Parquet part to an object store as a single upload to a unique key `<prefix>-<time>-<uuid>`."""
     buf = pa.BufferOutputStream()
     pq.write_table(table, buf, compression="zstd")
     data = buf.getvalue()  # fully encoded before the upload starts: nothing partial is ever sent
-    key = f"{folder}/{_part_name()}"
+    key = f"{folder}/{_part_name(prefix)}"
     with fs.open_output_stream(key) as out:
         out.write(data)
     return key
 
 
-def write_part(folder: Path, table: pa.Table) -> Path:
-    """Write one Parquet part atomically (hidden temp name, fsync, rename)."""
+def write_part(folder: Path, table: pa.Table, prefix: str = "part") -> Path:
+    """Write one Parquet part `<prefix>-<time>-<uuid>` atomically (hidden temp name, fsync, rename)."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = _part_name()
+    name = _part_name(prefix)
     tmp = folder / f".{name}.tmp"
     try:
         with open(tmp, "wb") as f:
@@ -77,22 +77,36 @@ def write_part(folder: Path, table: pa.Table) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(folder)
+    fsync_dir(folder)
     return folder / name
 
 
-def part_files(root: str | Path, table: str, endpoint: str | None = None) -> list:
-    """Visible part files of a table: Paths locally, s3:// URI strings on S3."""
+def list_parts(root: str | Path, table: str, endpoint: str | None = None) -> list[tuple]:
+    """(part, size in bytes) of every visible part file of a table: Paths locally, s3:// URI strings on S3."""
     if is_s3(root):
         fs, base = filesystem(root, endpoint)
         sel = pafs.FileSelector(f"{base}/{table}", recursive=True, allow_not_found=True)
         return sorted(
-            S3 + i.path
+            (S3 + i.path, int(i.size or 0))
             for i in fs.get_file_info(sel)
             if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and not i.base_name.startswith(".")
         )
     base = Path(root) / table
-    return sorted(p for p in base.glob("*/*/*.parquet") if not p.name.startswith(".")) if base.is_dir() else []
+    if not base.is_dir():
+        return []
+    out = []
+    for p in sorted(base.glob("*/*/*.parquet")):
+        if not p.name.startswith("."):
+            try:
+                out.append((p, p.stat().st_size))
+            except FileNotFoundError:  # removed since the listing (compaction)
+                continue
+    return out
+
+
+def part_files(root: str | Path, table: str, endpoint: str | None = None) -> list:
+    """Visible part files of a table: Paths locally, s3:// URI strings on S3."""
+    return [p for p, _ in list_parts(root, table, endpoint)]
 
 
 def read_part(part: str | Path, columns: list[str] | None = None, endpoint: str | None = None) -> pa.Table:
@@ -105,19 +119,35 @@ def written_keys(
     root: str | Path, model_version: str | None = None, endpoint: str | None = None
 ) -> set[tuple[str, str]]:
     """(scan_id, model_version) of every final scan row already in the dataset (rows that gave
-    up on an infrastructure fault are not final: such a scan is scored again when queued again)."""
+    up on an infrastructure fault are not final: such a scan is scored again when queued again).
+    A part that vanishes before it is read (compacted meanwhile) makes it list again: its rows are
+    then in the merged part."""
     keys: set[tuple[str, str]] = set()
-    for p in part_files(root, "scans", endpoint):
-        folder = str(p).rsplit("/", 3)[-3]  # <table>/<model_version>/<date>/<part>
-        if model_version is not None and folder not in (model_version, f"model_version={model_version}"):
-            continue
-        t = read_part(p, ["scan_id", "model_version", "status", "error"], endpoint).to_pydict()
-        keys.update(
-            (sid, mv)
-            for sid, mv, st, err in zip(t["scan_id"], t["model_version"], t["status"], t["error"])
-            if not gave_up(st, err)
-        )
-    return keys
+    read: set[str] = set()
+    for _ in range(10):
+        gone = False
+        for p in part_files(root, "scans", endpoint):
+            folder = str(p).rsplit("/", 3)[-3]  # <table>/<model_version>/<date>/<part>
+            if str(p) in read or (
+                model_version is not None and folder not in (model_version, f"model_version={model_version}")
+            ):
+                continue
+            try:
+                t = read_part(p, ["scan_id", "model_version", "status", "error"], endpoint).to_pydict()
+            except OSError as exc:
+                if not vanished(exc):
+                    raise
+                gone = True
+                continue
+            read.add(str(p))
+            keys.update(
+                (sid, mv)
+                for sid, mv, st, err in zip(t["scan_id"], t["model_version"], t["status"], t["error"])
+                if not gave_up(st, err)
+            )
+        if not gone:
+            return keys
+    raise FileNotFoundError(f"result parts under {root} keep vanishing while read")
 
 
 class ParquetSink:

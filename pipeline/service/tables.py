@@ -93,6 +93,21 @@ class PatchRow(_Row):
     schema_version: int = SCHEMA_VERSION
 
 
+def _hit_fields(hit, model: type[_Row]) -> dict:
+    """The fields of a pipeline.scan_scoring.PatchHit that the row model also has."""
+    return {f: getattr(hit, f) for f in model.model_fields if hasattr(hit, f)}
+
+
+def top_patch(hit) -> TopPatch:
+    """A scan row's top_patches entry for a PatchHit."""
+    return TopPatch(**_hit_fields(hit, TopPatch))
+
+
+def patch_row(hit, **result) -> PatchRow:
+    """A patches-table row for a PatchHit; `result`: result_id, scan_id, model_version, stream_id, scored_at."""
+    return PatchRow(**_hit_fields(hit, PatchRow), **result)
+
+
 _TS = pa.timestamp("us", tz="UTC")
 _TOP = pa.struct(
     [(n, pa.int32()) for n in ("rank", "slice_index", "row", "col", "y0", "x0", "y1", "x1")] + [("score", pa.float64())]

@@ -12,7 +12,8 @@ from patchrank.model.checkpoint import load_checkpoint
 from patchrank.pipeline.data.datasets import SliceSet, build_slices, split_by_subject
 from patchrank.pipeline.data.discover import discover
 from patchrank.pipeline.settings import TrainConfig
-from patchrank.pipeline.training.loop import CurveLog, Place, Reporter, epoch_line, fit_loop
+from patchrank.pipeline.training.loop import Place, fit_loop
+from patchrank.pipeline.training.report import CurveLog, Reporter, epoch_line
 
 log = logging.getLogger("patchrank.train")
 
@@ -23,7 +24,7 @@ def prepare_data(
     """Normal slices only, split by subject -> (train, val)."""
     records = discover(data, modality=modality)
     train_recs, val_recs = split_by_subject(records, cfg.val_fraction, cfg.seed)
-    bar = (lambda it: tqdm(it, desc="loading scans", unit="scan", leave=False)) if show else None
+    bar = (lambda it: tqdm(it, desc="loading scans", unit="scan", leave=False, disable=None)) if show else None
     train = build_slices(train_recs, cfg.preprocess, normal_only=True, progress=bar)
     val = build_slices(val_recs, cfg.preprocess, normal_only=True, progress=bar) if val_recs else train
     if len(train) == 0:
@@ -33,7 +34,11 @@ def prepare_data(
 
 def prepare_labelled(data: str | Path, cfg: TrainConfig, modality: str = "flair", show: bool = True) -> SliceSet:
     """Every slice (normal and abnormal, labels 0/1, -1 = unknown) of a labelled validation set, for val AUROC."""
-    bar = (lambda it: tqdm(it, desc="loading labelled val scans", unit="scan", leave=False)) if show else None
+    bar = (
+        (lambda it: tqdm(it, desc="loading labelled val scans", unit="scan", leave=False, disable=None))
+        if show
+        else None
+    )
     return build_slices(discover(data, modality=modality), cfg.preprocess, normal_only=False, progress=bar)
 
 

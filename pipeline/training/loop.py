@@ -11,18 +11,13 @@ model.train_step.gan_step, the only GAN step, and in the critic epochs that foll
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from patchrank.model.checkpoint import save_checkpoint
 from patchrank.model.discriminator import PatchDiscriminator
 from patchrank.model.masks import BoxMaskGenerator
 from patchrank.model.reconstructor import MaskedReconstructor
@@ -30,6 +25,14 @@ from patchrank.model.scoring import ScoreStats, fit_score_stats
 from patchrank.model.train_step import critic_step, gan_step
 from patchrank.pipeline.data.datasets import SliceSet
 from patchrank.pipeline.settings import TrainConfig
+from patchrank.pipeline.training.report import Reporter
+from patchrank.pipeline.training.state import (
+    epoch_plan,
+    phases_done,
+    restore_train_state,
+    save_trained,
+    train_state,
+)
 
 
 def build_models(cfg: TrainConfig) -> tuple[MaskedReconstructor, PatchDiscriminator]:
@@ -127,15 +130,6 @@ def run_epoch(
     return _timed_loop(data, step, on_step)
 
 
-def critic_epochs(cfg: TrainConfig) -> int:
-    """Discriminator-only epochs after the adversarial ones (none without a discriminator)."""
-    return cfg.critic_epochs if cfg.loss.use_discriminator else 0
-
-
-def total_epochs(cfg: TrainConfig) -> int:
-    return cfg.epochs + critic_epochs(cfg)
-
-
 def run_critic_epoch(
     recon,
     disc,
@@ -221,79 +215,6 @@ def score_stats(
     return fit_score_stats(recon, disc, gen(), scoring)
 
 
-def save_trained(path, recon, disc, cfg: TrainConfig, stats: ScoreStats, meta: dict, train_state: dict | None) -> str:
-    return save_checkpoint(
-        path,
-        recon,
-        disc,
-        preprocess=cfg.preprocess.saved(),
-        scoring=cfg.saved_scoring(),
-        stats=stats,
-        meta={"train_config": json.loads(cfg.model_dump_json()), **meta},
-        train_state=train_state,
-    )
-
-
-def train_state(opt_g, opt_d, masks: BoxMaskGenerator, epoch: int, gan_epochs: int, critic_done: int) -> dict:
-    """epoch: the last finished epoch (0-based); gan_epochs / critic_done: how many of the
-    epochs so far were adversarial, and critic epochs since the last adversarial one."""
-    return {
-        "opt_g": opt_g.state_dict(),
-        "opt_d": opt_d.state_dict(),
-        "masks": masks.state_dict(),
-        "epoch": epoch,
-        "gan_epochs": gan_epochs,
-        "critic_epochs": critic_done,
-    }
-
-
-def phases_done(ts: dict | None) -> tuple[int, int]:
-    """-> (adversarial epochs, critic epochs since the last adversarial one) of a saved training
-    state; checkpoints from before the critic phase count every epoch as adversarial."""
-    if ts is None:
-        return 0, 0
-    return int(ts.get("gan_epochs", int(ts["epoch"]) + 1)), int(ts.get("critic_epochs", 0))
-
-
-def epoch_plan(cfg: TrainConfig, ts: dict | None) -> list[str]:
-    """The phases still to run: adversarial epochs up to `cfg.epochs`, then the critic epochs.
-    Resuming with more --epochs after a finished run trains more adversarial epochs and then a
-    full critic phase again (the discriminator moved); a run stopped inside its critic phase
-    finishes it."""
-    gan_done, critic_done = phases_done(ts)
-    if gan_done < cfg.epochs:
-        critic_done = 0
-    return ["gan"] * max(0, cfg.epochs - gan_done) + ["critic"] * max(0, critic_epochs(cfg) - critic_done)
-
-
-@dataclass
-class CurveLog:
-    """Learning curve as CSV next to the checkpoint: one row per epoch."""
-
-    path: Path
-
-    def write(self, row: dict) -> None:
-        header = ""
-        if self.path.exists():
-            with self.path.open(newline="") as f:
-                header = f.readline()  # the columns are all append_curve_row needs
-        with self.path.open("a", newline="") as f:
-            f.write(append_curve_row(header, row)[len(header) :])
-
-
-def append_curve_row(text: str, row: dict) -> str:
-    """CSV text + one epoch row. The first row's columns are the header; a later row fills the
-    columns it has (a critic epoch has no reconstruction loss, an epoch without fresh statistics
-    no val_auroc) and leaves the rest empty, so every column stays aligned."""
-    header = next(csv.reader(io.StringIO(text)), None) if text else None
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=header or list(row), restval="", extrasaction="ignore", lineterminator="\n")
-    if header is None:
-        w.writeheader()
-    w.writerow(row)
-    return text + buf.getvalue()
-
-
 def _identity(x):
     return x
 
@@ -311,36 +232,6 @@ class Place:
     wrap: Callable[[torch.nn.Module], torch.nn.Module] = _identity  # moves to device (+ DDP)
     reduce: Callable[[dict], dict] = _identity  # epoch metrics -> metrics over all ranks
     gather: Callable[[dict], list] = lambda state: [state]  # a dict of tensors -> one per rank, in rank order
-
-
-class Reporter:
-    """What the loop tells the outside world (progress bar / Ray report); no-op base.
-    `total`: the number of the run's last epoch, set by `fit_loop` before the first one."""
-
-    total: int = 0
-
-    def start_epoch(self, epoch: int, n_steps: int) -> None:
-        pass
-
-    def step(self, metrics: dict) -> None:
-        pass
-
-    def end_epoch(self, epoch: int, row: dict, save: Callable[[str | Path], str] | None) -> None:
-        """row: the epoch's metrics; save(path) writes the checkpoint (rank 0 only, else None)."""
-
-
-def restore_train_state(ts: dict | None, opt_g, opt_d, masks: BoxMaskGenerator, place: Place) -> int:
-    """Load optimizer and mask-RNG state saved by `fit_loop`; returns the epoch to start at."""
-    if not ts:
-        raise ValueError("checkpoint has no training state (optimizer, epoch) to resume from")
-    opt_g.load_state_dict(ts["opt_g"])
-    opt_d.load_state_dict(ts["opt_d"])
-    per_rank = ts.get("masks_by_rank")
-    if per_rank and len(per_rank) == place.world:
-        masks.load_state_dict(per_rank[place.rank])
-    elif place.rank == 0:
-        masks.load_state_dict(ts["masks"])
-    return int(ts["epoch"]) + 1
 
 
 def val_auroc(
@@ -450,16 +341,3 @@ def fit_loop(
                 return save_trained(path, plain_r, plain_d, cfg, stats, meta, ts)
 
         reporter.end_epoch(epoch, row, save)
-
-
-def epoch_line(row: dict, epochs: int) -> str:
-    """One human-readable progress line per epoch (the same for every path)."""
-    auc = f"  val_auroc {row['val_auroc']:.3f}" if "val_auroc" in row else ""
-    if row.get("phase") == "critic":
-        return (
-            f"epoch {row['epoch']}/{epochs} (critic)  loss_d {row['loss_d']:.4f}  {row['images_per_s']:.1f} img/s{auc}"
-        )
-    return (
-        f"epoch {row['epoch']}/{epochs}  loss_rec {row['loss_rec']:.4f}  loss_adv {row['loss_adv']:.4f}  "
-        f"loss_d {row.get('loss_d', 0):.4f}  {row['images_per_s']:.1f} img/s{auc}"
-    )

@@ -1,11 +1,13 @@
-"""Fixtures shared by the service fault tests: one in-process scorer per module and the
-phantom volumes copied under an allowed input root."""
+"""Fixtures shared by the integration tests: one in-process scorer per module, the phantom volumes
+copied under an allowed input root, and a private S3-compatible server (moto)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
+from s3server import TEST_BUCKET, MotoS3
 
 from patchrank.pipeline.service.slice_scorer import SliceScorer
 
@@ -30,3 +32,21 @@ def scans(tmp_path, phantom_dir):
     out = [shutil.copy(src, root / src.name) for src in sorted(phantom_dir.rglob("*_flair.nii.gz"))]
     assert len(out) == 8
     return out
+
+
+@pytest.fixture()
+def s3(tmp_path):
+    """A fresh moto server per test with the bucket TEST_BUCKET, its endpoint and test credentials in the
+    environment."""
+    server = MotoS3(tmp_path)
+    saved = {k: os.environ.get(k) for k in server.env()}
+    server.start()
+    os.environ.update(server.env())
+    server.make_bucket(TEST_BUCKET)
+    yield server
+    server.kill()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

@@ -201,7 +201,7 @@ def test_disk_full_every_scan_accounted_for(redis_url, tmp_path, tiny_checkpoint
 
 @pytest.mark.timeout(30)
 def test_memory_budget_waits_for_room():
-    from patchrank.pipeline.service.consumer import MemoryBudget
+    from patchrank.pipeline.service.intake import MemoryBudget
 
     async def main():
         budget, order = MemoryBudget(100), []

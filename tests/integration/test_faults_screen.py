@@ -118,6 +118,10 @@ def test_screen_on_a_full_disk_exits_nonzero_naming_every_scan(tmp_path, phantom
     assert named == {str((data / f"scan_{i:02d}_flair.nii.gz").resolve()) + ":" for i in range(12)}, text[-3000:]
     assert "No space left on device" in text and "incomplete: 12 scans have no result row" in r.stderr
     assert "Traceback" not in text
+    # Quiet by default (the same shutdown as a clean run): Serve's INFO lines, Ray's token notice and the
+    # "(raylet) ... killed by `ray.kill`" lines serve.shutdown() caused are gone.
+    for noise in ("(raylet)", "ray.kill", "Started Serve", "Deleting app", "Token authentication"):
+        assert noise not in text, text[-3000:]
 
 
 @pytest.mark.timeout(240)
@@ -183,6 +187,7 @@ def test_two_screens_on_one_ray_cluster_do_not_collide(tmp_path, phantom_dir, ti
         assert p.returncode == 0, text[-3000:]
         counts = ResultStore(out).counts()
         assert counts == {"ok": 12}, f"{out.name}: {counts}\n{text[-2000:]}"  # each run's own scans, all scored
+        assert "(raylet)" not in text and "INFO" not in text, text[-2000:]  # quiet by default
 
 
 @pytest.mark.timeout(120)

@@ -64,7 +64,7 @@ def two_worker_run(ray_session, data, tmp_path_factory):
     return out, res
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_two_workers_survive_a_crash_and_checkpoint_scores_like_memory(two_worker_run, data):
     out, res = two_worker_run
     train, val, _ = data
@@ -89,7 +89,7 @@ def test_two_workers_survive_a_crash_and_checkpoint_scores_like_memory(two_worke
     assert sorted(p.name for p in run.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0001", "checkpoint_epoch_0002"]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_resume_continues_from_saved_epoch(two_worker_run, data):
     from patchrank.deploy.train_launcher import launch
 
@@ -115,7 +115,7 @@ def test_resume_continues_from_saved_epoch(two_worker_run, data):
     assert again.model_version == ck.model_version
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_crash_restart_is_bitwise_the_uninterrupted_run(two_worker_run, data, tmp_path):
     """Restarting from checkpoint 1 restores weights, both optimizers and every rank's mask RNG:
     the crashed-and-restarted run ends with the same model as a run that never failed."""

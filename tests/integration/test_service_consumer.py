@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from patchrank.pipeline.data.loaders import ScanError
-from patchrank.pipeline.service.consumer import StreamConsumer, check_uri
+from patchrank.pipeline.service.consumer import StreamConsumer
+from patchrank.pipeline.service.intake import check_uri
 from patchrank.pipeline.service.messages import message_for
 from patchrank.pipeline.service.results import ResultStore
 from patchrank.pipeline.service.settings import ServiceConfig

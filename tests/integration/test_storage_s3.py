@@ -6,7 +6,6 @@ roots as bucket/prefix, and the server killed and restarted mid-run."""
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 
@@ -16,14 +15,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "unit"))
 
+from s3server import TEST_BUCKET as BUCKET  # noqa: E402
 from s3server import MotoS3  # noqa: E402
 from servicekit import LocalScorer, backlog, drive, make_consumer, service_config  # noqa: E402
 from test_sink import _result as result  # noqa: E402 - the unit tests' row factory
 
+from patchrank.model.checkpoint import load_checkpoint  # noqa: E402
 from patchrank.pipeline.commands.enqueue import enqueue_paths  # noqa: E402
 from patchrank.pipeline.data.loaders import ScanError  # noqa: E402
 from patchrank.pipeline.data.storage import local_checkpoint  # noqa: E402
-from patchrank.pipeline.service.consumer import check_uri  # noqa: E402
+from patchrank.pipeline.evaluation import operating_point  # noqa: E402
+from patchrank.pipeline.service.intake import check_uri  # noqa: E402
 from patchrank.pipeline.service.messages import message_for  # noqa: E402
 from patchrank.pipeline.service.results import ResultStore  # noqa: E402
 from patchrank.pipeline.service.sink import ParquetSink, part_files, read_part, write_object_part  # noqa: E402
@@ -32,24 +34,6 @@ from patchrank.pipeline.service.streams import StreamClient  # noqa: E402
 from patchrank.pipeline.service.tables import to_arrow  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-BUCKET = "patchrank-test"
-
-
-@pytest.fixture()
-def s3(tmp_path):
-    """A fresh moto server per test, its endpoint and test credentials in the environment."""
-    server = MotoS3(tmp_path)
-    saved = {k: os.environ.get(k) for k in server.env()}
-    server.start()
-    os.environ.update(server.env())
-    server.make_bucket(BUCKET)
-    yield server
-    server.kill()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 def _upload(server: MotoS3, files: list[Path], prefix: str) -> list[str]:
@@ -142,6 +126,7 @@ def test_scans_checkpoint_and_results_on_s3(s3, tmp_path, redis_url, phantom_dir
     local = local_checkpoint(ckpt, s3.endpoint)
     assert Path(local).read_bytes() == tiny_checkpoint.read_bytes()
     assert local_checkpoint(ckpt, s3.endpoint) == local  # cached: not downloaded twice
+    operating_point.save(ckpt, load_checkpoint(local).model_version, {"threshold": 0.0}, s3.endpoint)  # beside it
     cfg = service_config(
         redis_url,
         tmp_path,
@@ -166,11 +151,36 @@ def test_scans_checkpoint_and_results_on_s3(s3, tmp_path, redis_url, phantom_dir
     assert status[gone.scan_id] == ("failed", f"{flair[1].name}: object not found")
     assert sorted(s for s, _ in status.values()) == ["failed"] * 3 + ["ok"] * 3, status
     assert all(r["uri"].startswith(f"s3://{BUCKET}/archive/") for r in rows.values())
+    ok_rows = [r for r in rows.values() if r["status"] == "ok"]
+    assert all(r["flagged"] is (r["scan_score"] >= 0.0) for r in ok_rows)  # the s3 sidecar was read
     from patchrank.pipeline.service.heatmap import render_scan_png
 
     ok = next(sid for sid, r in rows.items() if r["status"] == "ok")
     png = render_scan_png(ResultStore(cfg.output_dir, endpoint=s3.endpoint), ok, tmp_path / "h.png")
     assert png.stat().st_size > 1000  # the heatmap reads the scan back from the bucket
+
+
+def test_operating_point_beside_an_s3_checkpoint(s3, phantom_dir, tiny_checkpoint, capsys):
+    """`evaluate` stores the threshold beside the checkpoint; for an s3:// checkpoint that is an object
+    beside it, which `score` (and the consumer, above) read back."""
+    from patchrank.pipeline.cli import main
+
+    (ckpt,) = _upload(s3, [tiny_checkpoint], "op")
+    mv = load_checkpoint(tiny_checkpoint).model_version
+    assert operating_point.load(ckpt, mv) is None  # none stored yet
+    scans = sorted(phantom_dir.rglob("*_flair.nii.gz"))[:4]
+    assert main(["score", *map(str, scans), "--checkpoint", ckpt]) == 0
+    ranked = [line for line in capsys.readouterr().out.splitlines() if "_flair.nii.gz" in line]
+    assert len(ranked) == 4 and not any("FLAGGED" in line for line in ranked)
+    second, third = (float(line.split()[1]) for line in ranked[1:3])
+    threshold = (second + third) / 2  # between the 2nd and 3rd scores: the top two are flagged
+    where = operating_point.save(ckpt, mv, {"threshold": threshold})
+    assert where == f"{ckpt}.operating_point.json"
+    assert s3.client().head_object(Bucket=BUCKET, Key="op/tiny.pt.operating_point.json")["ContentLength"] > 0
+    assert operating_point.load(ckpt, mv) == threshold and operating_point.load(ckpt, "another-model") is None
+    assert main(["score", *map(str, scans), "--checkpoint", ckpt]) == 0
+    ranked = [line for line in capsys.readouterr().out.splitlines() if "_flair.nii.gz" in line]
+    assert ["FLAGGED" in line for line in ranked] == [True, True, False, False]
 
 
 def test_s3_server_killed_and_restarted_mid_run(s3, tmp_path, redis_url, phantom_dir, tiny_checkpoint):

@@ -16,7 +16,7 @@ from badinput import PATIENT_MARKER, good_volume, message_cases, nifti_header_on
 
 from patchrank.pipeline.data.loaders import ScanError, load_nifti
 from patchrank.pipeline.data.preprocess import load_prepared
-from patchrank.pipeline.service.consumer import check_uri
+from patchrank.pipeline.service.intake import check_uri
 from patchrank.pipeline.service.messages import MessageError, ScanMessage, message_for
 from patchrank.pipeline.settings import PreprocessConfig
 

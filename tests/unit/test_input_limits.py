@@ -20,8 +20,7 @@ from PIL import Image
 
 from patchrank.pipeline.data.files import walk_scans
 from patchrank.pipeline.data.loaders import ScanError, load_image, load_nifti, load_scan
-from patchrank.pipeline.data.preprocess import preprocess_scan
-from patchrank.pipeline.service.consumer import load_prepared
+from patchrank.pipeline.data.preprocess import load_prepared, preprocess_scan
 from patchrank.pipeline.settings import PreprocessConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -146,7 +146,7 @@ def test_nifti_header_text_never_reaches_errors_or_logs(tmp_path, caplog):
 
     from patchrank.pipeline.data.loaders import ScanError
     from patchrank.pipeline.data.preprocess import load_prepared
-    from patchrank.pipeline.service.consumer import check_uri
+    from patchrank.pipeline.service.intake import check_uri
 
     caplog.set_level(logging.DEBUG)
     pre = {"image_size": 32}

@@ -84,7 +84,7 @@ def test_workers0_resume_continues_exactly(tiny_data, tmp_path):
 
 
 def test_epoch_plan_adversarial_then_critic_and_resume_rules():
-    from patchrank.pipeline.training.loop import epoch_plan
+    from patchrank.pipeline.training.state import epoch_plan
 
     cfg = TrainConfig(epochs=3, critic_epochs=2)
     assert epoch_plan(cfg, None) == ["gan"] * 3 + ["critic"] * 2

@@ -1,0 +1,82 @@
+"""`patchrank bench quality --nested K`: inner folds choose PatchRank's settings, outer folds report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--nested",
+        type=int,
+        metavar="INNER_FOLDS",
+        help="nested cross-validation: inside each outer fold's training subjects, INNER_FOLDS folds choose "
+        "PatchRank's settings among the preset's candidate set (pipeline/evaluation/nested.py); the choice is "
+        "trained on the outer training set and only outer-fold numbers are reported (OUT/nested.md, nested.json); "
+        "--methods then run plainly on the same outer folds",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="with --nested: a candidate with fewer components is chosen when its mean inner AUROC is within "
+        "this of the best (default 0.01, the skin training-seed spread)",
+    )
+
+
+def run(args: argparse.Namespace, records, cfg, preset: str, folds: int, methods: list[str]) -> int:
+    import torch
+
+    from patchrank.pipeline.data.datasets import DatasetError
+    from patchrank.pipeline.evaluation.folds import markdown_table
+    from patchrank.pipeline.evaluation.nested import CANDIDATES, choices_table, run_nested
+
+    if preset not in CANDIDATES:
+        raise DatasetError(f"--nested has candidate settings for {', '.join(CANDIDATES)}, not {preset}")
+    if args.only_folds:
+        raise DatasetError("--nested runs every outer fold; --only-folds does not apply")
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="patchrank-nested-") as tmp:
+        res = run_nested(
+            records,
+            cfg,
+            CANDIDATES[preset],
+            folds=folds,
+            inner_folds=args.nested,
+            methods=[m for m in methods if m != "patchrank_nested"],
+            out=out,
+            workdir=Path(args.models) if args.models else Path(tmp),
+            fold_seed=args.seed,
+            tolerance=args.tolerance,
+            gpu=args.gpu,
+        )
+    wall = time.perf_counter() - t0
+    flags = [("data", args.data), ("folds", args.folds), ("nested", args.nested), ("tolerance", args.tolerance),
+             ("seed", args.seed), ("train-seed", args.train_seed), ("config", args.config), ("epochs", args.epochs),
+             ("methods", args.methods), ("models", args.models), ("out", args.out)]  # fmt: skip
+    cmd = "patchrank bench quality " + " ".join(f"--{k} {v}" for k, v in flags if v is not None)
+    chosen = ", ".join(f"fold {o['fold'] + 1}: {o['chosen']}" for o in res["outer"])
+    text = (
+        f"command: `{cmd}{' --quick' if args.quick else ''}{' --gpu' if args.gpu else ''}`  \n"
+        f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
+        f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"load average at the end {os.getloadavg()[0]:.1f}  \n"
+        f"preset {preset}; outer folds: {folds} (subject-level), seed {args.seed}; inner folds: {args.nested}; "
+        f"training seed {cfg.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
+        f"wall time: {wall / 60:.1f} min\n\n"
+        "Outer-fold numbers only (`patchrank_nested`: chosen on inner folds; `patchrank`: the preset, fixed):\n\n"
+        + markdown_table(res["summary"])
+        + f"\nChosen: {chosen}. Mean inner-fold AUROC of each candidate (tolerance {args.tolerance}):\n\n"
+        + choices_table(res)
+    )
+    (out / "nested.md").write_text(text)
+    print(text)
+    print(f"wrote {out / 'nested.md'} and {out / 'nested.json'}")
+    return 0

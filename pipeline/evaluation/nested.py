@@ -1,0 +1,231 @@
+"""Nested cross-validation: inner folds choose PatchRank's settings, outer folds report.
+
+Outer folds are `folds.make_folds` of all records (the plain benchmark's folds, same seed). For outer
+fold i, its training subjects (every label) are dealt into inner folds (`inner_splits`, stratified,
+seed derived from the fold seed and i); each inner fold trains on the normal images of its other
+inner folds and is tested on its own subjects, so the outer test subjects never reach selection.
+On each inner fold every distinct training of the candidates is trained once; a candidate that
+differs only in scoring settings refits its statistics on that model (`folds._rescored`) instead of
+training again. `choose` picks the candidate by mean inner AUROC, preferring fewer components
+within `tolerance`; the choice is trained on the whole outer training set and scored on the outer
+test fold. The report holds only outer-fold numbers, with each fold's choice and inner table.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from patchrank.model.config import ScoringConfig, StepConfig
+from patchrank.model.losses import UNIFORM_RANK
+from patchrank.pipeline.data.datasets import DatasetError, Record
+from patchrank.pipeline.evaluation.folds import (
+    ABLATIONS,
+    _rescored,
+    _training_key,
+    build_fold,
+    fit_method,
+    make_folds,
+    summarise,
+)
+from patchrank.pipeline.evaluation.harness import evaluate_scorer, report
+from patchrank.pipeline.settings import TrainConfig, merge
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str
+    over: dict  # TrainConfig overrides layered over the run's configuration (preset + --config)
+
+
+def _product(trainings: dict[str, dict], scorings: dict[str, dict]) -> list[Candidate]:
+    out = []
+    for tname, t in trainings.items():
+        for sname, s in scorings.items():
+            name = sname if tname == "preset" else f"{tname}+{sname}"
+            out.append(Candidate(name, merge(t, {"scoring": s}) if s else t))
+    return out
+
+
+_FEWER_TERMS = {
+    "no_appearance": {"appearance_weight": 0.0},
+    "no_shape": {"shape_weight": 0.0},
+    "features_only": {"appearance_weight": 0.0, "shape_weight": 0.0},
+}
+# Dermoscopy: three trainings (the preset's; the default uniform loss; no discriminator, whose evidence
+# the preset's score leaves out) x the preset's scoring, the plain ScoringConfig defaults (which need a
+# discriminator) and the preset with fewer evidence terms. Preprocessing stays the preset's (64 px, dark lesion).
+DERMOSCOPY = (
+    *_product(
+        {"preset": {}, "uniform_loss": {"loss": {"rank": asdict(UNIFORM_RANK)}}},
+        {"preset": {}, "default_scoring": asdict(ScoringConfig()), **_FEWER_TERMS},
+    ),
+    *_product({"no_discriminator": {"loss": {"use_discriminator": False}}}, {"preset": {}, **_FEWER_TERMS}),
+)
+CANDIDATES = {"dermoscopy": DERMOSCOPY}
+
+
+def complexity(cfg: TrainConfig) -> int:
+    """Components switched on: each weighted evidence term and through-plane context of the score,
+    plus one each for a ranked (non-uniform) training loss and a trained discriminator."""
+    s = cfg.scoring
+    weights = (s.disc_weight, s.intensity_weight, s.symmetry_weight, s.appearance_weight, s.feature_weight,
+               s.shape_weight, s.context_radius)  # fmt: skip
+    return sum(w > 0 for w in weights) + int(cfg.loss.rank != StepConfig().rank) + int(cfg.loss.use_discriminator)
+
+
+def choose(inner: dict[str, list[float]], simple: dict[str, int], tolerance: float) -> str:
+    """inner: candidate -> its inner-fold AUROCs; simple: candidate -> complexity. The best mean wins
+    unless candidates within `tolerance` of it have fewer components: then the best of the fewest."""
+    means = {n: float(np.mean(v)) for n, v in inner.items()}
+    best = max(means.values())
+    near = [n for n in means if means[n] >= best - tolerance]
+    fewest = min(simple[n] for n in near)
+    return max((n for n in near if simple[n] == fewest), key=lambda n: (means[n], -list(inner).index(n)))
+
+
+def inner_splits(records: list[Record], outer_test: list[str], k: int, seed: int) -> list[list[str]]:
+    """The outer fold's training subjects (every label) dealt into k stratified inner test folds."""
+    test = set(outer_test)
+    return make_folds([r for r in records if r.subject not in test], k, seed)
+
+
+def inner_seed(fold_seed: int, outer: int) -> int:
+    return 1000 * (fold_seed + 1) + outer
+
+
+def _trained(path: Path, fold, cfg: TrainConfig, gpu: bool) -> Path:
+    """Train `cfg` on the fold into `path` unless a checkpoint of the same training is kept there."""
+    from patchrank.pipeline.training.local import fit_local
+
+    key = _training_key(cfg, fold.test_subjects, gpu)
+    side = path.with_suffix(".json")
+    if path.exists() and side.exists() and json.loads(side.read_text()) == key:
+        return path
+    side.unlink(missing_ok=True)
+    fit_local(fold.train, fold.val, cfg, path, show=False, gpu=gpu)
+    side.write_text(json.dumps(key, indent=1))
+    return path
+
+
+def _groups(cands: dict[str, TrainConfig]) -> dict[str, list[str]]:
+    """Candidates by training (everything but scoring): training name (its first candidate) -> names."""
+    by_key: dict[str, list[str]] = {}
+    for name, cfg in cands.items():
+        by_key.setdefault(json.dumps(_training_key(cfg, [])), []).append(name)
+    return {names[0]: names for names in by_key.values()}
+
+
+def _auroc(path: Path, fold, cfg: TrainConfig, name: str, device: str, seed: int) -> float:
+    return float(report(evaluate_scorer(_rescored(path, fold, cfg, name, device), fold.test, seed=seed))["image_auroc"])
+
+
+def select(records, outer_test, base: TrainConfig, cands, *, index, inner_k, fold_seed, tolerance, workdir, gpu, log):
+    """Inner folds of one outer fold -> (chosen name, {candidate: inner AUROCs}, inner splits)."""
+    cfgs = {c.name: TrainConfig(**merge(base.model_dump(), c.over)) for c in cands}
+    outer_train = [r for r in records if r.subject not in set(outer_test)]
+    splits = inner_splits(records, outer_test, inner_k, inner_seed(fold_seed, index))
+    inner: dict[str, list[float]] = {n: [] for n in cfgs}
+    device = "cuda" if gpu else "cpu"
+    for j, test in enumerate(splits):
+        fold = build_fold(outer_train, test, base, j)
+        for tname, names in _groups(cfgs).items():
+            path = _trained(workdir / f"inner{index}_{j}_{tname.replace('+', '_')}.pt", fold, cfgs[tname], gpu)
+            for n in names:
+                inner[n].append(_auroc(path, fold, cfgs[n], n, device, fold_seed))
+        log(f"  inner {j + 1}/{inner_k}: " + "  ".join(f"{n} {v[-1]:.3f}" for n, v in inner.items()))
+    return choose(inner, {n: complexity(c) for n, c in cfgs.items()}, tolerance), inner, splits
+
+
+def _method_training(cfg: TrainConfig, base: TrainConfig, test: list[str], gpu: bool) -> str:
+    """The benchmark method (`patchrank` or an ablation) that trains exactly as `cfg` does, so the outer
+    fold's training is shared with its row (`folds.fit_method` names checkpoints so); else "nested"."""
+    key = _training_key(cfg, test, gpu)
+    for name, over in {"patchrank": {}, **ABLATIONS}.items():
+        if _training_key(TrainConfig(**merge(base.model_dump(), over)), test, gpu) == key:
+            return name
+    return "nested"
+
+
+def run_nested(
+    records: list[Record],
+    base: TrainConfig,
+    cands: tuple[Candidate, ...],
+    *,
+    folds: int,
+    inner_folds: int,
+    methods: list[str],
+    out: Path,
+    workdir: Path,
+    fold_seed: int,
+    tolerance: float,
+    gpu: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Every outer fold: select on inner folds, train the choice on the outer training set, score it
+    on the outer test fold (row `patchrank_nested`); `methods` (the preset as `patchrank`, ablations,
+    baselines) run plainly on the same outer folds. Saves out/nested.json after every outer fold."""
+    if not cands or cands[0].over:
+        raise DatasetError("the first candidate must be the run's own configuration (no overrides)")
+    out.mkdir(parents=True, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    split = make_folds(records, folds, fold_seed)
+    res: dict = {
+        "config": json.loads(base.model_dump_json()),
+        "fold_seed": fold_seed,
+        "folds": split,
+        "inner_folds": inner_folds,
+        "tolerance": tolerance,
+        "candidates": {c.name: c.over for c in cands},
+        "outer": [],
+        "runs": [],
+    }
+    device = "cuda" if gpu else "cpu"
+    t_all = time.perf_counter()
+    for i, test in enumerate(split):
+        t0 = time.perf_counter()
+        kw = dict(index=i, inner_k=inner_folds, fold_seed=fold_seed, tolerance=tolerance, workdir=workdir)
+        chosen, inner, splits = select(records, test, base, cands, **kw, gpu=gpu, log=log)
+        fold = build_fold(records, test, base, i)
+        cfg = TrainConfig(**merge(base.model_dump(), next(c.over for c in cands if c.name == chosen)))
+        path = _trained(workdir / f"{_method_training(cfg, base, test, gpu)}_fold{i}.pt", fold, cfg, gpu)
+        rep = report(evaluate_scorer(_rescored(path, fold, cfg, chosen, device), fold.test, seed=fold_seed))
+        rep.update(method="patchrank_nested", fold=i, chosen=chosen, fit_seconds=round(time.perf_counter() - t0, 1))
+        res["runs"].append(rep)
+        res["outer"].append({"fold": i, "chosen": chosen, "inner_splits": splits, "inner_auroc": inner})
+        log(
+            f"fold {i + 1}/{folds}: chose {chosen}; outer AUROC {rep['image_auroc']:.3f} AUPRC {rep['image_auprc']:.3f}"
+        )
+        for m in methods:
+            t1 = time.perf_counter()
+            scorer = fit_method(m, fold, base, workdir, reuse=True, gpu=gpu)
+            t_fit = time.perf_counter() - t1
+            rep = report(evaluate_scorer(scorer, fold.test, seed=fold_seed))
+            rep.update(method=m, fold=i, fit_seconds=round(t_fit, 1))
+            res["runs"].append(rep)
+            log(f"  {m:>16}: AUROC {rep['image_auroc']:.3f} AUPRC {rep['image_auprc']:.3f}")
+        (out / "nested.json").write_text(json.dumps(res, indent=2))
+    res["wall_seconds"] = round(time.perf_counter() - t_all, 1)
+    res["summary"] = summarise(res["runs"], ["patchrank_nested", *methods])
+    (out / "nested.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def choices_table(res: dict) -> str:
+    """Markdown: per outer fold, the chosen candidate and the inner mean AUROC of each candidate."""
+    names = list(res["candidates"])
+    head = "| candidate | " + " | ".join(f"fold {o['fold'] + 1} inner" for o in res["outer"]) + " |\n"
+    head += "|---|" + "---|" * len(res["outer"]) + "\n"
+    rows = []
+    for n in names:
+        cells = []
+        for o in res["outer"]:
+            v = f"{np.mean(o['inner_auroc'][n]):.3f}"
+            cells.append(f"**{v}** (chosen)" if o["chosen"] == n else v)
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
+    return head + "\n".join(rows) + "\n"

@@ -1,0 +1,62 @@
+"""`bench quality --nested`: a real (tiny) nested run on a synthetic ISIC-style folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from patchrank.pipeline.cli import main
+
+TINY = {
+    "preprocess": {"image_size": 32},
+    "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
+}
+
+
+def _isic(root, n_benign=14, n_malignant=10):
+    """Skin-coloured images with a dark central disc; malignant ones have a larger, irregular one."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    yy, xx = np.mgrid[:48, :48]
+    rows = []
+    for i in range(n_benign + n_malignant):
+        bad = i >= n_benign
+        r = rng.uniform(12, 16) if bad else rng.uniform(6, 9)
+        wobble = 1 + (0.3 if bad else 0.05) * np.sin(5 * np.arctan2(yy - 24, xx - 24) + rng.uniform(0, 6))
+        lesion = np.hypot(yy - 24, xx - 24) < r * wobble
+        img = np.clip(rng.normal([200, 160, 140], 8, (48, 48, 3)) - 120 * lesion[..., None], 0, 255)
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"ISIC_{i:07d}.jpg")
+        rows.append(f"ISIC_{i:07d},{'malignant' if bad else 'benign'}")
+    (root / "labels.csv").write_text("image_id,label\n" + "\n".join(rows) + "\n")
+
+
+@pytest.mark.timeout(600)
+def test_bench_quality_nested_reports_outer_folds_only(tmp_path, monkeypatch):
+    import patchrank.pipeline.training.local as tl
+
+    trained = []
+    real_fit = tl.fit_local
+    monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append(a[3].name) or real_fit(*a, **k))
+    _isic(tmp_path / "isic")
+    (tmp_path / "tiny.json").write_text(json.dumps(TINY))
+    out, models = tmp_path / "o", tmp_path / "m"
+    args = ["bench", "quality", "--data", str(tmp_path / "isic"), "--config", str(tmp_path / "tiny.json"),
+            "--epochs", "1", "--folds", "2", "--nested", "2", "--methods", "patchrank,percentile",
+            "--models", str(models), "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    res = json.loads((out / "nested.json").read_text())
+    inner_trainings = [n for n in trained if n.startswith("inner")]
+    assert len(inner_trainings) == 2 * 2 * 3  # outer folds x inner folds x the 3 trainings of the candidates
+    assert {r["method"] for r in res["runs"]} == {"patchrank_nested", "patchrank", "percentile"}
+    for o in res["outer"]:
+        test = set(res["folds"][o["fold"]])
+        assert not test & {s for f in o["inner_splits"] for s in f}
+        assert o["chosen"] in res["candidates"] and len(o["inner_auroc"]["preset"]) == 2
+    table = (out / "nested.md").read_text()
+    assert "| patchrank_nested |" in table and "(chosen)" in table and "Outer-fold numbers only" in table
+    trained.clear()
+    assert main(args) == 0  # the same models folder: every training is reused
+    assert trained == [] and json.loads((out / "nested.json").read_text())["outer"] == res["outer"]

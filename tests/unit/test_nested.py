@@ -1,0 +1,116 @@
+"""Nested cross-validation: fold logic without leakage, the choice rule, the candidate set."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from patchrank.pipeline.data.datasets import Record
+from patchrank.pipeline.data.discover import config_for, discover
+from patchrank.pipeline.evaluation import nested
+from patchrank.pipeline.evaluation.folds import make_folds
+from patchrank.pipeline.settings import TrainConfig, merge
+
+
+def _isic(root, n_benign=12, n_malignant=9):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_benign + n_malignant):
+        name = f"ISIC_{i:07d}"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{name}.jpg")
+        rows.append(f"{name},{'benign' if i < n_benign else 'malignant'}")
+    (root / "labels.csv").write_text("image_id,label\n" + "\n".join(rows) + "\n")
+    return discover(root)
+
+
+def test_inner_splits_never_hold_outer_test_subjects():
+    recs = [Record(f"{s}.jpg", s, label=int(s.startswith("m"))) for s in [f"b{i}" for i in range(20)] + [
+        f"m{i}" for i in range(13)]]  # fmt: skip
+    for i, test in enumerate(make_folds(recs, 3, seed=0)):
+        inner = nested.inner_splits(recs, test, 3, nested.inner_seed(0, i))
+        flat = [s for f in inner for s in f]
+        assert not set(flat) & set(test)
+        assert sorted(flat) == sorted(r.subject for r in recs if r.subject not in test) and len(set(flat)) == len(flat)
+        assert all(any(s.startswith("m") for s in f) and any(s.startswith("b") for s in f) for f in inner)
+        assert inner == nested.inner_splits(recs, test, 3, nested.inner_seed(0, i))
+    assert nested.inner_seed(0, 1) != nested.inner_seed(0, 2) != nested.inner_seed(1, 1)
+
+
+def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeypatch):
+    records = _isic(tmp_path / "isic")
+    cfg, preset = config_for(records, None, {"preprocess": {"image_size": 32}})
+    assert preset == "dermoscopy"
+    label = {r.subject: r.label for r in records}
+    outer_test = make_folds(records, 3, seed=0)[0]
+    seen = []
+
+    def fake_trained(path, fold, cfg, gpu):  # records what each inner training would see
+        train = set(fold.train.subjects) | set(fold.val.subjects)
+        tested = {t.record.subject for t in fold.test}
+        seen.append((train, tested, set(fold.test_subjects)))
+        return path
+
+    scores = {"preset": 0.70, "no_shape": 0.695, "features_only": 0.65}  # every other candidate 0.6
+    monkeypatch.setattr(nested, "_trained", fake_trained)
+    monkeypatch.setattr(nested, "_auroc", lambda path, fold, cfg, name, dev, seed: scores.get(name, 0.6))
+    kw = dict(index=0, inner_k=3, fold_seed=0, workdir=tmp_path, gpu=False, log=lambda s: None)
+    chosen, inner, splits = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, tolerance=0.01, **kw)
+    assert len(seen) == 3 * 3  # 3 inner folds x 3 trainings (preset, uniform loss, no discriminator)
+    for train, tested, test_subjects in seen:
+        assert train and all(label[s] == 0 for s in train)  # benign-only training
+        assert not (train | tested) & set(outer_test)  # the outer test fold never reaches selection
+        assert not train & tested and tested == test_subjects
+        assert any(label[s] == 1 for s in tested)
+    assert chosen == "no_shape" and inner["preset"] == [0.70] * 3  # within 0.01 and one term fewer
+    assert nested.select(records, outer_test, cfg, nested.DERMOSCOPY, tolerance=0.0, **kw)[0] == "preset"
+
+
+def test_choose_prefers_fewer_components_only_within_tolerance():
+    inner = {"full": [0.80, 0.78], "simple": [0.785, 0.78], "simplest": [0.70, 0.72]}
+    simple = {"full": 3, "simple": 2, "simplest": 1}
+    assert nested.choose(inner, simple, 0.01) == "simple"
+    assert nested.choose(inner, simple, 0.001) == "full"
+    assert nested.choose(inner, simple, 0.2) == "simplest"
+    assert nested.choose({"a": [0.7], "b": [0.7]}, {"a": 1, "b": 1}, 0.0) == "a"  # ties: the earlier one
+
+
+def test_candidate_set_and_complexity():
+    from patchrank.pipeline.settings import build_config
+
+    cfg = build_config("dermoscopy", {"preprocess": {"channels": 3}})
+    names = [c.name for c in nested.DERMOSCOPY]
+    assert names[0] == "preset" and not nested.DERMOSCOPY[0].over and len(set(names)) == len(names)
+    cfgs = {c.name: TrainConfig(**merge(cfg.model_dump(), c.over)) for c in nested.DERMOSCOPY}
+    assert cfgs["preset"] == cfg
+    assert cfgs["default_scoring"].scoring.disc_weight == 0.5 and cfgs["default_scoring"].scoring.feature_weight == 0
+    assert cfgs["default_scoring"].preprocess == cfg.preprocess  # scoring candidates keep the preprocessing
+    c = {n: nested.complexity(v) for n, v in cfgs.items()}
+    assert c["preset"] == c["no_shape"] + 1 == c["features_only"] + 2 == c["uniform_loss+preset"] + 1
+    assert c["no_discriminator+features_only"] == c["features_only"] - 1
+    assert len(nested._groups(cfgs)) == 3  # three trainings; every other candidate only rescores
+
+
+def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
+    from patchrank.pipeline.cli import main
+
+    root = tmp_path / "isic"
+    _isic(root)
+    args = ["bench", "quality", "--data", str(root), "--nested", "2", "--out", str(tmp_path / "o")]
+    assert main([*args, "--preset", "brain-mri"]) == 2
+    assert "candidate settings for dermoscopy, not brain-mri" in capsys.readouterr().err
+    assert main([*args, "--only-folds", "1"]) == 2
+    assert "--only-folds does not apply" in capsys.readouterr().err
+
+
+def test_outer_training_is_shared_with_the_method_that_trains_the_same():
+    from patchrank.pipeline.settings import build_config
+
+    cfg = build_config("dermoscopy", {"preprocess": {"channels": 3}})
+    cfgs = {c.name: TrainConfig(**merge(cfg.model_dump(), c.over)) for c in nested.DERMOSCOPY}
+    which = {n: nested._method_training(c, cfg, ["a"], False) for n, c in cfgs.items()}
+    assert which["no_shape"] == which["preset"] == "patchrank"
+    assert which["uniform_loss+features_only"] == "no_ranking"  # no_ranking trains with the uniform loss
+    assert which["no_discriminator+no_appearance"] == "no_discriminator"
+    masked = TrainConfig(**merge(cfg.model_dump(), {"masks": {"max_boxes": 2}}))
+    assert nested._method_training(masked, cfg, ["a"], False) == "nested"
