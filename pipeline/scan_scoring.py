@@ -24,7 +24,7 @@ class PatchHit:
     slice_index: int
     row: int  # patch grid row / col
     col: int
-    y0: int  # pixel box in the native slice (rows y0:y1, cols x0:x1)
+    y0: int  # pixel box in the native slice (rows y0:y1, cols x0:x1); with pose on, of the pose-resampled grid
     x0: int
     y1: int
     x1: int

@@ -37,6 +37,26 @@ class PreprocessConfig(Strict):
         "(Otsu on luminance inside the central disc, dilated), so only lesion patches are ranked",
     )
 
+    pose: bool = Field(
+        False,
+        description="volumes: resample each into the head pose of the training volumes (pipeline.data.pose) "
+        "before the rest; patch coordinates and maps still refer to the input's own grid",
+    )
+    pose_target: tuple[float, float, float, float, float] | None = Field(
+        None,
+        description="the training volumes' mean pose (yaw, roll degrees; reference point - grid centre, x y z mm), "
+        "fitted by training when `pose` is on",
+    )
+
+    def saved(self) -> dict:
+        """What a checkpoint stores; without the pose settings while pose is off (as before they existed)."""
+        d = self.model_dump()
+        if not self.pose:
+            d.pop("pose"), d.pop("pose_target")
+        elif d["pose_target"] is not None:
+            d["pose_target"] = list(d["pose_target"])
+        return d
+
     @model_validator(mode="after")
     def _multiple_of_16(self) -> PreprocessConfig:
         if self.image_size % 16:

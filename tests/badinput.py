@@ -149,6 +149,9 @@ def write_file_cases(root: Path, outside: Path) -> list[FileCase]:
     add("inf_voxels", write_nifti(root / "inf.nii.gz", inf), "non-finite")
     add("all_zero", write_nifti(root / "zeros.nii.gz", np.zeros((32, 32, 12), np.int16)), "empty volume")
     add("constant", write_nifti(root / "constant.nii.gz", np.full((32, 32, 12), 7, np.int16)), "constant")
+    head = _phantom_volume()
+    head[head == 0] = 25 + np.arange(head.size).reshape(head.shape)[head == 0] % 7  # skull, scalp and noisy air
+    add("not_skull_stripped", write_nifti(root / "head.nii.gz", head), "not a skull-stripped brain")
     add("tiny_slices", write_nifti(root / "tiny.nii.gz", _phantom_volume((4, 4, 30))), "too small")
     add("enormous_header", nifti_header_only(root / "enormous.nii.gz", (4096, 4096, 4096)), "exceeds the limit")
     p = root / "text.png"

@@ -70,7 +70,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     from patchrank.pipeline.bench import quality_nested
 
     quality_nested.add_arguments(p)
+    add_perturb_args(p)
     p.set_defaults(func=run)
+
+
+def add_perturb_args(p: argparse.ArgumentParser) -> None:
+    """--perturb: the same fold models evaluated on moved copies of the test scans (pipeline.evaluation.perturb)."""
+    p.add_argument(
+        "--perturb",
+        choices=["rigid"],
+        help="evaluate on copies of the test volumes moved by a seeded random rigid transform (rotation up to "
+        "+-15 deg about the axial axis and +-6 deg about the others, shifts up to +-12 mm), written to "
+        "OUT/perturbed/; training still reads the original volumes",
+    )
+    p.add_argument("--perturb-seed", type=int, default=0, help="seed of the --perturb transforms (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,8 +119,16 @@ def run(args: argparse.Namespace) -> int:
     if args.nested:
         from patchrank.pipeline.bench import quality_nested
 
+        if args.perturb or (cfg.preprocess.pose and records and records[0].path.lower().endswith((".nii", ".nii.gz"))):
+            raise DatasetError("--nested runs neither --perturb nor pose canonicalisation (brain-mri) yet")
+
         return quality_nested.run(args, records, cfg, preset, folds, methods)
     only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
+    test_records = None
+    if args.perturb:  # rigid: moved copies of every scan, read by the test side of each fold only
+        from patchrank.pipeline.evaluation.perturb import perturb_records
+
+        test_records = perturb_records(records, Path(args.out) / "perturbed", args.perturb_seed)
     res = run_quality(
         records,
         cfg,
@@ -118,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         fold_seed=args.seed,
         models=Path(args.models) if args.models else None,
         gpu=args.gpu,
+        test_records=test_records,
     )
     wall = time.perf_counter() - t0
     flags = [
@@ -130,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         ("only-folds", args.only_folds),
         ("models", args.models),
         ("out", args.out),
+        ("perturb", args.perturb),
+        ("perturb-seed", args.perturb_seed if args.perturb else None),
     ]
     if args.methods != ",".join(ALL_METHODS):
         flags.append(("methods", args.methods))

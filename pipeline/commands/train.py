@@ -124,6 +124,11 @@ def fit(
 
     if cfg.modality is None:  # recorded in the checkpoint: score/screen keep only scans of this modality
         cfg = cfg.model_copy(update={"modality": "rgb" if cfg.preprocess.channels == 3 else modality})
+    if cfg.preprocess.pose:  # the training volumes' mean head pose, stored with the preprocessing settings
+        from patchrank.pipeline.data.discover import discover
+        from patchrank.pipeline.data.pose import with_target
+
+        cfg = with_target(cfg, discover(data, modality=modality))
     train, val = prepare_data(data, cfg, modality, show=show)
     labelled = prepare_labelled(val_data, cfg, modality, show=show) if val_data else None
     print(

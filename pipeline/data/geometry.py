@@ -1,5 +1,6 @@
 """Where a voxel of the model's canonical (RAS-reoriented) array lies in the input file: its own voxel indices
-and world millimetres (RAS+, as NIfTI).
+and world millimetres (RAS+, as NIfTI). With pose canonicalisation (pipeline.data.pose) the model's grid is
+the canonical one resampled into the training head pose; `Geometry.pose` maps it back first.
 
 Loading reorients every volume with `nib.as_closest_canonical` (a permutation / flip of the axes, never a
 resample), so canonical index -> the file's own index is an exact integer map, and both share one world.
@@ -17,6 +18,7 @@ class Geometry:
     native: np.ndarray  # (4, 4) the input file's own voxel (i, j, k) -> RAS mm
     canonical: np.ndarray  # (4, 4) canonical voxel -> RAS mm
     shape: tuple[int, int, int]  # the input file's own grid
+    pose: np.ndarray | None = None  # (4, 4) model-grid voxel -> canonical voxel, when resampled into a head pose
 
     @classmethod
     def of(cls, affine: np.ndarray, shape: tuple[int, ...]) -> Geometry:
@@ -37,15 +39,20 @@ class Geometry:
             out[int(to)] = self.shape[axis]
         return tuple(out)
 
+    def unposed(self, ijk) -> np.ndarray:
+        """(..., 3) model-grid voxel coordinates -> (..., 3) canonical ones (the same unless `pose`)."""
+        p = np.asarray(ijk, dtype=np.float64)
+        return p if self.pose is None else p @ self.pose[:3, :3].T + self.pose[:3, 3]
+
     def native_index(self, canonical_ijk) -> np.ndarray:
         """(..., 3) canonical voxel coordinates -> (..., 3) the file's own voxel coordinates."""
         to_native = np.linalg.inv(self.native) @ self.canonical
-        p = np.asarray(canonical_ijk, dtype=np.float64)
+        p = self.unposed(canonical_ijk)
         return np.rint((p @ to_native[:3, :3].T + to_native[:3, 3]) * 2) / 2  # exact to half a voxel (box centres)
 
     def world(self, canonical_ijk) -> np.ndarray:
         """(..., 3) canonical voxel coordinates -> (..., 3) RAS millimetres."""
-        p = np.asarray(canonical_ijk, dtype=np.float64)
+        p = self.unposed(canonical_ijk)
         return p @ self.canonical[:3, :3].T + self.canonical[:3, 3]
 
 
@@ -54,6 +61,10 @@ def canonical_to_native(canon: np.ndarray, geometry: Geometry) -> np.ndarray:
     a permutation / flip of axes, the inverse of `nib.as_closest_canonical`)."""
     from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
+    if geometry.pose is not None:  # the model grid was resampled into a head pose: back to the canonical grid
+        from patchrank.pipeline.data.pose import resample
+
+        canon = resample(canon, np.linalg.inv(geometry.pose), 1, float(np.min(canon)))
     back = ornt_transform(axcodes2ornt("RAS"), io_orientation(geometry.native))
     out = apply_orientation(canon, back)
     if tuple(out.shape[:3]) != geometry.shape:

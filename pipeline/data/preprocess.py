@@ -4,7 +4,9 @@ Its parameters (a `PreprocessConfig`) are stored in every checkpoint, and the sc
 rebuilds them from there, so serving reproduces training exactly.
 
 Volumes (C, H, W, S):
-  1. foreground = the provided brain mask, else voxels that are non-zero in any channel;
+  1. foreground = the provided brain mask, else voxels that differ from the background value (0, or the
+     constant of a provider's z-scoring) in any channel; a volume that is not a skull-stripped brain is
+     refused (`contract.check_volume`);
   2. per channel, z-score inside the foreground (works on raw intensities and on data
      already z-scored by the provider alike), clip to [-clip, clip], divide by clip;
      background is set to -1;
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from patchrank.model.evidence.lesion import dark_lesion
+from patchrank.pipeline.data.contract import check_volume
 from patchrank.pipeline.data.loaders import INPUT_ERRNOS, Scan, ScanError, load_scan
 from patchrank.pipeline.settings import PreprocessConfig
 
@@ -144,13 +147,13 @@ def preprocess_scan(
         raise ScanError(f"expected (C={cfg.channels}, H, W, S) data, got shape {arr.shape}")
     if min(arr.shape[1:3]) < 8:
         raise ScanError(f"slices too small: {arr.shape[1]}x{arr.shape[2]}")
+    scan_labels, geometry = scan.labels, scan.geometry
     if scan.kind == "volume":
-        if scan.foreground is not None:
-            fg = scan.foreground
-        else:  # one channel: no (C, H, W, S) temporary
-            fg = arr[0] != 0 if arr.shape[0] == 1 else np.any(arr != 0, axis=0)
+        fg = check_volume(arr, scan.foreground)  # the input contract: a skull-stripped brain
         if not fg.any():
-            raise ScanError("empty volume: no foreground (non-zero) voxels")
+            raise ScanError("empty volume: no foreground voxels (the whole volume holds one constant value)")
+        if cfg.pose:  # into the training volumes' head pose; geometry maps the result back to the input
+            arr, fg, scan_labels, geometry = _in_pose(arr, fg, scan_labels, geometry, cfg)
     else:
         fg = np.ones(arr.shape[1:], dtype=bool)
         if cfg.image_foreground == "dark":
@@ -189,12 +192,24 @@ def preprocess_scan(
         foreground[start : start + len(idx)] = (_square_resize(m, cfg.image_size, 0.0) > 0.5).numpy()
         del x, m
     labels = lesions = None
-    if scan.labels is not None:
-        lab = scan.labels[..., keep].transpose(2, 0, 1) > 0  # (S, H0, W0)
+    if scan_labels is not None:
+        lab = scan_labels[..., keep].transpose(2, 0, 1) > 0  # (S, H0, W0)
         labels, lesions = lab, lab.reshape(len(keep), -1).sum(1)
-    return Prepared(
-        images, foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position, scan.geometry
-    )
+    return Prepared(images, foreground, keep, tuple(arr.shape[1:3]), labels, lesions, frac[keep], position, geometry)
+
+
+def _in_pose(arr: np.ndarray, fg: np.ndarray, labels: np.ndarray | None, geometry, cfg: PreprocessConfig) -> tuple:
+    """A volume -> (arr, fg, labels, geometry) in the target head pose (pipeline.data.pose.canonicalise)."""
+    from dataclasses import replace
+
+    from patchrank.pipeline.data.pose import canonicalise, zooms_of
+
+    if cfg.pose_target is None:
+        raise ValueError("preprocess.pose is on without a pose_target (training fits it: pose.with_target)")
+    arr, fg, labels, pull = canonicalise(arr, fg, labels, zooms_of(geometry), cfg.pose_target)
+    if pull is not None and geometry is not None:
+        geometry = replace(geometry, pose=pull)
+    return arr, fg, labels, geometry
 
 
 def to_native(maps: np.ndarray, native_shape: tuple[int, int]) -> np.ndarray:

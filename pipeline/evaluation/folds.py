@@ -21,6 +21,7 @@ import numpy as np
 
 from patchrank.model.losses import UNIFORM_RANK
 from patchrank.pipeline.data.datasets import DatasetError, Record, build_slices, split_by_subject
+from patchrank.pipeline.data.pose import with_target
 from patchrank.pipeline.evaluation.harness import PatchRankScorer, evaluate_scorer, load_test_scans, report
 from patchrank.pipeline.settings import TrainConfig, merge
 
@@ -71,7 +72,14 @@ class Fold:
     test_subjects: list[str]
 
 
-def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig, index: int) -> Fold:
+def build_fold(
+    records: list[Record],
+    test_subjects: list[str],
+    cfg: TrainConfig,
+    index: int,
+    test_records: list[Record] | None = None,
+) -> Fold:
+    """test_records: where the test subjects' scans are read from instead (e.g. moved copies, --perturb)."""
     test_set = set(test_subjects)
     train_recs = [r for r in records if r.subject not in test_set and r.label in (None, 0)]
     if not train_recs:
@@ -79,7 +87,7 @@ def build_fold(records: list[Record], test_subjects: list[str], cfg: TrainConfig
     tr, va = split_by_subject(train_recs, cfg.val_fraction, cfg.seed)
     train = build_slices(tr, cfg.preprocess, normal_only=True)
     val = build_slices(va, cfg.preprocess, normal_only=True) if va else train
-    test = load_test_scans([r for r in records if r.subject in test_set], cfg.preprocess)
+    test = load_test_scans([r for r in test_records or records if r.subject in test_set], cfg.preprocess)
     return Fold(index, train, val, test, sorted(test_set))
 
 
@@ -91,6 +99,7 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False)
 
     d = json.loads(cfg.model_dump_json())
     d.pop("scoring", None)
+    d["preprocess"] = cfg.preprocess.saved()  # pose off: no pose settings, as in keys written before they existed
     if not critic_epochs(cfg):  # no critic phase: its settings do not matter
         d.pop("critic_epochs", None)
         d.pop("lr_critic", None)
@@ -181,6 +190,7 @@ def run_quality(
     fold_seed: int | None = None,
     models: Path | None = None,
     gpu: bool = False,
+    test_records: list[Record] | None = None,
 ) -> dict:
     """Run every method on every fold (or the 0-based folds in `only`); save results
     incrementally to out/quality.json (folds run in separate processes merge with `merge_runs`).
@@ -188,7 +198,8 @@ def run_quality(
     else from cfg.seed, so one split can be trained again with other seeds. With `models`, the
     fold checkpoints are kept there and reused by a later run with the same training
     configuration (only the scoring is redone), otherwise they live in a temporary folder.
-    `gpu`: PatchRank and its ablations train and score on the CUDA device."""
+    `gpu`: PatchRank and its ablations train and score on the CUDA device. `test_records`: the test
+    subjects' scans are read from these (e.g. moved copies) while training reads `records`."""
     out.mkdir(parents=True, exist_ok=True)
     fold_seed = cfg.seed if fold_seed is None else fold_seed
     split = make_folds(records, folds, fold_seed)
@@ -202,14 +213,15 @@ def run_quality(
         for i, test_subjects in enumerate(split):
             if only is not None and i not in only:
                 continue
-            fold = build_fold(records, test_subjects, cfg, i)
+            fcfg = with_target(cfg, [r for r in records if r.subject not in test_subjects and r.label in (None, 0)])
+            fold = build_fold(records, test_subjects, fcfg, i, test_records)
             log(
                 f"fold {i + 1}/{folds}: train {len(fold.train)} normal slices, val {len(fold.val)}, "
                 f"test subjects {len(test_subjects)}"
             )
             for name in methods:
                 t0 = time.perf_counter()
-                scorer = fit_method(name, fold, cfg, workdir, reuse=models is not None, gpu=gpu)
+                scorer = fit_method(name, fold, fcfg, workdir, reuse=models is not None, gpu=gpu)
                 t_fit = time.perf_counter() - t0
                 rep = report(evaluate_scorer(scorer, fold.test, seed=fold_seed))
                 rep.update(method=name, fold=i, fit_seconds=round(t_fit, 1), seconds=round(time.perf_counter() - t0, 1))

@@ -29,7 +29,7 @@ def save_trained(path, recon, disc, cfg: TrainConfig, stats: ScoreStats, meta: d
         path,
         recon,
         disc,
-        preprocess=cfg.preprocess.model_dump(),
+        preprocess=cfg.preprocess.saved(),
         scoring=cfg.saved_scoring(),
         stats=stats,
         meta={"train_config": json.loads(cfg.model_dump_json()), **meta},

@@ -55,7 +55,7 @@ def test_brats_fast_equals_eager(shared_data):
     from patchrank.pipeline.data.discover import discover
 
     records = discover(shared_data / "brats2015")[:2]
-    cfg, make = _models(records, {})
+    cfg, make = _models(records, {"preprocess": {"pose": False}})  # registered volumes: pose is no part of this
     preps = [load_record(r, cfg.preprocess) for r in records]
     normal = preps[0].lesion_voxels == 0
     x = torch.from_numpy(preps[0].images[normal][::2][:48])
