@@ -79,6 +79,15 @@ def _mirrored(maps, pts: np.ndarray, zooms: np.ndarray, params, centroid: np.nda
     return [map_coordinates(m, coords, order=1, mode="nearest") for m in maps]
 
 
+def _axis_means(mask: np.ndarray, count: int) -> np.ndarray:
+    """(3,) mean voxel index of the mask's voxels along each axis, from per-axis counts."""
+    means = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        means.append(float((mask.sum(other) * np.arange(mask.shape[axis])).sum()) / count)
+    return np.asarray(means)
+
+
 def _correlation(a: np.ndarray, b: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum() + 1e-12))
@@ -90,11 +99,10 @@ def estimate(image: np.ndarray, mask: np.ndarray, zooms) -> Pose:
     from scipy.optimize import minimize
 
     zooms = np.asarray(zooms, dtype=np.float64)
-    idx = np.argwhere(mask)
-    if len(idx) < 100:
+    count = int(mask.sum())
+    if count < 100:
         raise ValueError("too few brain voxels to estimate the head pose")
-    pts = idx * zooms
-    centroid = pts.mean(0)
+    centroid = _axis_means(mask, count) * zooms  # the brain's centre of mass (mm), without its voxel list
     centre = (np.asarray(mask.shape) - 1) / 2.0 * zooms
     step = np.maximum(1, np.round(SYMMETRY_MM / zooms)).astype(int)
     sub = np.argwhere(mask[:: step[0], :: step[1], :: step[2]]) * step * zooms
@@ -134,7 +142,7 @@ def estimate(image: np.ndarray, mask: np.ndarray, zooms) -> Pose:
     ref = centroid + shift * (rotation(yaw, 0.0, roll) @ np.array([1.0, 0.0, 0.0]))  # on the mid-sagittal plane
     area = mask.sum((0, 1))
     slab = mask[..., area >= 0.5 * area.max()]  # the brain's widest levels
-    ref[1] = float(np.argwhere(slab)[:, 1].mean()) * zooms[1]
+    ref[1] = float(_axis_means(slab, int(slab.sum()))[1]) * zooms[1]
     return Pose(yaw, roll, tuple(float(v) for v in ref - centre))
 
 
