@@ -165,5 +165,5 @@ def under_root(uri: str, root: str) -> bool:
 def vanished(exc: BaseException) -> bool:
     """Is this "the file or object is not there" (pyarrow's S3 filesystem raises a plain OSError for it)?"""
     return isinstance(exc, FileNotFoundError) or (
-        isinstance(exc, OSError) and any(t in str(exc) for t in ("RESOURCE_NOT_FOUND", "NoSuchKey"))
+        isinstance(exc, OSError) and any(t in str(exc) for t in ("RESOURCE_NOT_FOUND", "NoSuchKey", "NO_SUCH_KEY"))
     )

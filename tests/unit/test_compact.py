@@ -171,3 +171,18 @@ def test_a_reader_opened_before_compaction_still_answers(messy):
     compact(root)
     assert store.sql("SELECT scan_id, result_id FROM scans ORDER BY scan_id")[1] == before
     assert store.counts() == {"ok": 5}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "AWS Error RESOURCE_NOT_FOUND during HeadObject operation",
+        "AWS Error NO_SUCH_KEY during GetObject operation: The specified key does not exist.",
+        "NoSuchKey",
+    ],
+)
+def test_a_vanished_s3_object_is_recognised_in_each_form_pyarrow_reports(text):
+    from patchrank.pipeline.data.storage import vanished
+
+    assert vanished(OSError(text)) and vanished(FileNotFoundError("x"))
+    assert not vanished(OSError("AWS Error ACCESS_DENIED during GetObject operation"))
