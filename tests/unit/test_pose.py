@@ -58,6 +58,17 @@ def test_within_tolerance_is_left_bit_identical(volumes):
     assert pull is None and arr is scan.array and fg2 is fg
 
 
+def test_a_shifted_midline_is_resampled_even_when_the_rotation_is_within_tolerance(volumes):
+    """A head moved sideways but not turned: symmetry about the image centre needs the plane put back."""
+    scan = load_scan(volumes[0])
+    fg = scan.array[0] != 0
+    target = estimate(scan.array[0], fg, (1.5, 1.5, 2.0))
+    aside = Pose(target.yaw, target.roll, (target.offset[0] + 4.0, *target.offset[1:])).as_list()
+    arr, _, _, pull = canonicalise(scan.array, fg, None, (1.5, 1.5, 2.0), aside)
+    assert pull is not None and np.allclose(pull[:3, :3], np.eye(3))
+    assert abs(pull[0, 3] * 1.5 + 4.0) < 1e-6  # output x reads input x - 4 mm: the content moves 4 mm onto the plane
+
+
 def test_moved_copy_is_scored_in_the_target_pose_and_maps_back(volumes):
     """With the registered volume's pose as target, the moved copy is resampled back onto it; the landmark's
     patch coordinates and the map land on the moved file's own voxels."""
