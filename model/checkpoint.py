@@ -129,6 +129,16 @@ def save_checkpoint(
     return payload["model_version"]
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, in one line."""
+    text, unpickling = str(exc), exc.__class__.__name__ == "UnpicklingError"
+    if unpickling and "Unsupported global" in text:
+        return "it holds Python objects beyond tensors and plain data; those are never unpickled"
+    if unpickling or isinstance(exc, KeyError | EOFError) or "PytorchStreamReader" in text:
+        return "not a PyTorch file, or a truncated one"
+    return f"{exc.__class__.__name__}: {text.splitlines()[0][:160] if text else ''}"
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedModel:
     """Load with weights_only=True; verify format and content hash; eval-mode networks."""
     path = Path(path)
@@ -137,9 +147,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption
-        raise CheckpointError(
-            f"refusing to load {path}: not a safe PatchRank checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})"
-        ) from exc
+        raise CheckpointError(f"refusing to load {path}: not a PatchRank checkpoint ({_load_failure(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") not in (FORMAT_1, FORMAT_2):
         raise CheckpointError(f"{path} is not a PatchRank checkpoint (format {CHECKPOINT_FORMAT} or older)")
     version = content_version(payload)  # on the payload as saved, before any upgrade

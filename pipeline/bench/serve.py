@@ -99,6 +99,31 @@ def _delta(before: list[dict], after: list[dict], key: str) -> float:
     return sum(m[key] - start.get(m["pid"], 0) for m in after)
 
 
+def _cpu_times(roles: dict[int, str]) -> dict[int, tuple[str, float]]:
+    """pid -> (role, CPU seconds so far) of this process and every descendant (Ray, Serve replicas, Redis)."""
+    import psutil
+
+    from patchrank.pipeline.bench.load import _label
+
+    me = psutil.Process()
+    out = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            out[proc.pid] = ("this process" if proc.pid == me.pid else _label(proc, roles), t.user + t.system)
+        except Exception:  # noqa: BLE001 - process gone
+            continue
+    return out
+
+
+def _cpu_by_role(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds spent between two `_cpu_times` snapshots, per role, largest first."""
+    roles: dict[str, float] = {}
+    for pid, (role, t) in after.items():
+        roles[role] = roles.get(role, 0.0) + t - before.get(pid, (role, 0.0))[1]
+    return dict(sorted(((k, round(v, 2)) for k, v in roles.items()), key=lambda kv: -kv[1]))
+
+
 def _pct(values: list[float], q: float) -> float:
     import numpy as np
 
@@ -138,11 +163,13 @@ def serve_run(
     try:
         enqueue_paths(client, files[:1], show=False)  # warm-up: one scan through every stage
         wait_drained(client, timeout_s=600, show=False)
-        before = scorer_usage(replicas=replicas)
+        before, roles = scorer_usage(replicas=replicas), {}
+        cpu_before = _cpu_times(roles)
         t0 = time.perf_counter()
         enqueue_paths(client, files[1:], show=False)
         wait_drained(client, timeout_s=3600, show=False)
         seconds = time.perf_counter() - t0
+        cpu = _cpu_by_role(cpu_before, _cpu_times(roles))
         after = scorer_usage(replicas=replicas)
     finally:
         client.close()
@@ -171,6 +198,9 @@ def serve_run(
         "scorer_busy": _delta(before, after, "busy_s") / (seconds * replicas),
         "scorer_busy_slices_per_s": _delta(before, after, "slices") / max(_delta(before, after, "busy_s"), 1e-9),
         "scorer_mean_batch": _delta(before, after, "slices") / max(_delta(before, after, "batches"), 1),
+        # CPU seconds per process role in the timed window, and their sum as a share of all CPUs' time.
+        "cpu_s": cpu,
+        "cpu_share": sum(cpu.values()) / (seconds * (os.cpu_count() or 1)),
     }
 
 
@@ -226,6 +256,11 @@ def run(args: argparse.Namespace) -> int:
                     f"latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; scorer busy "
                     f"{100 * res['scorer_busy']:.0f}% at {res['scorer_busy_slices_per_s']:.1f} slices/s, peak RSS "
                     f"{res['scorer_peak_rss_mib']:.0f} MiB; load {res['load']}",
+                    flush=True,
+                )
+                print(
+                    f"    CPU in the timed window ({res['seconds']:.1f} s, {100 * res['cpu_share']:.0f}% of all CPUs): "
+                    + ", ".join(f"{k} {v:.1f} s" for k, v in res["cpu_s"].items() if v >= 0.05),
                     flush=True,
                 )
     print(

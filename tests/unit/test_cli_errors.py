@@ -69,3 +69,18 @@ def test_score_of_a_folder_without_scans_fails(tiny_checkpoint, tmp_path, capsys
     (tmp_path / "notes.txt").write_text("hi")
     assert main(["score", str(tmp_path), "--checkpoint", str(tiny_checkpoint)]) == 2
     assert "no scans to score in" in _error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"hello\n", "not a PyTorch file, or a truncated one"),
+        (b"\x1f\x8b\x08\x00" + bytes(64), "not a PyTorch file, or a truncated one"),  # a gzip (a .nii.gz renamed)
+    ],
+)
+def test_score_with_a_file_that_is_not_a_checkpoint_says_why(normals, tmp_path, capsys, content, why):
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(content)
+    scan = next(normals.rglob("*flair.nii.gz"))
+    assert main(["score", str(scan), "--checkpoint", str(fake)]) == 2
+    assert _error_line(capsys) == f"patchrank score: error: refusing to load {fake}: not a PatchRank checkpoint ({why})"
