@@ -100,6 +100,8 @@ def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices:
     names, rows = store.sql(f"SELECT {cols} FROM scans WHERE status = 'ok' ORDER BY scan_score DESC LIMIT {int(top)}")
     rows = [dict(zip(names, r)) for r in rows]
     n_failed = store.sql("SELECT count(*) FROM scans WHERE status = 'failed'")[1][0][0]
+    if not rows and not n_failed:
+        raise ValueError(f"no results under {root} (is it the --out folder of `patchrank screen`?); no report written")
     body = []
     for rank, r in enumerate(rows, 1):
         imgs = "".join(f'<img alt="slice" src="data:image/png;base64,{b}">' for b in _scan_images(r, root, slices))

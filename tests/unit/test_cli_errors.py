@@ -84,3 +84,9 @@ def test_score_with_a_file_that_is_not_a_checkpoint_says_why(normals, tmp_path, 
     scan = next(normals.rglob("*flair.nii.gz"))
     assert main(["score", str(scan), "--checkpoint", str(fake)]) == 2
     assert _error_line(capsys) == f"patchrank score: error: refusing to load {fake}: not a PatchRank checkpoint ({why})"
+
+
+def test_report_of_a_folder_without_results_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "report.html"
+    assert main(["report", str(tmp_path), "--out", str(out)]) == 2
+    assert "no results under" in _error_line(capsys) and not out.exists()
