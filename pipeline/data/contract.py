@@ -25,7 +25,7 @@ MAX_FOREGROUND_FRACTION = 0.6  # share of the field of view a brain can fill
 def side_faces(vol: np.ndarray) -> np.ndarray:
     """vol: (X, Y, Z) -> the values of its four side faces (the border of every axial slice), flattened; the
     top and bottom slices may cut through the brain (a slab)."""
-    return np.concatenate([f.ravel() for a in range(2) for f in (np.take(vol, 0, a), np.take(vol, -1, a))])
+    return np.concatenate([f.ravel() for f in (vol[0], vol[-1], vol[:, 0], vol[:, -1])])  # views: no volume copy
 
 
 def background_value(vol: np.ndarray) -> tuple[float, float]:
