@@ -32,7 +32,7 @@ class ScorerDeployment:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
         threads = torch_threads or inference_threads(cpus if cpus else 1)
         self.scorer = SliceScorer(checkpoint, device=device, torch_threads=threads, endpoint=s3_endpoint)
-        self.work = {"batches": 0, "slices": 0, "busy_s": 0.0}  # forwards run by this replica
+        self.work = {"batches": 0, "slices": 0, "busy_s": 0.0, "busy_cpu_s": 0.0}  # forwards run by this replica
 
     def reconfigure(self, user_config: dict) -> None:
         """user_config: {max_batch_size: int, batch_wait_timeout_s: float} (both optional)."""
@@ -46,16 +46,18 @@ class ScorerDeployment:
 
     def usage(self) -> dict:
         """This replica: pid, resident set now and its peak (MiB), and the forwards it ran (batches, slices,
-        seconds spent in them: busy_s over a wall-clock window is the replica's utilisation)."""
+        seconds spent in them: busy_s over a wall-clock window is the replica's utilisation; busy_cpu_s: the
+        process's CPU seconds while they ran)."""
         return {**process_memory(), **self.work}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01, batch_size_fn=chunk_size)
     async def score(self, chunks: list[SliceChunk]) -> list[ChunkResult]:
         # The forward runs in a worker thread so this replica keeps accepting (and
         # batching) requests while the model computes.
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = await asyncio.to_thread(self.scorer.score_chunks, chunks)
         self.work["busy_s"] += time.perf_counter() - t0
+        self.work["busy_cpu_s"] += time.process_time() - c0
         self.work["batches"] += 1
         self.work["slices"] += chunk_size(chunks)
         return out

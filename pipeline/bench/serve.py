@@ -60,9 +60,9 @@ def fresh_checkpoint(path: Path, image_size: int) -> Path:
     return path
 
 
-def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float, int]:
-    """-> (slices/s of the batched forward alone, slices): the best over 1 and all torch
-    threads (on a loaded machine one thread can beat two), so the ratio is conservative."""
+def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float, int, float]:
+    """-> (slices/s of the batched forward alone, slices, CPU seconds per slice of that best run): the best
+    over 1 and all torch threads (on a loaded machine one thread can beat two), so the ratio is conservative."""
     import numpy as np
     import torch
 
@@ -70,7 +70,7 @@ def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float,
     from patchrank.pipeline.service.slice_scorer import SliceChunk, SliceScorer
 
     preps = None
-    best, saved = 0.0, torch.get_num_threads()
+    best, cpu, saved = 0.0, float("nan"), torch.get_num_threads()
     try:
         for threads in sorted({1, os.cpu_count() or 1}):
             scorer = SliceScorer(checkpoint, torch_threads=threads)  # ONNX Runtime sessions take it at creation
@@ -80,13 +80,15 @@ def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float,
                 fg = np.concatenate([p.foreground for p in preps])
                 pos = np.concatenate([p.position for p in preps])
             scorer.score_chunks([SliceChunk(images[:batch], fg[:batch], pos[:batch])])  # warm-up
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for s in range(0, len(images), batch):
                 scorer.score_chunks([SliceChunk(images[s : s + batch], fg[s : s + batch], pos[s : s + batch])])
-            best = max(best, len(images) / (time.perf_counter() - t0))
+            rate = len(images) / (time.perf_counter() - t0)
+            if rate > best:
+                best, cpu = rate, (time.process_time() - c0) / len(images)
     finally:
         torch.set_num_threads(saved)
-    return best, len(images)
+    return best, len(images), cpu
 
 
 def _load() -> str:
@@ -122,6 +124,17 @@ def _cpu_by_role(before: dict, after: dict) -> dict[str, float]:
     for pid, (role, t) in after.items():
         roles[role] = roles.get(role, 0.0) + t - before.get(pid, (role, 0.0))[1]
     return dict(sorted(((k, round(v, 2)) for k, v in roles.items()), key=lambda kv: -kv[1]))
+
+
+def _settle(max_s: float = 30.0) -> None:
+    """Wait (up to max_s) until this process's descendants (Serve tearing replicas down, Ray) use under 10 % of
+    one CPU over a second, so the bare forward after a service run is not timed beside that work."""
+    end = time.monotonic() + max_s
+    while time.monotonic() < end:
+        before = _cpu_times({})
+        time.sleep(1.0)
+        if sum(_cpu_by_role(before, _cpu_times({})).values()) < 0.1:
+            return
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -198,6 +211,7 @@ def serve_run(
         "scorer_busy": _delta(before, after, "busy_s") / (seconds * replicas),
         "scorer_busy_slices_per_s": _delta(before, after, "slices") / max(_delta(before, after, "busy_s"), 1e-9),
         "scorer_mean_batch": _delta(before, after, "slices") / max(_delta(before, after, "batches"), 1),
+        "scorer_busy_cpu_s": _delta(before, after, "busy_cpu_s"),
         # CPU seconds per process role in the timed window, and their sum as a share of all CPUs' time.
         "cpu_s": cpu,
         "cpu_share": sum(cpu.values()) / (seconds * (os.cpu_count() or 1)),
@@ -243,11 +257,13 @@ def run(args: argparse.Namespace) -> int:
     with services() as url:
         for r in replicas:
             for b in batches:
-                before, _ = bare_forward(ckpt, files[1:], b)  # bracket the service run: the machine is shared
+                before, _, cpu0 = bare_forward(ckpt, files[1:], b)  # bracket the service run: the machine is shared
                 res = serve_run(url, ckpt, files, work / f"out-{r}-{b}", roots, r, b, args)
-                after, _ = bare_forward(ckpt, files[1:], b)
+                _settle()
+                after, _, cpu1 = bare_forward(ckpt, files[1:], b)
                 bare = (before + after) / 2
                 res.update(bare_slices_per_s=bare, bare_before=before, bare_after=after, load=_load())
+                res["bare_cpu_s_per_slice"] = (cpu0 + cpu1) / 2
                 res["ratio"] = res["slices_per_s"] / bare
                 results.append(res)
                 print(
@@ -259,7 +275,10 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
                 print(
-                    f"    CPU in the timed window ({res['seconds']:.1f} s, {100 * res['cpu_share']:.0f}% of all CPUs): "
+                    f"    CPU in the timed window ({res['seconds']:.1f} s, {100 * res['cpu_share']:.0f}% of all CPUs; "
+                    f"the bare forward takes {res['bare_cpu_s_per_slice'] * res['slices']:.1f} s for these slices, the "
+                    f"scorer {res['scorer_busy_cpu_s']:.1f} s in its forwards, mean batch "
+                    f"{res['scorer_mean_batch']:.1f}): "
                     + ", ".join(f"{k} {v:.1f} s" for k, v in res["cpu_s"].items() if v >= 0.05),
                     flush=True,
                 )
