@@ -20,6 +20,12 @@ import torch
 
 from patchrank.model.checkpoint import LoadedModel, load_checkpoint
 
+# The environment of the Ray processes that score (a local Ray started by `screen`/`serve`/`bench serve`
+# inherits it; on a cluster `ray start` runs with it, ray_cluster.yaml): OpenMP threads waiting for work
+# sleep instead of spinning (docs/decisions.md, "Inference": end to end 0.69-0.81x -> 0.86-0.91x of the bare
+# forward on 2 cores).
+SCORING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
 
 def inference_threads(cpus: float | None = None) -> int:
     """Threads for one scoring process: the CPUs it was given (floored, at least 1), else every CPU this

@@ -91,6 +91,26 @@ def bare_forward(checkpoint: str, files: list[Path], batch: int) -> tuple[float,
     return best, len(images), cpu
 
 
+def bare_in_scoring_process(checkpoint: str, files: list[Path], batch: int) -> tuple[float, int, float]:
+    """bare_forward in a fresh process with a Serve replica's environment (pipeline.inference.SCORING_ENV)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from patchrank.pipeline.inference import SCORING_ENV
+
+    saved = {k: os.environ.get(k) for k in SCORING_ENV}
+    os.environ.update(SCORING_ENV)  # the spawned interpreter starts with it, before torch loads
+    try:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+            return pool.submit(bare_forward, checkpoint, files, batch).result()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
@@ -224,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.service.screening import services
 
     # Ray starts its worker processes (the replicas) at niceness 15; beside other jobs at niceness 0 that
-    # alone would halve their share against the bare forward, which runs at 0 in this process.
+    # alone would halve their share against the bare forward, which runs at 0 in its own process.
     os.environ.setdefault("RAY_worker_niceness", "0")
     work = Path(tempfile.mkdtemp(prefix="patchrank-bench-serve-"))
     if args.data:
@@ -257,10 +277,12 @@ def run(args: argparse.Namespace) -> int:
     with services() as url:
         for r in replicas:
             for b in batches:
-                before, _, cpu0 = bare_forward(ckpt, files[1:], b)  # bracket the service run: the machine is shared
+                before, _, cpu0 = bare_in_scoring_process(
+                    ckpt, files[1:], b
+                )  # bracket the service run: the machine is shared
                 res = serve_run(url, ckpt, files, work / f"out-{r}-{b}", roots, r, b, args)
                 _settle()
-                after, _, cpu1 = bare_forward(ckpt, files[1:], b)
+                after, _, cpu1 = bare_in_scoring_process(ckpt, files[1:], b)
                 bare = (before + after) / 2
                 res.update(bare_slices_per_s=bare, bare_before=before, bare_after=after, load=_load())
                 res["bare_cpu_s_per_slice"] = (cpu0 + cpu1) / 2

@@ -108,6 +108,7 @@ def services(redis_url: str | None = None, address: str | None = None, num_cpus:
     import ray
     from ray import serve
 
+    from patchrank.pipeline.inference import SCORING_ENV
     from patchrank.pipeline.service.embedded_redis import EmbeddedRedis
     from patchrank.pipeline.service.watchdog import watch_children
 
@@ -123,6 +124,9 @@ def services(redis_url: str | None = None, address: str | None = None, num_cpus:
             log.debug("started a private redis-server at %s", redact_url(redis_url))
         started_ray = False
         if not ray.is_initialized():
+            if not address:  # a local Ray: its processes, the replicas among them, inherit this environment
+                for key, value in SCORING_ENV.items():
+                    os.environ.setdefault(key, value)
             kw = (
                 {"address": address}
                 if address
