@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} RAY_DEDUP_LOGS=0
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "${@:-tests}"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "${@:-tests}"

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.datasets import DatasetError
     from patchrank.pipeline.data.discover import config_for, discover
     from patchrank.pipeline.evaluation.folds import ALL_METHODS, markdown_table, run_quality
-    from patchrank.pipeline.settings import merge
+    from patchrank.pipeline.settings import merge, read_config_file
     from patchrank.pipeline.training.local import pick_device
 
     if args.merge:
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:
         raise DatasetError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
-    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    base = read_config_file(args.config) if args.config else {}
     folds = args.folds
     if args.quick:
         base = merge(base, QUICK)
