@@ -13,6 +13,16 @@ from pathlib import Path
 QUICK = {"epochs": 2, "preprocess": {"image_size": 64}}
 
 
+def cpu_line() -> str:
+    """The CPU as results depend on it: model name and torch's CPU kernel level (AVX2 and AVX-512 kernels round
+    differently, so the same code and seed train other weights on machines that differ in it)."""
+    import torch
+
+    from patchrank.pipeline.bench.train import _cpu_name
+
+    return f"{platform.machine()} CPU ({_cpu_name()}, torch kernels {torch.backends.cpu.get_cpu_capability()})"
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from patchrank.pipeline.evaluation.folds import ALL_METHODS
     from patchrank.pipeline.settings import PRESETS
@@ -65,7 +75,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         metavar="QUALITY_JSON",
         help="instead of running: merge quality.json files "
-        "of runs with the same folds and config into OUT/quality.md + quality.json",
+        "of runs with the same folds and config into OUT/quality.md + quality.json (nested.json files of --nested "
+        "runs, e.g. one per outer fold with --only-folds, into OUT/nested.md + nested.json)",
     )
     from patchrank.pipeline.bench import quality_nested
 
@@ -165,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     header = (
         f"command: `{cmd}{' --quick' if args.quick else ''}`  \n"
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
-        f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        f"machine: {cpu_line()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
         f"{', GPU ' + torch.cuda.get_device_name(0) if args.gpu else ''}  \n"
         f"folds: {folds} (subject-level), seed {args.seed}, training seed {cfg.seed}, epochs {cfg.epochs}, "
         f"image size {cfg.preprocess.image_size}  \n"
@@ -181,6 +192,10 @@ def run(args: argparse.Namespace) -> int:
 def merge_command(args: argparse.Namespace) -> int:
     from patchrank.pipeline.evaluation.folds import markdown_table, merge_runs
 
+    if all(Path(p).name == "nested.json" for p in args.merge):
+        from patchrank.pipeline.bench import quality_nested
+
+        return quality_nested.merge_command(args.merge, Path(args.out))
     res = merge_runs([Path(p) for p in args.merge])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

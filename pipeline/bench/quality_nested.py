@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import platform
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -33,14 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, records, cfg, preset: str, folds: int, methods: list[str]) -> int:
     import torch
 
+    from patchrank.pipeline.bench.quality import cpu_line
     from patchrank.pipeline.data.datasets import DatasetError
-    from patchrank.pipeline.evaluation.folds import markdown_table
-    from patchrank.pipeline.evaluation.nested import CANDIDATES, choices_table, run_nested
+    from patchrank.pipeline.evaluation.nested import CANDIDATES, run_nested
 
     if preset not in CANDIDATES:
         raise DatasetError(f"--nested has candidate settings for {', '.join(CANDIDATES)}, not {preset}")
-    if args.only_folds:
-        raise DatasetError("--nested runs every outer fold; --only-folds does not apply")
+    only = [int(f) - 1 for f in args.only_folds.split(",")] if args.only_folds else None
     out = Path(args.out)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="patchrank-nested-") as tmp:
@@ -56,27 +55,58 @@ def run(args: argparse.Namespace, records, cfg, preset: str, folds: int, methods
             fold_seed=args.seed,
             tolerance=args.tolerance,
             gpu=args.gpu,
+            only=only,
         )
     wall = time.perf_counter() - t0
     flags = [("data", args.data), ("folds", args.folds), ("nested", args.nested), ("tolerance", args.tolerance),
              ("seed", args.seed), ("train-seed", args.train_seed), ("config", args.config), ("epochs", args.epochs),
-             ("methods", args.methods), ("models", args.models), ("out", args.out)]  # fmt: skip
+             ("methods", args.methods), ("only-folds", args.only_folds), ("models", args.models),
+             ("out", args.out)]  # fmt: skip
     cmd = "patchrank bench quality " + " ".join(f"--{k} {v}" for k, v in flags if v is not None)
-    chosen = ", ".join(f"fold {o['fold'] + 1}: {o['chosen']}" for o in res["outer"])
-    text = (
+    header = (
         f"command: `{cmd}{' --quick' if args.quick else ''}{' --gpu' if args.gpu else ''}`  \n"
         f"date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}  \n"
-        f"machine: {platform.machine()} CPU, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
+        f"machine: {cpu_line()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
         f"load average at the end {os.getloadavg()[0]:.1f}  \n"
         f"preset {preset}; outer folds: {folds} (subject-level), seed {args.seed}; inner folds: {args.nested}; "
         f"training seed {cfg.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
         f"wall time: {wall / 60:.1f} min\n\n"
-        "Outer-fold numbers only (`patchrank_nested`: chosen on inner folds; `patchrank`: the preset, fixed):\n\n"
-        + markdown_table(res["summary"])
-        + f"\nChosen: {chosen}. Mean inner-fold AUROC of each candidate (tolerance {args.tolerance}):\n\n"
-        + choices_table(res)
     )
+    res["header"] = header
+    (out / "nested.json").write_text(json.dumps(res, indent=2))
+    text = header + tables(res)
     (out / "nested.md").write_text(text)
     print(text)
     print(f"wrote {out / 'nested.md'} and {out / 'nested.json'}")
+    return 0
+
+
+def tables(res: dict) -> str:
+    """nested.md's tables: outer-fold numbers, then each outer fold's choice and inner means."""
+    from patchrank.pipeline.evaluation.folds import markdown_table
+    from patchrank.pipeline.evaluation.nested import choices_table
+
+    chosen = ", ".join(f"fold {o['fold'] + 1}: {o['chosen']}" for o in res["outer"])
+    return (
+        "Outer-fold numbers only (`patchrank_nested`: chosen on inner folds; `patchrank`: the preset, fixed):\n\n"
+        + markdown_table(res["summary"])
+        + f"\nChosen: {chosen}. Mean inner-fold AUROC of each candidate (tolerance {res['tolerance']}):\n\n"
+        + choices_table(res)
+    )
+
+
+def merge_command(paths: list[str], out: Path) -> int:
+    """`--merge` of nested.json files (one process per outer fold) -> OUT/nested.md + nested.json."""
+    from patchrank.pipeline.evaluation.nested import merge_nested
+
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    res = merge_nested(parts)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nested.json").write_text(json.dumps(res, indent=2))
+    done = [o["fold"] + 1 for o in res["outer"]]
+    runs = "".join(f"- {p}:  \n" + "".join(f"  {line}\n" for line in q.get("header", "").strip().splitlines())
+                   for p, q in zip(paths, parts))  # fmt: skip
+    text = f"merged from:\n\n{runs}\nouter folds with results: {done} of {len(res['folds'])}\n\n" + tables(res)
+    (out / "nested.md").write_text(text)
+    print(text)
     return 0

@@ -49,7 +49,7 @@ def test_bench_quality_nested_reports_outer_folds_only(tmp_path, monkeypatch):
     assert main(args) == 0
     res = json.loads((out / "nested.json").read_text())
     inner_trainings = [n for n in trained if n.startswith("inner")]
-    assert len(inner_trainings) == 2 * 2 * 3  # outer folds x inner folds x the 3 trainings of the candidates
+    assert len(inner_trainings) == 2 * 2 * 2  # outer folds x inner folds x the 2 trainings of the candidates
     assert {r["method"] for r in res["runs"]} == {"patchrank_nested", "patchrank", "percentile"}
     for o in res["outer"]:
         test = set(res["folds"][o["fold"]])
@@ -60,3 +60,22 @@ def test_bench_quality_nested_reports_outer_folds_only(tmp_path, monkeypatch):
     trained.clear()
     assert main(args) == 0  # the same models folder: every training is reused
     assert trained == [] and json.loads((out / "nested.json").read_text())["outer"] == res["outer"]
+    # one process per outer fold, then --merge: the same outer folds as the single run
+    for f in ("1", "2"):
+        assert main([*args[:-2], "--only-folds", f, "--out", str(tmp_path / f"o{f}")]) == 0
+    assert trained == []
+    parts = [str(tmp_path / o / "nested.json") for o in ("o2", "o1")]
+    assert main(["bench", "quality", "--merge", *parts, "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "nested.json").read_text())
+    assert merged["outer"] == res["outer"]
+    assert all(merged["summary"][m]["image_auroc"] == v["image_auroc"] for m, v in res["summary"].items())
+    assert "outer folds with results: [1, 2] of 2" in (tmp_path / "merged" / "nested.md").read_text()
+    # the outer `patchrank` row is the plain benchmark's on the same folds, trained afresh
+    plain = ["bench", "quality", "--data", str(tmp_path / "isic"), "--config", str(tmp_path / "tiny.json"),
+             "--epochs", "1", "--folds", "2", "--methods", "patchrank", "--models", str(tmp_path / "m2"),
+             "--out", str(tmp_path / "p")]  # fmt: skip
+    assert main(plain) == 0
+    runs = json.loads((tmp_path / "p" / "quality.json").read_text())
+    assert runs["folds"] == res["folds"]
+    auroc = {(r["method"], r["fold"]): r["image_auroc"] for r in runs["runs"]}
+    assert all(auroc[("patchrank", r["fold"])] == r["image_auroc"] for r in res["runs"] if r["method"] == "patchrank")

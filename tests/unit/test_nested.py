@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from patchrank.pipeline.data.datasets import Record
+from patchrank.pipeline.data.datasets import DatasetError, Record
 from patchrank.pipeline.data.discover import config_for, discover
 from patchrank.pipeline.evaluation import nested
-from patchrank.pipeline.evaluation.folds import make_folds
+from patchrank.pipeline.evaluation.folds import NO_RANK, make_folds
 from patchrank.pipeline.settings import TrainConfig, merge
 
 
@@ -56,7 +57,7 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
     monkeypatch.setattr(nested, "_auroc", lambda path, fold, cfg, name, dev, seed: scores.get(name, 0.6))
     kw = dict(index=0, inner_k=3, fold_seed=0, workdir=tmp_path, gpu=False, log=lambda s: None)
     chosen, inner, splits = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, tolerance=0.01, **kw)
-    assert len(seen) == 3 * 3  # 3 inner folds x 3 trainings (preset, uniform loss, no discriminator)
+    assert len(seen) == 3 * 2  # 3 inner folds x 2 trainings (preset, no discriminator)
     for train, tested, test_subjects in seen:
         assert train and all(label[s] == 0 for s in train)  # benign-only training
         assert not (train | tested) & set(outer_test)  # the outer test fold never reaches selection
@@ -83,12 +84,11 @@ def test_candidate_set_and_complexity():
     assert names[0] == "preset" and not nested.DERMOSCOPY[0].over and len(set(names)) == len(names)
     cfgs = {c.name: TrainConfig(**merge(cfg.model_dump(), c.over)) for c in nested.DERMOSCOPY}
     assert cfgs["preset"] == cfg
-    assert cfgs["default_scoring"].scoring.disc_weight == 0.5 and cfgs["default_scoring"].scoring.feature_weight == 0
-    assert cfgs["default_scoring"].preprocess == cfg.preprocess  # scoring candidates keep the preprocessing
+    assert not {"default_scoring", "uniform_loss+preset"} & set(cfgs)  # measured and dropped (pass 11)
     c = {n: nested.complexity(v) for n, v in cfgs.items()}
-    assert c["preset"] == c["no_shape"] + 1 == c["features_only"] + 2 == c["uniform_loss+preset"] + 1
+    assert c["preset"] == c["no_shape"] + 1 == c["features_only"] + 2 == c["no_discriminator+preset"] + 1
     assert c["no_discriminator+features_only"] == c["features_only"] - 1
-    assert len(nested._groups(cfgs)) == 3  # three trainings; every other candidate only rescores
+    assert len(nested._groups(cfgs)) == 2  # two trainings; every other candidate only rescores
 
 
 def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
@@ -99,8 +99,23 @@ def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
     args = ["bench", "quality", "--data", str(root), "--nested", "2", "--out", str(tmp_path / "o")]
     assert main([*args, "--preset", "brain-mri"]) == 2
     assert "candidate settings for dermoscopy, not brain-mri" in capsys.readouterr().err
-    assert main([*args, "--only-folds", "1"]) == 2
-    assert "--only-folds does not apply" in capsys.readouterr().err
+
+
+def test_merge_joins_outer_folds_run_apart():
+    base = {"folds": [["a"], ["b"]], "config": {}, "fold_seed": 0, "inner_folds": 2, "tolerance": 0.01,
+            "candidates": {"preset": {}}}  # fmt: skip
+
+    def part(i, auc):
+        outer = [{"fold": i, "chosen": "preset", "inner_splits": [], "inner_auroc": {"preset": [0.7]}}]
+        return {**base, "outer": outer,
+                "runs": [{"method": m, "fold": i, "image_auroc": auc, "image_auprc": auc}
+                         for m in ("patchrank_nested", "patchrank")], "wall_seconds": 10.0}  # fmt: skip
+
+    res = nested.merge_nested([part(1, 0.8), part(0, 0.6)])
+    assert [o["fold"] for o in res["outer"]] == [0, 1] and res["wall_seconds"] == 20.0
+    assert res["summary"]["patchrank_nested"]["image_auroc"] == pytest.approx([0.7, 0.1, 2])
+    with pytest.raises(DatasetError, match="cannot merge"):
+        nested.merge_nested([part(0, 0.6), {**part(1, 0.8), "tolerance": 0.0}])
 
 
 def test_outer_training_is_shared_with_the_method_that_trains_the_same():
@@ -110,7 +125,8 @@ def test_outer_training_is_shared_with_the_method_that_trains_the_same():
     cfgs = {c.name: TrainConfig(**merge(cfg.model_dump(), c.over)) for c in nested.DERMOSCOPY}
     which = {n: nested._method_training(c, cfg, ["a"], False) for n, c in cfgs.items()}
     assert which["no_shape"] == which["preset"] == "patchrank"
-    assert which["uniform_loss+features_only"] == "no_ranking"  # no_ranking trains with the uniform loss
+    uniform = TrainConfig(**merge(cfg.model_dump(), {"loss": {"rank": NO_RANK}}))
+    assert nested._method_training(uniform, cfg, ["a"], False) == "no_ranking"  # no_ranking: the uniform loss
     assert which["no_discriminator+no_appearance"] == "no_discriminator"
     masked = TrainConfig(**merge(cfg.model_dump(), {"masks": {"max_boxes": 2}}))
     assert nested._method_training(masked, cfg, ["a"], False) == "nested"
