@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_screen_interrupted_stops_everything(tmp_path, phantom_dir, tiny_checkpoint, sig):
-    data = phantom_archive(phantom_dir, tmp_path / "data", 800)  # long enough that the signal lands mid-run
+    data = phantom_archive(phantom_dir, tmp_path / "data", 3000)  # ~150 s of scoring: the signal lands mid-run
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -69,7 +69,7 @@ def test_screen_interrupted_stops_everything(tmp_path, phantom_dir, tiny_checkpo
         proc.kill()
         pytest.fail("screen did not exit within 60 s of the signal")
     text = proc.stdout.read()
-    assert "queued 800 scans" not in text, "the job finished before the signal; the test proved nothing"
+    assert "queued 3000 scans" not in text, "the job finished before the signal; the test proved nothing"
     assert rc != 0 and "Traceback" not in text, text[-3000:]
     gone, alive = psutil.wait_procs(started, timeout=20)
     leftover = [f"{p.pid} {p.name()}" for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
