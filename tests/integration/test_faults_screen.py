@@ -53,6 +53,9 @@ def test_screen_interrupted_stops_everything(tmp_path, phantom_dir, tiny_checkpo
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C at a terminal: a test run started in the background (`cmd &` in a script) ignores SIGINT,
+        # and a child inherits that, so Python would never raise KeyboardInterrupt in it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     me = psutil.Process(proc.pid)
     deadline = time.monotonic() + 120
