@@ -277,9 +277,8 @@ def run(args: argparse.Namespace) -> int:
     with services() as url:
         for r in replicas:
             for b in batches:
-                before, _, cpu0 = bare_in_scoring_process(
-                    ckpt, files[1:], b
-                )  # bracket the service run: the machine is shared
+                # The bare forward brackets the service run: the machine may be shared.
+                before, _, cpu0 = bare_in_scoring_process(ckpt, files[1:], b)
                 res = serve_run(url, ckpt, files, work / f"out-{r}-{b}", roots, r, b, args)
                 _settle()
                 after, _, cpu1 = bare_in_scoring_process(ckpt, files[1:], b)
