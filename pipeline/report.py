@@ -92,7 +92,7 @@ def _is_image(uri: str) -> bool:
 
 def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices: int = 3) -> Path:
     """Write the HTML report of the `top` highest-scoring scans of the latest model in `results`."""
-    from patchrank.pipeline.service.results import ResultStore
+    from patchrank.pipeline.service.results import ResultStore, no_results
 
     root = Path(results)
     store = ResultStore(root)
@@ -101,7 +101,7 @@ def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices:
     rows = [dict(zip(names, r)) for r in rows]
     n_failed = store.sql("SELECT count(*) FROM scans WHERE status = 'failed'")[1][0][0]
     if not rows and not n_failed:
-        raise ValueError(f"no results under {root} (is it the --out folder of `patchrank screen`?); no report written")
+        raise ValueError(f"{no_results(root)}; no report written")
     body = []
     for rank, r in enumerate(rows, 1):
         imgs = "".join(f'<img alt="slice" src="data:image/png;base64,{b}">' for b in _scan_images(r, root, slices))

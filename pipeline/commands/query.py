@@ -59,7 +59,7 @@ def _flagged(store, model_version: str | None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from patchrank.pipeline.service.results import ResultStore, format_ranking
+    from patchrank.pipeline.service.results import ResultStore, format_ranking, no_results
 
     store = ResultStore(args.dir, endpoint=args.s3_endpoint)
     if args.sql:
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if counts:
         print(f"{sum(counts.values())} results: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     else:
-        print(f"0 results under {args.dir} (is it the --out folder of `patchrank screen`?)")
+        print(no_results(args.dir))
     print(format_ranking(store.top_scans(args.top, model_version=args.model_version, patches=args.patches)))
     failed = store.failed(args.model_version)
     for f in failed[:20]:

@@ -27,6 +27,11 @@ GAVE_UP_SQL = f"(status = 'failed' AND starts_with(coalesce(error, ''), '{GAVE_U
 FIRST_RESULT_ORDER = f"{GAVE_UP_SQL}, scored_at, stream_id, result_id"
 
 
+def no_results(root: str | Path) -> str:
+    """What `query` and `report` say about a folder that holds no results."""
+    return f"no results under {root} (is it the --out folder of `patchrank screen`?)"
+
+
 class ResultStore:
     def __init__(self, root: str | Path, *, endpoint: str | None = None) -> None:
         self.root: str | Path = str(root).rstrip("/") if is_s3(root) else Path(root)

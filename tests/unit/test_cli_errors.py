@@ -56,7 +56,7 @@ def test_phantom_into_a_file_is_one_line(tmp_path, capsys):
 
 def test_query_of_a_folder_without_results_says_so(tmp_path, capsys):
     assert main(["query", str(tmp_path)]) == 0
-    assert f"0 results under {tmp_path} (is it the --out folder of `patchrank screen`?)" in capsys.readouterr().out
+    assert f"no results under {tmp_path} (is it the --out folder of `patchrank screen`?)" in capsys.readouterr().out
 
 
 def test_score_of_a_missing_path_is_one_line(tmp_path, capsys):
