@@ -8,9 +8,10 @@ replicas ask for half an `ingest_node` (two per ingest_cpu node). A private redi
 
 Run: deploy (min replicas) -> wait for the baseline nodes -> enqueue --scans phantom volumes
 at once -> sample every second: backlog (lag + pending), running replicas per deployment,
-alive nodes per type -> with --kill, SIGKILL one gpu_scorer node's raylet once the cluster
-is at its largest and a third of the backlog is left (its in-flight slices fail, the entries
-stay pending and are reclaimed by XAUTOCLAIM and scored on the surviving node) -> after the
+alive nodes per type -> with --kill, SIGKILL the raylet of a gpu_scorer node that hosts a
+scorer replica once a third of the backlog is scored with the cluster at its largest, or two
+thirds whatever its size (its in-flight slices fail, the entries stay pending and are
+reclaimed by XAUTOCLAIM and scored by the surviving or a restarted replica) -> after the
 drain, wait until replicas and nodes are back to the baseline (Serve downscale delay, then the
 autoscaler's idle timeout). Then count results in the Parquet dataset.
 
@@ -99,14 +100,12 @@ def _sample(t0: float, client, node_types: dict) -> dict:
     }
 
 
-def _scorer_node(node_types: dict) -> str:
-    """Node id of the most recently started live gpu_scorer node."""
-    import ray
+def _scorer_replica_nodes() -> list[str]:
+    """Node ids hosting a live Scorer replica actor (GCS actor table: this cluster runs no dashboard)."""
+    from ray._private.state import actors
 
-    from patchrank.pipeline.bench.sim_cluster import node_type_of
-
-    live = [n for n in ray.nodes() if n["Alive"] and node_type_of(n["Resources"], node_types) == "gpu_scorer"]
-    return max(live, key=lambda n: n["NodeID"])["NodeID"]
+    live = actors(actor_state_name="ALIVE").values()
+    return sorted({a["Address"]["NodeID"] for a in live if a["ActorClassName"].endswith(":Scorer")})
 
 
 def _plot(timeline: list[dict], killed: dict | None, path: str) -> None:
@@ -233,10 +232,15 @@ def run(args: argparse.Namespace) -> int:
                 print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
                 if row["workers"] > peak:
                     peak, peak_at = row["workers"], row["t"]
-                if args.kill and killed is None and row["gpu_scorer"] == scorer_nodes and row["scorer"] == scorer_nodes:
-                    if 0 < row["backlog"] <= args.scans * 2 // 3:
-                        pid = cluster.kill_node(_scorer_node(node_types))
-                        killed = {"type": "gpu_scorer", "at_s": row["t"], "raylet_pid": pid}
+                # Kill once a third of the backlog is scored, with every scorer replica up; by the time two
+                # thirds are scored, kill whatever scorer node runs, so that every run loses one mid-drain.
+                largest = row["gpu_scorer"] == scorer_nodes and row["scorer"] == scorer_nodes
+                due = row["backlog"] <= args.scans * (2 if largest else 1) // 3
+                if args.kill and killed is None and row["scorer"] > 0 and 0 < row["backlog"] and due:
+                    hosts = _scorer_replica_nodes()
+                    if hosts:
+                        pid = cluster.kill_node(hosts[0])
+                        killed = {"type": "gpu_scorer", "at_s": row["t"], "raylet_pid": pid, "at_largest": largest}
                         print(f"killed a gpu_scorer node (raylet pid {pid}) at {row['t']}s", flush=True)
                 if drained_at is None and row["backlog"] == 0:
                     drained_at = row["t"]
