@@ -82,10 +82,13 @@ def _mirrored(at, pts: np.ndarray, params, centroid: np.ndarray) -> list[np.ndar
 
 
 def _block_mean(vol: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """(X, Y, Z) -> the means of its f[0] x f[1] x f[2] voxel blocks (a trailing partial block is dropped)."""
+    """(X, Y, Z) numbers or bools -> float32 means of its f[0] x f[1] x f[2] voxel blocks (a trailing partial
+    block is dropped). Sums one axis at a time, innermost first, without a float copy of the volume."""
     x, y, z = (np.asarray(vol.shape) // f) * f
-    v = np.asarray(vol[:x, :y, :z], dtype=np.float32)
-    return v.reshape(x // f[0], f[0], y // f[1], f[1], z // f[2], f[2]).mean((1, 3, 5))
+    acc = np.uint16 if vol.dtype == bool else np.float32
+    v = vol[:x, :y, :z].reshape(x // f[0], f[0], y // f[1], f[1], z // f[2], f[2])
+    total = v.sum(5, dtype=acc).sum(3, dtype=acc).sum(1, dtype=acc)
+    return total.astype(np.float32) / np.float32(np.prod(f))
 
 
 def _axis_means(mask: np.ndarray, count: int) -> np.ndarray:
@@ -118,7 +121,7 @@ def estimate(image: np.ndarray, mask: np.ndarray, zooms) -> Pose:
     sub = np.argwhere(mask[:: step[0], :: step[1], :: step[2]]) * step * zooms
     f = np.maximum(1, np.round(COARSE_MM / zooms)).astype(int)  # the search reads a coarse, smoothed copy
     coarse_zooms = zooms * f
-    maps = [gaussian_filter(_block_mean(v, f), SMOOTH_MM / coarse_zooms) for v in (image, mask.astype(np.float32))]
+    maps = [gaussian_filter(_block_mean(v, f), SMOOTH_MM / coarse_zooms) for v in (image, mask)]
 
     def at(points: np.ndarray) -> list[np.ndarray]:  # mm -> the maps' values (block centres at (f-1)/2)
         coords = ((points / zooms - (f - 1) / 2.0) / f).T
