@@ -139,8 +139,11 @@ def _load_failure(exc: Exception) -> str:
     return f"{exc.__class__.__name__}: {text.splitlines()[0][:160] if text else ''}"
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LoadedModel:
-    """Load with weights_only=True; verify format and content hash; eval-mode networks."""
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", *, validate: bool = True
+) -> LoadedModel:
+    """Load with weights_only=True; verify format and content hash; eval-mode networks; then (validate) one
+    test forward (`validate_loaded`; a caller that swaps the networks first runs it on its own)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
@@ -177,7 +180,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         meta=payload.get("meta", {}),
         train_state=payload.get("train_state"),
     )
-    validate_loaded(model, path)
+    if validate:
+        validate_loaded(model, path)
     return model
 
 
@@ -286,7 +290,8 @@ def validate_loaded(model: LoadedModel, path: str | os.PathLike = "checkpoint") 
 
     size = int(model.preprocess["image_size"])
     channels = int(model.preprocess.get("channels") or model.recon.in_channels)
-    device = next(model.recon.parameters()).device
+    params = getattr(model.recon, "parameters", None)  # networks on another runtime take CPU tensors
+    device = next(params()).device if params else torch.device("cpu")
     g = torch.Generator().manual_seed(0)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     inside = (yy**2 + xx**2 < 0.6).expand(2, 1, size, size)

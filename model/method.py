@@ -1,8 +1,8 @@
 """The paper's method: masked reconstruction, PatchGAN evidence, rank-weighted patch scores.
 
 For a batch x: (B, C, H, W) of preprocessed slices:
- 1. Masked reconstruction: reconstruct x under each of the M complementary grid masks (one batched
-    forward of B*M images) and keep, for every pixel, the reconstruction made while it was hidden.
+ 1. Masked reconstruction: reconstruct x under each of the M complementary grid masks (one forward of
+    the B images per mask) and keep, for every pixel, the reconstruction made while it was hidden.
     Residual per pixel: |x - composite| ("abs") or relu(x - composite) ("positive", lesions brighter
     than normal tissue), channel-averaged, then z-scored against normal data per pixel position.
  2. PatchGAN evidence: D(composite) - D(x) per discriminator patch, how much less real the patch looks
@@ -46,16 +46,18 @@ class MethodStats:
 def masked_composite(recon: nn.Module, x: torch.Tensor, cfg: ScoringConfig) -> torch.Tensor:
     """x: (B, C, H, W) -> the test-time reconstruction (B, C, H, W) float32: every foreground
     pixel taken from the reconstruction made while the complementary grid masks hid it."""
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     if cfg.grid_period == 0:  # "no masking" ablation: plain autoencoding, nothing hidden
         return recon(x, torch.zeros(b, 1, h, w, dtype=x.dtype, device=x.device)).float()
     masks = complementary_masks(h, w, cfg.cell(w), cfg.grid_period).to(x)  # (M, 1, H, W)
-    m = masks.shape[0]
-    hidden = masks[None] * hideable(x)[:, None]  # (B, M, 1, H, W): background never hidden
-    xr = x.repeat_interleave(m, 0)  # (B*M, C, H, W)
-    rec = recon(xr, hidden.reshape(b * m, 1, h, w)).float().view(b, m, c, h, w)
-    # Each pixel from the reconstruction made while it was hidden; background stays as is.
-    return (rec * hidden).sum(1) + (1.0 - hidden.sum(1)) * x.float()
+    keep = hideable(x)  # (B, 1, H, W): background never hidden
+    composite = x.float()
+    # One forward of the B images per mask, not one of all B*M copies (docs/decisions.md, "Inference"); each
+    # pixel is hidden by exactly one mask and taken from the reconstruction made while it was.
+    for mask in masks:
+        hidden = mask * keep
+        composite = torch.where(hidden.bool(), recon(x, hidden).float(), composite)
+    return composite
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from patchrank.model.checkpoint import LoadedModel, load_checkpoint
+from patchrank.model.checkpoint import LoadedModel, load_checkpoint, validate_loaded
 
 # The environment of the Ray processes that score (a local Ray started by `screen`/`serve`/`bench serve`
 # inherits it; on a cluster `ray start` runs with it, ray_cluster.yaml): OpenMP threads waiting for work
@@ -82,6 +82,10 @@ def is_prepared(model: LoadedModel) -> bool:
 def load_for_inference(
     path, map_location: str | torch.device = "cpu", *, fast: bool = True, threads: int | None = None
 ) -> LoadedModel:
-    """model.checkpoint.load_checkpoint, then (fast=True) `prepare_for_inference`."""
-    model = load_checkpoint(path, map_location=map_location)
-    return prepare_for_inference(model, threads) if fast else model
+    """model.checkpoint.load_checkpoint, then (fast=True) `prepare_for_inference`; the load-time test forward
+    runs on the networks that will score."""
+    model = load_checkpoint(path, map_location=map_location, validate=False)
+    if fast:
+        model = prepare_for_inference(model, threads)
+    validate_loaded(model, path)
+    return model

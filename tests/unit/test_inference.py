@@ -126,3 +126,13 @@ def test_bench_score_reports_eager_and_fast_in_one_run(tiny_ckpt, phantom_dir, t
     r = json.loads(out.read_text())
     assert r["eager_slices_per_s"] > 0 and r["fast_slices_per_s"] > 0 and r["scans"] == 2 and r["slices"] > 2
     assert 0 <= r["max_abs_score_diff"] < 1e-3 and len(r["seconds"]["eager"]) == 2 and r["threads"] == 1
+
+
+def test_the_load_time_test_forward_runs_on_the_networks_that_will_score(tiny_ckpt, monkeypatch):
+    import patchrank.pipeline.inference as inference
+
+    seen = []
+    real = inference.validate_loaded
+    monkeypatch.setattr(inference, "validate_loaded", lambda model, path: seen.append(model) or real(model, path))
+    fast, eager = load_for_inference(tiny_ckpt), load_for_inference(tiny_ckpt, fast=False)
+    assert seen == [fast, eager] and is_prepared(seen[0]) and not is_prepared(seen[1])

@@ -84,3 +84,32 @@ def test_hot_region_ranks_first_and_raises_image_score():
     mean_gain = flat_hot.mean() - flat_base.mean()
     assert ranked_gain.item() > 2.5  # the region drives the ranked score...
     assert ranked_gain.item() > 20 * mean_gain.item()  # ...where the mean averages it away
+
+
+def test_masked_composite_takes_each_pixel_from_the_forward_that_hid_it_b_images_at_a_time():
+    from patchrank.model import ScoringConfig, build_networks
+    from patchrank.model.masks import hideable
+    from patchrank.model.method import masked_composite
+
+    torch.manual_seed(0)
+    recon, _ = build_networks({"recon": {"in_channels": 2, "base_channels": 4, "depth": 2}, "disc": {"in_channels": 2}})
+    recon.eval()
+    x = torch.randn(3, 2, 32, 32)
+    x[:, :, :5] = -1.0  # background rows: never hidden, kept as they are
+    cfg = ScoringConfig(grid_cell=4, grid_period=2)
+    calls = []
+
+    def spy(xb, mask):
+        calls.append(len(xb))
+        return recon(xb, mask)
+
+    with torch.no_grad():
+        got = masked_composite(spy, x, cfg)
+        # The same composite from one forward over all B*M masked copies.
+        masks = complementary_masks(32, 32, 4, 2)
+        hidden = masks[None] * hideable(x)[:, None]  # (B, M, 1, H, W)
+        rec = recon(x.repeat_interleave(4, 0), hidden.reshape(12, 1, 32, 32)).view(3, 4, 2, 32, 32)
+        want = (rec * hidden).sum(1) + (1.0 - hidden.sum(1)) * x
+    assert calls == [3, 3, 3, 3]  # B images per forward, one forward per mask
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert torch.equal(got[:, :, :5], x[:, :, :5])
