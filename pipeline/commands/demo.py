@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
     from patchrank.pipeline.settings import TrainConfig
     from patchrank.pipeline.training.local import fit_local, prepare_data
-    from patchrank.pipeline.training.loop import critic_epochs
+    from patchrank.pipeline.training.state import critic_epochs
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="patchrank-demo-")).resolve()
     train_dir, archive = work / "train", work / "archive"
