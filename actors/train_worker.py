@@ -14,6 +14,7 @@ model.train_step.gan_step); this module only plugs Ray Train in:
 
 from __future__ import annotations
 
+import logging
 import shutil
 import sys
 import tempfile
@@ -173,11 +174,16 @@ def _start_state(config: dict, scratch: Path):
 def train_loop_per_worker(config: dict) -> None:
     """TorchTrainer entry point. config: cfg (TrainConfig JSON), data (ObjectRef of
     (train, val, labelled) SliceSets), threads, amp, resume (ObjectRef or None),
-    progress_s, fail_after_epoch (fault injection for tests, None normally)."""
+    progress_s, fail_after_epoch (fault injection for tests, None normally), debug (Ray Train's
+    per-report INFO lines printed)."""
     import ray
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
+    if not config.get("debug"):  # "Reporting training result N: <every metric>" after each epoch
+        from ray.train.v2._internal.execution import context as v2_context
+
+        logging.getLogger(v2_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(int(config["threads"]))

@@ -18,8 +18,10 @@ workers through the object store, so any worker on any node can read it.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -52,16 +54,29 @@ def newest_resumable(out: Path, storage: str) -> Path | None:
 
 
 def _connect(address: str | None):
-    """-> True if this call started Ray (and must shut it down)."""
+    """-> True if this call started Ray (and must shut it down). Ray's and Ray Train's routine INFO
+    lines stay off the output (they show with -v); the workers' progress lines still print,
+    without colour codes when stdout is not a terminal."""
     import ray
+
+    from patchrank.pipeline.service.screening import quiet_ray_logs
 
     if ray.is_initialized():
         return False
+    quiet_ray_logs()
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    kw = {"log_to_driver": True, "logging_level": logging.INFO if _debug() else logging.WARNING}
     if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, log_to_driver=True)
+        ray.init(address=address, **kw)
+    else:  # one machine, nothing to be preempted (its watcher only logs a Ray-internal error line)
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, **kw)
     return True
+
+
+def _debug() -> bool:
+    return logging.getLogger().getEffectiveLevel() <= logging.DEBUG
 
 
 def _check_resources(workers: int, gpu: bool, cpus_per_worker: float, local: bool) -> None:
@@ -114,7 +129,7 @@ def launch(
     fail_after_epoch: fault injection for tests (the last rank raises once after that epoch).
     """
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from patchrank.actors.train_worker import CKPT_FILE, CURVE_FILE, train_loop_per_worker
@@ -149,6 +164,7 @@ def launch(
             "resume": resume_ref,
             "progress_s": progress_s,
             "fail_after_epoch": fail_after_epoch,
+            "debug": _debug(),
         }
         name = time.strftime("run-%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
         trainer = TorchTrainer(
@@ -162,6 +178,7 @@ def launch(
                 storage_path=storage,
                 failure_config=FailureConfig(max_failures=max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                logging_config=LoggingConfig(log_level="INFO" if _debug() else "WARNING"),
             ),
         )
         print(f"Ray Train: {workers} {'GPU' if gpu else 'CPU'} worker(s), run {storage}/{name}")

@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", help="JSON TrainConfig settings layered over the preset (ablations derive from it)")
     p.add_argument("--epochs", type=int, help="override epochs for every trained method")
-    p.add_argument("--modality", default="flair")
+    p.add_argument("--modality", default="flair", help="MRI modality of BraTS-style folders (default flair)")
     p.add_argument("--out", default="bench_quality", help="output folder (default bench_quality)")
     p.add_argument(
         "--models",

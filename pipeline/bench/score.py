@@ -28,7 +28,7 @@ from pathlib import Path
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="eager vs fast bare scoring throughput and score difference", description=__doc__)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="a trained checkpoint (path)")
     p.add_argument("--data", nargs="+", required=True, help="scan files or folders")
     p.add_argument("--reps", type=int, default=3, help="interleaved repetitions per variant (default 3)")
     p.add_argument("--batch", type=int, default=32, help="slices per forward (default 32)")

@@ -52,6 +52,18 @@ def collect(paths: list[str | Path], endpoint: str | None = None) -> tuple[list,
     return files, skipped
 
 
+def scan_list(
+    paths: list[str | Path], modality: str | None = None, pattern: str | None = None, endpoint: str | None = None
+) -> tuple[list, list[tuple[str, str]]]:
+    """The scans under `paths` (collect) of `modality` (all when None; see pipeline.data.modality),
+    and [(path, why)] for what was left out."""
+    from patchrank.pipeline.data.modality import select
+
+    files, skipped = collect(paths, endpoint)
+    files, other = select(files, modality, pattern)
+    return files, skipped + other
+
+
 def enqueue_paths(
     client,
     paths: list[str | Path],
@@ -61,17 +73,15 @@ def enqueue_paths(
     show: bool = True,
     batch: int = 256,
     endpoint: str | None = None,
+    scans: tuple[list, list[tuple[str, str]]] | None = None,
 ) -> EnqueueReport:
-    """Walk paths, keep the scans of `modality` (all when None; see pipeline.data.modality), validate one
-    ScanMessage per scan file or DICOM series, XADD them (pipelined, in batches)."""
-    from patchrank.pipeline.data.modality import select
+    """Walk paths (or take `scans`, a scan_list already made), validate one ScanMessage per scan
+    file or DICOM series, XADD them (pipelined, in batches)."""
     from patchrank.pipeline.progress import Progress
     from patchrank.pipeline.service.messages import message_for
 
-    files, skipped = collect(paths, endpoint)
-    files, other = select(files, modality, pattern)
-    skipped += other
-    report = EnqueueReport(skipped=skipped)
+    files, skipped = scans if scans is not None else scan_list(paths, modality, pattern, endpoint)
+    report = EnqueueReport(skipped=list(skipped))
     client.ensure_group()
     seen: set[str] = set()
     pending = []

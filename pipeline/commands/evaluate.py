@@ -31,7 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.05,
         help="fit the scan-score threshold at this false-positive rate on normal scans and store it beside the "
-        "checkpoint (<checkpoint>.operating_point.json; default 0.05; 0 = do not fit)",
+        "checkpoint (<checkpoint>.operating_point.json; default 0.05; 0 = do not fit); not fitted when the data "
+        "has no normal scans or includes the checkpoint's training scans",
     )
     p.set_defaults(func=run)
 
@@ -75,13 +76,15 @@ def run(args: argparse.Namespace) -> int:
         n_scans=len(scans),
         seconds=round(time.perf_counter() - t0, 2),
     )
-    if args.fpr > 0 and "scan_scores" in data.extra and rep.get("n_normal_scans"):
-        from patchrank.pipeline.evaluation import operating_point
-
-        point = operating_point.fit_threshold(data.extra["scan_scores"], data.extra["scan_labels"], args.fpr)
-        rep["operating_point"] = point
-        where = operating_point.save(args.checkpoint, model.model_version, point)
-        print(f"operating point: threshold {point['threshold']:.4f} at FPR {point['fpr']:.3f}, stored in {where}")
+    seen = seen_scans(scans, model.meta)
+    rep["n_scans_seen_in_training"] = len(seen)
+    if seen:
+        print(
+            f"WARNING: {len(seen)} of {len(scans)} scans in {args.data} were used to train this checkpoint "
+            "(its training or score-statistics slices): the metrics below overstate what it does on new scans"
+        )
+    if args.fpr > 0:
+        fit_operating_point(args.checkpoint, model.model_version, data, rep, args.fpr, seen=bool(seen))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(rep, indent=2))
@@ -94,3 +97,35 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k:>20}: {v}")
     print(f"wrote {out / 'report.json'}, {out / 'roc.png'}, {out / 'montage.png'}")
     return 0
+
+
+def seen_scans(scans: list, meta: dict) -> list:
+    """The evaluated scans with a slice among the checkpoint's training / score-statistics slices
+    (meta["seen_slices"]; checkpoints from before it record none)."""
+    from patchrank.pipeline.data.datasets import slice_digests
+
+    seen = set(meta.get("seen_slices") or ())
+    return [s for s in scans if seen and not seen.isdisjoint(slice_digests(s.prep.images))]
+
+
+def fit_operating_point(checkpoint: str, model_version: str, data, rep: dict, fpr: float, *, seen: bool) -> None:
+    """Fit the scan-score threshold at `fpr` on the normal scans and store it beside the checkpoint,
+    or say why not: no scan-level scores, no normal scans, or scans the model was trained on."""
+    from patchrank.pipeline.evaluation import operating_point
+
+    why = (
+        "these scans include training scans (a threshold fitted on them flags too much on new ones)"
+        if seen
+        else "no scan-level scores"
+        if "scan_scores" not in data.extra
+        else "no normal scans among these (the threshold is fitted on normal scans' scores)"
+        if not rep.get("n_normal_scans")
+        else None
+    )
+    if why:
+        print(f"operating point not fitted: {why}; {operating_point.sidecar(checkpoint)} left as it was")
+        return
+    point = operating_point.fit_threshold(data.extra["scan_scores"], data.extra["scan_labels"], fpr)
+    rep["operating_point"] = point
+    where = operating_point.save(checkpoint, model_version, point)
+    print(f"operating point: threshold {point['threshold']:.4f} at FPR {point['fpr']:.3f}, stored in {where}")

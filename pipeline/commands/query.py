@@ -43,17 +43,33 @@ def _resolve(store, prefix: str) -> str:
 
 
 def _flagged(store, model_version: str | None) -> int:
-    """The flagged scans, highest score first (results written before operating points have none)."""
+    """The flagged scans, highest score first, and how many ok scans have no flag because their
+    checkpoint had no operating point (or the results predate operating points)."""
+    no_point = (
+        "no operating point: the checkpoint these scans were scored with had none, so no scan is "
+        "flagged or cleared (run `patchrank evaluate --checkpoint CK` on held-out normal and abnormal "
+        "scans to set one, then score them again)"
+    )
     if "flagged" not in store.sql("SELECT * FROM scans LIMIT 0")[0]:
-        print("0 flagged: these results predate operating points (no flagged column)")
+        print(no_point)
         return 0
     where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
+    ((unset, judged),) = store.sql(
+        "SELECT count(*) FILTER (WHERE status = 'ok' AND flagged IS NULL), count(*) FILTER (WHERE flagged IS NOT NULL) "
+        f"FROM scans WHERE true {where}",
+        params,
+    )[1]
+    if unset and not judged:
+        print(no_point)
+        return 0
     cols, rows = store.sql(
         f"SELECT scan_id, scan_score, uri, series_uid FROM scans WHERE flagged {where} "
         "ORDER BY scan_score DESC, scan_id",
         params,
     )
     print(f"{len(rows)} flagged")
+    if unset:
+        print(f"({unset} ok scans have no flag: scored with a checkpoint without an operating point)")
     _print_table(cols, rows)
     return 0
 

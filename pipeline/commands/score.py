@@ -22,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=3, help="patches to list per scan (default 3)")
     p.add_argument("--json", dest="json_out", help="also write all results to this JSON file")
     p.add_argument(
-        "--maps", metavar="DIR", help="write each volume's anomaly map as DIR/<scan_id>.nii.gz on the input's grid"
+        "--maps",
+        metavar="DIR",
+        help="write each volume's anomaly map on the input's grid as DIR/<input name>.<scan id>.map.nii.gz",
     )
     add_modality_args(p, "score")
     add_quiet_arg(p)
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
     # The next scan is read and preprocessed in a background thread while this one is scored.
     loads = prefetched(files, load)
-    n_failed = 0
+    n_failed = n_flat = 0
     bar = Progress(len(files), "scoring", quiet=args.quiet, note=lambda: f"{n_failed} failed" if n_failed else "")
     for path, loading in loads:
         series = isinstance(path, SeriesRef)
@@ -84,8 +86,10 @@ def run(args: argparse.Namespace) -> int:
             if not math.isfinite(s.scan_score) or not all(math.isfinite(p.score) for p in s.patches):
                 raise ScanError("the model gave a non-finite score (NaN/inf) for this scan")
             if args.maps and "map_volume" in s.extras:
-                where["map"] = str(Path(args.maps) / f"{scan_id}.nii.gz")
+                where["map"] = str(Path(args.maps) / map_name(where["uri"], scan_id))
                 write_map(where["map"], canonical_to_native(s.extras["map_volume"], prep.geometry), prep.geometry)
+            elif args.maps:
+                n_flat += 1
             results.append(
                 {
                     **where,
@@ -101,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         bar.update()
     bar.close()
     ok = sorted((r for r in results if r["status"] == "ok"), key=lambda r: -r["scan_score"])
-    print(f"{'rank':>4}  {'score':>8}  scan  [top patches: slice (row,col) score]")
+    if ok:
+        print(f"{'rank':>4}  {'score':>8}  scan  [top patches: slice (row,col) score]")
     for i, r in enumerate(ok, 1):
         tops = ", ".join(f"s{p['slice_index']} ({p['row']},{p['col']}) {p['score']:.2f}" for p in r["top_patches"])
         flag = "  FLAGGED" if r["flagged"] else ""
@@ -118,8 +123,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"skipped {len(aux)} label/mask files (not scans)")
     if others:
         print(f"skipped {len(others)} scans of another modality than {modality}")
+    if n_flat:
+        print(f"no anomaly map for {n_flat} 2D images: --maps writes the maps of volumes only")
+    if args.maps and len(ok) > n_flat:
+        print(f"anomaly maps in {args.maps}/ (<input name>.<scan id>.map.nii.gz)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"model_version": model.model_version, "results": results}, indent=2))
     if not results:
         raise ValueError(f"no scans to score in {', '.join(map(str, args.paths))} (see the skipped lines above)")
     return 0
+
+
+def map_name(uri: str, scan_id: str) -> str:
+    """The map file of a scan: its input's name (a series: its folder's) and 8 digits of its scan id."""
+    name = Path(uri).name
+    for ext in (".nii.gz", ".nii", ".dcm"):
+        name = name.removesuffix(ext)
+    return f"{name}.{scan_id[:8]}.map.nii.gz"

@@ -8,7 +8,11 @@ is given) Redis keys of its own, so it never collides with another run or a `ser
 Exit status: 0 when every queued scan has a final result row (ok, or failed because of the
 scan); 1 when any has none (its dead letter, printed, is all that is left), is missing
 altogether or only gave up on an infrastructure fault (`--retry-failed` scores those again),
-or the stream was not drained within --timeout; 2 for bad arguments or a bad checkpoint.
+or the stream was not drained within --timeout; 2 for bad arguments (a path that does not exist,
+no scans under the paths) or a bad checkpoint.
+
+The service reads only under the folders given (the parent of a file given), and, for scans
+reached through a symlink, the folder of the symlink's target.
 """
 
 from __future__ import annotations
@@ -142,8 +146,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def allowed_roots(paths: list[str], endpoint: str | None = None) -> list[str]:
-    """The folders the service may read: each given folder (or s3:// prefix), or the parent of a given file."""
+def allowed_roots(paths: list[str], endpoint: str | None = None, scans: list | None = None) -> list[str]:
+    """The folders the service may read: each given folder (or s3:// prefix), or the parent of a given
+    file, and for each local scan in `scans` reached through a symlink, the folder its target lies in."""
+    from patchrank.pipeline.data.dicom import SeriesRef
     from patchrank.pipeline.data.storage import S3Uri, is_file, is_s3
 
     roots = set()
@@ -154,17 +160,34 @@ def allowed_roots(paths: list[str], endpoint: str | None = None) -> list[str]:
             continue
         p = Path(raw).resolve()
         roots.add(str(p if p.is_dir() else p.parent))
+    local = [Path(r) for r in roots if not is_s3(r)]
+    for scan in scans or []:
+        where = scan.folder if isinstance(scan, SeriesRef) else scan
+        if not isinstance(where, Path):
+            continue  # s3://
+        try:
+            real = where.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: refused by the service with its reason
+            continue
+        folder = real if isinstance(scan, SeriesRef) else real.parent
+        if not any(folder == r or folder.is_relative_to(r) for r in local):
+            local.append(folder)
+            roots.add(str(folder))
     return sorted(roots)
 
 
 def run(args: argparse.Namespace) -> int:
     from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.commands.enqueue import scan_list
     from patchrank.pipeline.data.modality import model_modality
-    from patchrank.pipeline.data.storage import is_file, local_checkpoint
+    from patchrank.pipeline.data.storage import is_file, is_s3, local_checkpoint
     from patchrank.pipeline.service.results import ResultStore, format_ranking
     from patchrank.pipeline.service.screening import check_redis, run_id, screen, services
     from patchrank.pipeline.service.settings import check_redis_url
 
+    missing = [p for p in args.paths if not is_s3(p) and not os.path.lexists(p)]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]}: no such file or folder")
     if not is_file(args.checkpoint, args.s3_endpoint):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     model = load_checkpoint(local_checkpoint(args.checkpoint, args.s3_endpoint))  # bad: one line now, not at deploy
@@ -172,10 +195,19 @@ def run(args: argparse.Namespace) -> int:
     paths = list(args.paths)
     if args.retry_failed:
         retry = retry_paths(args.out, model.model_version, args.s3_endpoint)
-        print(f"retrying {len(retry)} scans whose result gave up on an infrastructure fault")
+        if not retry:
+            print(f"nothing to retry: no scan in {args.out} gave up on an infrastructure fault with this model")
+            if not paths:
+                return 0
+        else:
+            print(f"retrying {len(retry)} scans whose result gave up on an infrastructure fault")
         paths += [p for p in retry if p not in paths]
     if not paths:
         raise ValueError("nothing to screen: give scan files or folders (or --retry-failed with earlier results)")
+    scans = scan_list(paths, modality, args.modality_pattern, args.s3_endpoint)
+    if not scans[0]:
+        skipped = f" (skipped: {_skip_counts(scans[1])})" if scans[1] else ""
+        raise ValueError(f"no scans to screen in {', '.join(paths)}{skipped}")
     pw = redis_password(args)  # an unreadable password file: one line now
     if args.redis_url:  # checked before anything is started; errors never quote the URL
         check_redis_url(args.redis_url)
@@ -190,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
             redis_url=url,
             checkpoint=args.checkpoint,
             out=args.out,
-            roots=allowed_roots(paths, args.s3_endpoint),
+            roots=allowed_roots(paths, args.s3_endpoint, scans[0]),
             namespace=ns,
         )
         res = screen(
@@ -201,15 +233,14 @@ def run(args: argparse.Namespace) -> int:
             modality=modality,
             pattern=args.modality_pattern,
             show=not args.quiet,
+            scans=scans,
         )
         if args.redis_url is not None and args.namespace is None:
             _drop_run_keys(app.service, keep_dead=bool(res.accounting and res.accounting.dead_only))
     acc = res.accounting
     print(f"queued {res.queued} scans, {res.seconds:.1f}s with model {res.model_version}; results in {res.out}")
     if res.skipped:
-        from collections import Counter
-
-        print("skipped: " + ", ".join(f"{n} {why}" for why, n in Counter(w for _, w in res.skipped).most_common()))
+        print(f"skipped: {_skip_counts(res.skipped)}")
     print(acc.summary())
     if acc.rows:
         store = ResultStore(res.out, endpoint=args.s3_endpoint)
@@ -217,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         for f in store.failed(res.model_version)[:20]:
             print(f"FAILED {f['scan_id'][:12]}  {f['error']}")
     problems = []
+    if not res.queued:
+        problems.append("no scan was queued")
     if acc.counts().get("gave up"):
         problems.append(
             f"{acc.counts()['gave up']} scans gave up on an infrastructure fault (rerun with --retry-failed)"
@@ -246,6 +279,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"patchrank screen: incomplete: {'; '.join(problems)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _skip_counts(skipped: list[tuple[str, str]]) -> str:
+    """'2 not found, 1 label/mask ...': how many were skipped for each reason."""
+    from collections import Counter
+
+    return ", ".join(f"{n} {why}" for why, n in Counter(w for _, w in skipped).most_common())
 
 
 def retry_paths(out: str | Path, model_version: str, endpoint: str | None = None) -> list[str]:

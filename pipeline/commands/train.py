@@ -131,12 +131,7 @@ def fit(
         cfg = with_target(cfg, discover(data, modality=modality))
     train, val = prepare_data(data, cfg, modality, show=show)
     labelled = prepare_labelled(val_data, cfg, modality, show=show) if val_data else None
-    print(
-        f"training on {len(train)} normal slices ({len(set(train.subjects))} subjects); "
-        f"score statistics from {len(val)} held-out normal slices ({len(set(val.subjects))} subjects)"
-        + (" + the training slices" if val is not train else "")
-        + (f"; val AUROC on {len(labelled)} labelled slices" if labelled is not None else "")
-    )
+    print(training_line(train, val, labelled, cfg))
     if workers == 0:
         version = fit_local(train, val, cfg, out, resume=resume, show=show, gpu=gpu, labelled=labelled)
         where = "in-process"
@@ -161,3 +156,24 @@ def fit(
         version, where = res.model_version, f"Ray Train x{workers}, run {res.run_path}"
     print(f"done: checkpoint {out} (model_version {version}, {where}); learning curve {out.with_suffix('.curve.csv')}")
     return version
+
+
+def training_line(train, val, labelled, cfg) -> str:
+    """What the run trains on and for how many epochs, in one line (2D images are counted as images)."""
+    import numpy as np
+
+    from patchrank.pipeline.training.state import critic_epochs
+
+    flat = bool(np.isnan(train.position).all())  # 2D images: one "slice" per image and subject
+
+    def count(s, what: str) -> str:
+        return f"{len(s)} {what} images" if flat else f"{len(s)} {what} slices ({len(set(s.subjects))} subjects)"
+
+    critic = critic_epochs(cfg)
+    return (
+        f"training on {count(train, 'normal')}; score statistics from {count(val, 'held-out normal')}"
+        + (" + the training ones" if val is not train else "")
+        + (f"; val AUROC on {len(labelled)} labelled {'images' if flat else 'slices'}" if labelled is not None else "")
+        + f"; {cfg.epochs} adversarial"
+        + (f" + {critic} critic epochs ({cfg.epochs + critic} in all)" if critic else " epochs")
+    )

@@ -136,6 +136,14 @@ class SliceSet:
         return SliceSet(*(getattr(self, f)[keep] for f in self.__dataclass_fields__))
 
 
+def slice_digests(images: np.ndarray) -> list[str]:
+    """A 64-bit content digest per preprocessed slice: how `evaluate` recognises the slices a
+    checkpoint was trained or calibrated on (meta["seen_slices"]), whatever the files are named."""
+    import hashlib
+
+    return [hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=8).hexdigest() for im in images]
+
+
 def build_slices(records: list[Record], cfg: PreprocessConfig, *, normal_only: bool, progress=None) -> SliceSet:
     """Load, preprocess and label every record. normal_only keeps label-0 slices only."""
     parts: list[SliceSet] = []

@@ -341,12 +341,14 @@ def screen(
     app_name: str | None = None,
     modality: str | None = None,
     pattern: str | None = None,
+    scans: tuple[list, list[tuple[str, str]]] | None = None,
 ) -> ScreenResult:
     """Enqueue `paths` and score them through the Serve app described by `app`.
 
     Expects Ray + Serve to be up (see `services`); deploys the app under a name of its own
     (`app_name`, default `patchrank-screen-<run id>`), waits until the stream is drained,
-    accounts for every queued scan, then deletes the app unless keep_app."""
+    accounts for every queued scan, then deletes the app unless keep_app. `scans`: the
+    enqueue.scan_list of `paths` when the caller made it already."""
     from patchrank.pipeline.commands.enqueue import enqueue_paths
 
     cfg = app.service
@@ -367,7 +369,7 @@ def screen(
         deploy(app, name)
         info = scorer_info(name)
         report = enqueue_paths(
-            client, paths, modality=modality, pattern=pattern, show=show, endpoint=cfg.s3_endpoint_url
+            client, paths, modality=modality, pattern=pattern, show=show, endpoint=cfg.s3_endpoint_url, scans=scans
         )
         try:
             wait_drained(client, timeout_s=timeout_s, show=show, skipped=len(report.skipped))

@@ -23,7 +23,7 @@ from patchrank.model.masks import BoxMaskGenerator
 from patchrank.model.reconstructor import MaskedReconstructor
 from patchrank.model.scoring import ScoreStats, fit_score_stats
 from patchrank.model.train_step import critic_step, gan_step
-from patchrank.pipeline.data.datasets import SliceSet
+from patchrank.pipeline.data.datasets import SliceSet, slice_digests
 from patchrank.pipeline.settings import TrainConfig
 from patchrank.pipeline.training.report import Reporter
 from patchrank.pipeline.training.state import (
@@ -294,6 +294,7 @@ def fit_loop(
     gan_done, critic_done = phases_done(ts0)
     last = start + len(plan) - 1
     reporter.total = last + 1
+    seen = sorted(set(slice_digests(train.images)) | set(slice_digests(val.images))) if place.rank == 0 else []
     for epoch, phase in zip(range(start, last + 1), plan):
         reporter.start_epoch(epoch, steps)
         t0 = time.perf_counter()
@@ -335,6 +336,7 @@ def fit_loop(
                 "n_train_slices": len(train),
                 "n_val_slices": int((val.labels == 0).sum()),
                 "workers": place.world,
+                "seen_slices": seen,
             }
 
             def save(path, stats=stats, meta=meta, ts=ts) -> str:

@@ -10,7 +10,7 @@ from patchrank.pipeline.cli import main
 
 
 @pytest.mark.timeout(120)
-def test_evaluate_writes_report_and_figures(tiny_checkpoint, phantom_dir, tmp_path):
+def test_evaluate_writes_report_and_figures(tiny_checkpoint, phantom_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     assert (
         main(
@@ -21,6 +21,8 @@ def test_evaluate_writes_report_and_figures(tiny_checkpoint, phantom_dir, tmp_pa
     )
     rep = json.loads((out / "report.json").read_text())
     assert rep["n_normal"] > 0 and rep["n_abnormal"] > 0 and rep["n_scans"] == 8
+    assert rep["n_scans_seen_in_training"] == 8  # the session checkpoint was trained on these phantoms
+    assert "WARNING: 8 of 8 scans" in capsys.readouterr().out
     for key in ("image_auroc", "image_auprc", "small_lesion_auroc", "pixel_auroc", "best_dice"):
         assert key in rep
     for key in ("image_auroc", "image_auprc", "pixel_auroc", "best_dice"):

@@ -135,3 +135,28 @@ def test_crash_restart_is_bitwise_the_uninterrupted_run(two_worker_run, data, tm
     )
     assert clean.metrics["restarted"] == 0
     assert clean.model_version == crashed.model_version
+
+
+@pytest.mark.timeout(240)
+def test_cli_with_workers_prints_only_its_own_lines(phantom_dir, tmp_path):
+    """`train --workers 1 --quiet` on its own local Ray: the epoch lines and the summary, no Ray
+    INFO lines, no per-report metric dicts, no colour codes in a pipe."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    over = tmp_path / "tiny.json"
+    over.write_text(json.dumps({"arch": TINY["arch"], "critic_epochs": 1}))
+    out = tmp_path / "m.pt"
+    cmd = [sys.executable, "-m", "patchrank.pipeline.cli", "train", "--data", str(phantom_dir), "--out", str(out)]
+    cmd += ["--epochs", "1", "--image-size", "32", "--workers", "1", "--quiet", "--config", str(over)]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=220)
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text[-3000:]
+    assert "epoch 1/2  loss_rec" in text and "epoch 2/2 (critic)" in text and "done: checkpoint" in text
+    for noise in ("\x1b[", "Reporting training result", " INFO ", "core_worker", "Started a local Ray"):
+        assert noise not in text, text[-3000:]

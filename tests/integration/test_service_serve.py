@@ -158,18 +158,23 @@ def test_query_cli_and_heatmap(screened, tmp_path, capsys):
 
 @pytest.mark.timeout(300)
 def test_screen_command_embedded_redis(service, phantom_dir, tiny_checkpoint, tmp_path, capsys):
-    """`patchrank screen` with no --redis-url: private redis-server, started and stopped."""
+    """`patchrank screen` with no --redis-url: private redis-server, started and stopped. The scans
+    are given as a folder of symlinks to files elsewhere (the service may read their targets)."""
     import psutil
 
     from patchrank.pipeline.cli import main
 
+    links = tmp_path / "links"
+    links.mkdir()
+    for scan in phantom_dir.rglob("*_flair.nii.gz"):
+        (links / scan.name).symlink_to(scan)
     out = tmp_path / "screen"
     redis_before = {p.pid for p in psutil.Process().children(recursive=True) if "redis-server" in p.name()}
     assert (
         main(
             [
                 "screen",
-                str(phantom_dir),
+                str(links),
                 "--checkpoint",
                 str(tiny_checkpoint),
                 "--out",
@@ -185,6 +190,10 @@ def test_screen_command_embedded_redis(service, phantom_dir, tiny_checkpoint, tm
     text = capsys.readouterr().out
     assert "8 ok" in text and "private redis-server" in text
     assert ResultStore(out).counts() == {"ok": 8}
+    assert main(["query", str(out), "--flagged"]) == 0  # the session checkpoint has no operating point
+    assert capsys.readouterr().out.startswith(
+        "no operating point: the checkpoint these scans were scored with had none"
+    )
     left = [
         p
         for p in psutil.Process().children(recursive=True)

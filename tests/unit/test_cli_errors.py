@@ -71,6 +71,43 @@ def test_score_of_a_folder_without_scans_fails(tiny_checkpoint, tmp_path, capsys
     assert "no scans to score in" in _error_line(capsys)
 
 
+def test_screen_of_a_missing_path_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope"
+    assert main(["screen", str(missing), "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "o")]) == 2
+    assert _error_line(capsys) == f"patchrank screen: error: {missing}: no such file or folder"
+
+
+def test_screen_of_a_folder_without_scans_fails_before_starting_services(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "notes.txt").write_text("hi")
+    argv = ["screen", str(tmp_path / "in"), "--checkpoint", str(tiny_checkpoint), "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr()
+    assert "private redis-server" not in err.out  # nothing was started
+    line = err.err.strip()
+    assert line.startswith(f"patchrank screen: error: no scans to screen in {tmp_path / 'in'} (skipped: 1 ") and (
+        len(line.splitlines()) == 1
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def test_screen_roots_include_the_targets_of_symlinked_scans(tmp_path):
+    from patchrank.pipeline.commands.enqueue import scan_list
+    from patchrank.pipeline.commands.screen import allowed_roots
+
+    (tmp_path / "store" / "deep").mkdir(parents=True)
+    (tmp_path / "links").mkdir()
+    for name in ("a_flair.nii.gz", "b_flair.nii.gz"):
+        (tmp_path / "store" / "deep" / name).write_bytes(b"x")
+        (tmp_path / "links" / name).symlink_to(tmp_path / "store" / "deep" / name)
+    (tmp_path / "links" / "plain_flair.nii.gz").write_bytes(b"x")
+    given = [str(tmp_path / "links")]
+    assert allowed_roots(given) == [str(tmp_path / "links")]
+    files, _ = scan_list(given)
+    assert len(files) == 3
+    assert allowed_roots(given, scans=files) == [str(tmp_path / "links"), str(tmp_path / "store" / "deep")]
+
+
 @pytest.mark.parametrize(
     ("content", "why"),
     [
@@ -90,3 +127,33 @@ def test_report_of_a_folder_without_results_writes_nothing(tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", str(tmp_path), "--out", str(out)]) == 2
     assert "no results under" in _error_line(capsys) and not out.exists()
+
+
+def _subparsers(parser, path=("patchrank",)):
+    import argparse
+
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _subparsers(sub, (*path, name))
+
+
+def test_every_option_of_every_command_has_help():
+    from patchrank.pipeline.cli import build_parser
+
+    bare = [
+        f"{' '.join(path)} {'/'.join(a.option_strings) or a.dest}"
+        for path, parser in _subparsers(build_parser())
+        for a in parser._actions
+        if not a.help and a.dest != "help" and a.__class__.__name__ != "_SubParsersAction"
+    ]
+    assert bare == []
+
+
+def test_screen_retry_failed_with_nothing_to_retry_says_so(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "results"
+    assert main(["screen", "--retry-failed", "--checkpoint", str(tiny_checkpoint), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"nothing to retry: no scan in {out} gave up on an infrastructure fault")
+    assert "private redis-server" not in text

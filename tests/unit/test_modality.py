@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -81,7 +82,9 @@ def test_score_keeps_the_model_modality(tiny_checkpoint, phantom_dir, tmp_path, 
     assert rows[0]["scan_score"] == pytest.approx(rows[1]["scan_score"], abs=1e-6)  # DICOM == NIfTI
     assert "skipped 2 scans of another modality than flair" in capsys.readouterr().out
     maps = [nib.as_closest_canonical(nib.load(r["map"])) for r in rows]
-    assert all(r["map"] == str(tmp_path / "maps" / f"{r['scan_id']}.nii.gz") for r in rows)
+    names = sorted(Path(r["map"]).name for r in rows)
+    ids = {r["scan_id"][:8]: Path(r["uri"]).name.removesuffix(".nii.gz") for r in rows}
+    assert names == sorted(f"{stem}.{sid}.map.nii.gz" for sid, stem in ids.items())
     assert np.allclose(maps[0].affine, maps[1].affine) and np.allclose(maps[0].dataobj, maps[1].dataobj, atol=1e-6)
 
 
@@ -107,3 +110,18 @@ def test_bids_discovery_keeps_subject_and_session(phantom_dir, tmp_path):
     assert [r.subject for r in discover(tmp_path, modality="t1")] == ["sub-01"]
     assert entities(tmp_path / layout[1]) == {"subject": "sub-01", "session": "ses-2"}
     assert entities("/x/BraTS15_pat0001_flair.nii.gz") == {"subject": None, "session": None}
+
+
+def test_score_maps_of_2d_images_says_there_are_none(tmp_path, capsys):
+    from legacy_images import write_images
+
+    from patchrank.pipeline.cli import main
+
+    write_images(tmp_path / "skin", n=2)
+    ckpt = Path(__file__).resolve().parents[1] / "data" / "legacy_v0_skin.pt"
+    assert (
+        main(["score", str(tmp_path / "skin"), "--checkpoint", str(ckpt), "--maps", str(tmp_path / "m"), "--quiet"])
+        == 0
+    )
+    assert "no anomaly map for 2 2D images: --maps writes the maps of volumes only" in capsys.readouterr().out
+    assert not (tmp_path / "m").exists()

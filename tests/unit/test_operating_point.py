@@ -31,7 +31,41 @@ def test_sidecar_is_keyed_by_model_version(tmp_path):
     assert op.flagged(2.0, None) is None and op.flagged(float("nan"), 1.5) is None
 
 
-def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, phantom_dir, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def heldout(tmp_path_factory):
+    """Phantoms the session checkpoint never saw (another seed than conftest's phantom_dir)."""
+    from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("heldout")
+    write_phantom_dataset(
+        root, PhantomSpec(shape=(64, 64, 24), n_normal=4, n_abnormal=4, min_radius=3, max_radius=6, seed=7)
+    )
+    return root
+
+
+def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, heldout, tmp_path, capsys):
+    import shutil
+
+    from patchrank.pipeline.cli import main
+
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(heldout), "--out", str(tmp_path / "ev")]
+    assert main([*args, "--quiet"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
+    assert rep["n_normal_scans"] == 4 and rep["n_abnormal_scans"] == 4 and 0.0 <= rep["scan_auroc"] <= 1.0
+    assert rep["n_scans_seen_in_training"] == 0
+    point = json.loads(op.sidecar(ckpt).read_text())
+    assert point["threshold"] == rep["operating_point"]["threshold"] and point["fpr"] <= 0.05
+    out = tmp_path / "s.json"
+    assert main(["score", str(heldout), "--checkpoint", str(ckpt), "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["flagged"] for r in rows] == [r["scan_score"] >= point["threshold"] for r in rows]
+
+
+def test_evaluate_on_the_training_scans_warns_and_fits_nothing(tiny_checkpoint, phantom_dir, tmp_path, capsys):
+    """tiny_checkpoint was trained on phantom_dir's normal slices: every scan there was seen."""
     import shutil
 
     from patchrank.pipeline.cli import main
@@ -40,11 +74,26 @@ def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, phantom_dir, tmp_path
     shutil.copy(tiny_checkpoint, ckpt)
     args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(phantom_dir), "--out", str(tmp_path / "ev")]
     assert main([*args, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"WARNING: 8 of 8 scans in {phantom_dir} were used to train this checkpoint" in out
+    assert "operating point not fitted: these scans include training scans" in out
+    assert not op.sidecar(ckpt).exists()
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
-    assert rep["n_normal_scans"] == 4 and rep["n_abnormal_scans"] == 4 and 0.0 <= rep["scan_auroc"] <= 1.0
-    point = json.loads(op.sidecar(ckpt).read_text())
-    assert point["threshold"] == rep["operating_point"]["threshold"] and point["fpr"] <= 0.05
-    out = tmp_path / "s.json"
-    assert main(["score", str(phantom_dir), "--checkpoint", str(ckpt), "--json", str(out)]) == 0
-    rows = json.loads(out.read_text())["results"]
-    assert [r["flagged"] for r in rows] == [r["scan_score"] >= point["threshold"] for r in rows]
+    assert rep["n_scans_seen_in_training"] == 8 and "operating_point" not in rep
+
+
+def test_evaluate_without_normal_scans_says_why_no_operating_point(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from patchrank.pipeline.cli import main
+    from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
+
+    data = tmp_path / "abnormal"
+    write_phantom_dataset(data, PhantomSpec(shape=(64, 64, 24), n_normal=0, n_abnormal=2, min_radius=3, seed=8))
+    ckpt = tmp_path / "model.pt"
+    shutil.copy(tiny_checkpoint, ckpt)
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "ev")]
+    assert main([*args, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "operating point not fitted: no normal scans among these" in out
+    assert not op.sidecar(ckpt).exists()

@@ -248,3 +248,23 @@ def test_resume_source_is_the_newest_checkpoint(tmp_path):
     os.utime(out, (300, 300))
     assert newest_resumable(out, str(storage)) == out
     assert newest_resumable(out, "s3://bucket/runs") == out  # remote storage: only --out is searched
+
+
+def test_training_line_counts_images_for_2d_and_slices_for_volumes():
+    import numpy as np
+
+    from patchrank.pipeline.commands.train import training_line
+    from patchrank.pipeline.data.datasets import SliceSet
+    from patchrank.pipeline.settings import TrainConfig
+
+    def slices(n, subjects, position):
+        z = np.zeros((n, 1, 4, 4), np.float32)
+        return SliceSet(z, z > 0, np.zeros(n), np.array(subjects), np.arange(n), np.zeros(n), np.full(n, position))
+
+    flat = slices(3, ["a", "b", "c"], np.nan)
+    line = training_line(flat, flat, None, TrainConfig(epochs=2, critic_epochs=4))
+    assert line.startswith("training on 3 normal images; score statistics from 3 held-out normal images")
+    assert line.endswith("; 2 adversarial + 4 critic epochs (6 in all)")
+    vol = slices(4, ["a", "a", "b", "b"], 0.5)
+    line = training_line(vol, vol, None, TrainConfig(epochs=2, critic_epochs=0))
+    assert line.startswith("training on 4 normal slices (2 subjects)") and line.endswith("; 2 adversarial epochs")
