@@ -180,10 +180,13 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train
     from ray.train.torch import get_device, prepare_model
 
-    if not config.get("debug"):  # "Reporting training result N: <every metric>" after each epoch
-        from ray.train.v2._internal.execution import context as v2_context
-
-        logging.getLogger(v2_context.__file__).setLevel(logging.WARNING)
+    if not config.get("debug"):  # "Reporting training result N: <every metric>" after each epoch (Ray Train v2)
+        try:
+            from ray.train.v2._internal.execution import context as v2_context
+        except ImportError:
+            pass
+        else:
+            logging.getLogger(v2_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(int(config["threads"]))

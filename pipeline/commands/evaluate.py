@@ -77,8 +77,13 @@ def run(args: argparse.Namespace) -> int:
         seconds=round(time.perf_counter() - t0, 2),
     )
     seen = seen_scans(scans, model.meta)
-    rep["n_scans_seen_in_training"] = len(seen)
-    if seen:
+    rep["n_scans_seen_in_training"] = None if seen is None else len(seen)
+    if seen is None:
+        print(
+            "note: this checkpoint records no training slices (trained before they were recorded): "
+            "cannot check whether these scans were used to train it"
+        )
+    elif seen:
         print(
             f"WARNING: {len(seen)} of {len(scans)} scans in {args.data} were used to train this checkpoint "
             "(its training or score-statistics slices): the metrics below overstate what it does on new scans"
@@ -99,13 +104,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def seen_scans(scans: list, meta: dict) -> list:
+def seen_scans(scans: list, meta: dict) -> list | None:
     """The evaluated scans with a slice among the checkpoint's training / score-statistics slices
-    (meta["seen_slices"]; checkpoints from before it record none)."""
+    (meta["seen_slices"]); None for checkpoints that record none. The digests are of preprocessed
+    pixels: the same scan preprocessed with other library versions may not be recognised."""
     from patchrank.pipeline.data.datasets import slice_digests
 
-    seen = set(meta.get("seen_slices") or ())
-    return [s for s in scans if seen and not seen.isdisjoint(slice_digests(s.prep.images))]
+    if "seen_slices" not in meta:
+        return None
+    seen = set(meta["seen_slices"])
+    return [s for s in scans if not seen.isdisjoint(slice_digests(s.prep.images))]
 
 
 def fit_operating_point(checkpoint: str, model_version: str, data, rep: dict, fpr: float, *, seen: bool) -> None:

@@ -46,12 +46,12 @@ def _flagged(store, model_version: str | None) -> int:
     """The flagged scans, highest score first, and how many ok scans have no flag because their
     checkpoint had no operating point (or the results predate operating points)."""
     no_point = (
-        "no operating point: the checkpoint these scans were scored with had none, so no scan is "
-        "flagged or cleared (run `patchrank evaluate --checkpoint CK` on held-out normal and abnormal "
-        "scans to set one, then score them again)"
+        "no operating point: the checkpoint these scans were scored with had none, so no scan is flagged "
+        "or cleared (`patchrank evaluate --checkpoint CK --data HELD_OUT --out DIR` on held-out normal and "
+        "abnormal scans stores one; scans screened after that, into a new --out, carry the flag)"
     )
     if "flagged" not in store.sql("SELECT * FROM scans LIMIT 0")[0]:
-        print(no_point)
+        print("no flags: these results were written before operating points existed (no flagged column)")
         return 0
     where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
     ((unset, judged),) = store.sql(

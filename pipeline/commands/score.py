@@ -136,7 +136,9 @@ def run(args: argparse.Namespace) -> int:
 
 def map_name(uri: str, scan_id: str) -> str:
     """The map file of a scan: its input's name (a series: its folder's) and 8 digits of its scan id."""
-    name = Path(uri).name
+    name = Path(uri).resolve().name or "scan"
     for ext in (".nii.gz", ".nii", ".dcm"):
-        name = name.removesuffix(ext)
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
     return f"{name}.{scan_id[:8]}.map.nii.gz"

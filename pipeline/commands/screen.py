@@ -11,8 +11,8 @@ altogether or only gave up on an infrastructure fault (`--retry-failed` scores t
 or the stream was not drained within --timeout; 2 for bad arguments (a path that does not exist,
 no scans under the paths) or a bad checkpoint.
 
-The service reads only under the folders given (the parent of a file given), and, for scans
-reached through a symlink, the folder of the symlink's target.
+The service reads only under the folders given (the parent of a file given), and the targets of
+the symlinked scan files found there (those files only).
 """
 
 from __future__ import annotations
@@ -147,9 +147,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def allowed_roots(paths: list[str], endpoint: str | None = None, scans: list | None = None) -> list[str]:
-    """The folders the service may read: each given folder (or s3:// prefix), or the parent of a given
-    file, and for each local scan in `scans` reached through a symlink, the folder its target lies in."""
-    from patchrank.pipeline.data.dicom import SeriesRef
+    """What the service may read: each given folder (or s3:// prefix) or the parent of a given file,
+    and each local scan file in `scans` that is reached through a symlink from there (its target,
+    that one file)."""
     from patchrank.pipeline.data.storage import S3Uri, is_file, is_s3
 
     roots = set()
@@ -160,19 +160,16 @@ def allowed_roots(paths: list[str], endpoint: str | None = None, scans: list | N
             continue
         p = Path(raw).resolve()
         roots.add(str(p if p.is_dir() else p.parent))
-    local = [Path(r) for r in roots if not is_s3(r)]
+    folders = {Path(r) for r in roots if not is_s3(r)}
     for scan in scans or []:
-        where = scan.folder if isinstance(scan, SeriesRef) else scan
-        if not isinstance(where, Path):
-            continue  # s3://
+        if not isinstance(scan, Path):
+            continue  # s3:// objects; DICOM series (folder walks do not follow symlinked folders)
         try:
-            real = where.resolve()
+            real = scan.resolve()
         except (OSError, RuntimeError):  # a symlink loop: refused by the service with its reason
             continue
-        folder = real if isinstance(scan, SeriesRef) else real.parent
-        if not any(folder == r or folder.is_relative_to(r) for r in local):
-            local.append(folder)
-            roots.add(str(folder))
+        if not any(parent in folders for parent in real.parents):
+            roots.add(str(real))
     return sorted(roots)
 
 
@@ -185,9 +182,9 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.service.screening import check_redis, run_id, screen, services
     from patchrank.pipeline.service.settings import check_redis_url
 
-    missing = [p for p in args.paths if not is_s3(p) and not os.path.lexists(p)]
-    if missing:
-        raise FileNotFoundError(f"{missing[0]}: no such file or folder")
+    for p in args.paths:
+        if not is_s3(p):
+            _check_exists(p)
     if not is_file(args.checkpoint, args.s3_endpoint):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     model = load_checkpoint(local_checkpoint(args.checkpoint, args.s3_endpoint))  # bad: one line now, not at deploy
@@ -281,6 +278,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_exists(path: str) -> None:
+    """A clear error for a local path that is not there or cannot be looked at."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file or folder") from None
+    except PermissionError:
+        raise ValueError(f"{path}: permission denied") from None
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
 def _skip_counts(skipped: list[tuple[str, str]]) -> str:
     """'2 not found, 1 label/mask ...': how many were skipped for each reason."""
     from collections import Counter
@@ -291,8 +300,8 @@ def _skip_counts(skipped: list[tuple[str, str]]) -> str:
 def retry_paths(out: str | Path, model_version: str, endpoint: str | None = None) -> list[str]:
     """The scans in `out` to score again: those whose result under `model_version` gave up on an
     infrastructure fault, and (local datasets) those that only have a dead letter saved by an
-    earlier run (`dead_letters-<run>.jsonl`, e.g. after a full disk); local files that are gone
-    are left out."""
+    earlier run (`dead_letters-<run>.jsonl`, e.g. after a full disk); local files (and DICOM
+    series folders) that are gone are left out."""
     import json
 
     from patchrank.pipeline.data.storage import is_s3
@@ -309,7 +318,7 @@ def retry_paths(out: str | Path, model_version: str, endpoint: str | None = None
                     uris.append(json.loads(line)["uri"])
                 except (ValueError, KeyError, TypeError):
                     continue
-    return [u for u in dict.fromkeys(uris) if u and (is_s3(u) or Path(u).is_file())]
+    return [u for u in dict.fromkeys(uris) if u and (is_s3(u) or Path(u).exists())]  # a DICOM series: its folder
 
 
 def _save_dead_letters(out: str | Path, rid: str, dead: list[tuple[str, str, str]]) -> Path | None:

@@ -171,8 +171,8 @@ def training_line(train, val, labelled, cfg) -> str:
 
     critic = critic_epochs(cfg)
     return (
-        f"training on {count(train, 'normal')}; score statistics from {count(val, 'held-out normal')}"
-        + (" + the training ones" if val is not train else "")
+        f"training on {count(train, 'normal')}; score statistics from "
+        + (f"{count(val, 'held-out normal')} + the training ones" if val is not train else "the training ones")
         + (f"; val AUROC on {len(labelled)} labelled {'images' if flat else 'slices'}" if labelled is not None else "")
         + f"; {cfg.epochs} adversarial"
         + (f" + {critic} critic epochs ({cfg.epochs + critic} in all)" if critic else " epochs")

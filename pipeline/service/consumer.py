@@ -85,7 +85,7 @@ class StreamConsumer:
         self.cfg, self.client, self.score_chunk, self.info = cfg, client, score_chunk, info
         self.name = name or consumer_name()
         self.scoring = ScoringConfig.from_dict(info.scoring)
-        self.roots = cfg.resolved_roots()
+        self.roots = frozenset(cfg.resolved_roots())
         self.sink = sink or ParquetSink(cfg.output_dir, model_version=info.model_version, endpoint=cfg.s3_endpoint_url)
         # None: rows get flagged=None
         self.threshold = operating_point.load(cfg.checkpoint, info.model_version, cfg.s3_endpoint_url)

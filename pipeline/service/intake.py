@@ -20,9 +20,11 @@ from patchrank.pipeline.data.storage import S3Uri, fetch, is_s3, stat, under_roo
 from patchrank.pipeline.service.messages import ScanMessage
 
 
-def check_uri(uri: str, roots: list[Path | str]) -> Path | str:
+def check_uri(uri: str, roots: list[Path | str] | frozenset) -> Path | str:
     """The scan's location if it lies under an allowed root: a local path resolved (symlinks and
-    '..' followed), or an s3:// URI whose bucket and key prefix match an s3:// root."""
+    '..' followed) that is a root or lies under one, or an s3:// URI whose bucket and key prefix
+    match an s3:// root. `roots` may be a frozenset of the resolved local and s3:// roots (a lookup
+    per parent folder instead of a scan of every root)."""
     if "\x00" in uri:
         raise ScanError("invalid path (NUL byte)")
     if is_s3(uri):
@@ -50,7 +52,8 @@ def check_uri(uri: str, roots: list[Path | str]) -> Path | str:
         if exc.errno in INPUT_ERRNOS:
             raise ScanError(f"{p.name}: cannot resolve the path ({errno.errorcode[exc.errno]})") from None
         raise
-    if not any(isinstance(r, Path) and (real == r or real.is_relative_to(r)) for r in roots):
+    local = roots if isinstance(roots, frozenset) else frozenset(r for r in roots if isinstance(r, Path))
+    if real not in local and not any(parent in local for parent in real.parents):
         raise ScanError(f"{p.name}: path is outside the allowed input roots")
     return real
 

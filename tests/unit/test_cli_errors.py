@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from patchrank.pipeline.cli import main
@@ -91,21 +93,31 @@ def test_screen_of_a_folder_without_scans_fails_before_starting_services(tiny_ch
     assert not (tmp_path / "o").exists()
 
 
-def test_screen_roots_include_the_targets_of_symlinked_scans(tmp_path):
+def test_screen_roots_admit_the_targets_of_symlinked_scans_and_nothing_beside_them(tmp_path):
     from patchrank.pipeline.commands.enqueue import scan_list
     from patchrank.pipeline.commands.screen import allowed_roots
+    from patchrank.pipeline.data.loaders import ScanError
+    from patchrank.pipeline.service.intake import check_uri
 
-    (tmp_path / "store" / "deep").mkdir(parents=True)
-    (tmp_path / "links").mkdir()
+    store, links = tmp_path / "store" / "deep", tmp_path / "links"
+    store.mkdir(parents=True)
+    links.mkdir()
+    for name in ("a_flair.nii.gz", "b_flair.nii.gz", "unlinked_flair.nii.gz"):
+        (store / name).write_bytes(b"x")
     for name in ("a_flair.nii.gz", "b_flair.nii.gz"):
-        (tmp_path / "store" / "deep" / name).write_bytes(b"x")
-        (tmp_path / "links" / name).symlink_to(tmp_path / "store" / "deep" / name)
-    (tmp_path / "links" / "plain_flair.nii.gz").write_bytes(b"x")
-    given = [str(tmp_path / "links")]
-    assert allowed_roots(given) == [str(tmp_path / "links")]
+        (links / name).symlink_to(store / name)
+    (links / "plain_flair.nii.gz").write_bytes(b"x")
+    given = [str(links)]
+    assert allowed_roots(given) == [str(links)]
     files, _ = scan_list(given)
     assert len(files) == 3
-    assert allowed_roots(given, scans=files) == [str(tmp_path / "links"), str(tmp_path / "store" / "deep")]
+    roots = allowed_roots(given, scans=files)
+    assert roots == sorted([str(links), str(store / "a_flair.nii.gz"), str(store / "b_flair.nii.gz")])
+    resolved = frozenset(Path(r) for r in roots)
+    assert check_uri(str(links / "a_flair.nii.gz"), resolved) == store / "a_flair.nii.gz"
+    assert check_uri(str(links / "plain_flair.nii.gz"), resolved) == links / "plain_flair.nii.gz"
+    with pytest.raises(ScanError, match="outside the allowed input roots"):
+        check_uri(str(store / "unlinked_flair.nii.gz"), resolved)  # beside a target, never linked
 
 
 @pytest.mark.parametrize(

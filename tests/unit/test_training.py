@@ -261,10 +261,13 @@ def test_training_line_counts_images_for_2d_and_slices_for_volumes():
         z = np.zeros((n, 1, 4, 4), np.float32)
         return SliceSet(z, z > 0, np.zeros(n), np.array(subjects), np.arange(n), np.zeros(n), np.full(n, position))
 
-    flat = slices(3, ["a", "b", "c"], np.nan)
-    line = training_line(flat, flat, None, TrainConfig(epochs=2, critic_epochs=4))
-    assert line.startswith("training on 3 normal images; score statistics from 3 held-out normal images")
+    flat, held = slices(3, ["a", "b", "c"], np.nan), slices(2, ["d", "e"], np.nan)
+    line = training_line(flat, held, None, TrainConfig(epochs=2, critic_epochs=4))
+    assert line.startswith("training on 3 normal images; score statistics from 2 held-out normal images + the ")
     assert line.endswith("; 2 adversarial + 4 critic epochs (6 in all)")
     vol = slices(4, ["a", "a", "b", "b"], 0.5)
     line = training_line(vol, vol, None, TrainConfig(epochs=2, critic_epochs=0))
-    assert line.startswith("training on 4 normal slices (2 subjects)") and line.endswith("; 2 adversarial epochs")
+    assert (
+        line
+        == "training on 4 normal slices (2 subjects); score statistics from the training ones; 2 adversarial epochs"
+    )
