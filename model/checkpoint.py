@@ -145,6 +145,8 @@ def load_checkpoint(
     """Load with weights_only=True; verify format and content hash; eval-mode networks; then (validate) one
     test forward (`validate_loaded`; a caller that swaps the networks first runs it on its own)."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file (.pt written by `patchrank train`)")
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:

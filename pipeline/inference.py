@@ -83,7 +83,14 @@ def load_for_inference(
     path, map_location: str | torch.device = "cpu", *, fast: bool = True, threads: int | None = None
 ) -> LoadedModel:
     """model.checkpoint.load_checkpoint, then (fast=True) `prepare_for_inference`; the load-time test forward
-    runs on the networks that will score."""
+    runs on the networks that will score. A folder written by `patchrank export --onnx` loads as its ONNX
+    Runtime networks (pipeline.onnx_model.load_onnx)."""
+    from pathlib import Path
+
+    if Path(path).is_dir() and (Path(path) / "patchrank.json").is_file():
+        from patchrank.pipeline.onnx_model import load_onnx
+
+        return load_onnx(path, threads=threads)
     model = load_checkpoint(path, map_location=map_location, validate=False)
     if fast:
         model = prepare_for_inference(model, threads)

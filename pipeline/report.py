@@ -92,21 +92,22 @@ def _is_image(uri: str) -> bool:
 
 def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices: int = 3) -> Path:
     """Write the HTML report of the `top` highest-scoring scans of the latest model in `results`."""
-    from patchrank.pipeline.service.results import ResultStore, no_results
+    from patchrank.pipeline.service.results import ResultStore, display_name, no_results
 
     root = Path(results)
     store = ResultStore(root)
     cols = "scan_id, uri, series_uid, scan_score, flagged, map_uri, top_patches, model_version"
     names, rows = store.sql(f"SELECT {cols} FROM scans WHERE status = 'ok' ORDER BY scan_score DESC LIMIT {int(top)}")
     rows = [dict(zip(names, r)) for r in rows]
-    n_failed = store.sql("SELECT count(*) FROM scans WHERE status = 'failed'")[1][0][0]
+    failed = store.sql("SELECT uri, series_uid, error FROM scans WHERE status = 'failed' ORDER BY uri")[1]
+    n_failed = len(failed)
     if not rows and not n_failed:
         raise ValueError(f"{no_results(root)}; no report written")
     body = []
     for rank, r in enumerate(rows, 1):
         imgs = "".join(f'<img alt="slice" src="data:image/png;base64,{b}">' for b in _scan_images(r, root, slices))
         flag = {True: "flagged", False: "", None: "n/a"}[r["flagged"]]
-        name = Path(r["uri"]).name + (" (DICOM series)" if r["series_uid"] else "")
+        name = display_name(r)
         body.append(
             f"<tr><td data-v='{rank}'>{rank}</td><td data-v='{r['scan_score']:.6f}'>{r['scan_score']:.3f}</td>"
             f"<td class='flag'>{flag}</td><td title='{html.escape(r['uri'])}'>{html.escape(name)}</td>"
@@ -116,13 +117,39 @@ def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices:
     page = (
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>PatchRank report</title>"
         f"<style>{_STYLE}</style></head><body><h1>PatchRank screening report</h1>"
-        f"<p>{len(rows)} scans by rank (model {html.escape(', '.join(m[:12] for m in models))}); {n_failed} failed. "
-        "Slices in radiological orientation (patient's right on the left, anterior up); cyan boxes: top patches "
-        "with their rank; colour: anomaly map (when written with --maps).</p>"
+        f"<p>{len(rows)} scans by rank (model {html.escape(', '.join(m[:12] for m in models))}); {n_failed} failed "
+        "(listed below). Score: how unlike the model's normal scans the scan's most unusual patches are, in z "
+        "units of normal scans' scores; the higher, the more suspicious. Flagged: at or over the checkpoint's "
+        "operating point (n/a: it has none; `patchrank evaluate` on held-out scans sets one). "
+        + (
+            "Slices in radiological orientation (patient's right on the left, anterior up). "
+            if any(not _is_image(r["uri"]) for r in rows)
+            else ""
+        )
+        + "Cyan boxes: top patches with their rank; colour: anomaly map (when written with --maps).</p>"
         "<table><thead><tr><th data-num='1'>rank</th><th data-num='1'>score</th><th>flagged</th><th>scan</th>"
         f"<th>most suspicious slices</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
-        f"<script>{_SORT}</script></body></html>"
+        + _failed_table(failed)
+        + f"<script>{_SORT}</script></body></html>"
     )
     out = Path(out)
     out.write_text(page, encoding="utf-8")
     return out
+
+
+def _failed_table(failed: list[tuple]) -> str:
+    """The scans that could not be scored, with the reason (file names and reasons, never header text)."""
+    if not failed:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(display(uri, uid))}</td><td>{html.escape(error or '')}</td></tr>"
+        for uri, uid, error in failed
+    )
+    head = "<thead><tr><th>scan</th><th>reason</th></tr></thead>"
+    return f"<h2>Not scored ({len(failed)})</h2><table>{head}<tbody>{rows}</tbody></table>"
+
+
+def display(uri: str, series_uid: str | None) -> str:
+    from patchrank.pipeline.service.results import display_name
+
+    return display_name({"uri": uri, "series_uid": series_uid})

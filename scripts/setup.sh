@@ -14,6 +14,17 @@ if ! command -v redis-server >/dev/null 2>&1; then
     exit 1
   fi
 fi
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "[setup] needs Python >= 3.10 (set PYTHON=...)" >&2; exit 1; }
+if [ ! -x .venv/bin/python ] && ! "$PY" -c 'import ensurepip' 2>/dev/null; then
+  echo "[setup] installing python3-venv" >&2  # Debian/Ubuntu ship venv's pip bootstrap separately
+  if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
+  else
+    echo "[setup] $PY cannot create a venv (no ensurepip): install your distribution's venv package" >&2
+    exit 1
+  fi
+fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv" >&2
   "$PY" -m venv .venv

@@ -116,7 +116,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "paths",
         nargs="+",
-        help="scan files or folders (.nii, .nii.gz, .png, .jpg), local or s3://bucket/prefix; folders are walked",
+        help="scan files or folders (NIfTI, DICOM series, 2D images), local or s3://bucket/prefix; folders are walked",
     )
     p.add_argument(
         "--redis-url",
@@ -125,7 +125,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_redis_password_arg(p)
     p.add_argument("--namespace", default="patchrank", help="Redis key prefix (default patchrank)")
-    p.add_argument("--modality", help="queue only scans of this modality (e.g. flair), tagged with it")
+    p.add_argument(
+        "--modality",
+        help="queue only scans of this modality (e.g. flair), tagged to be scored as it; without it every scan is "
+        "queued and the service refuses those known to be of another modality than its model's",
+    )
     p.add_argument(
         "--modality-pattern",
         help="regular expression a DICOM series' SeriesDescription/ProtocolName must match (default per modality)",

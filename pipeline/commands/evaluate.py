@@ -136,4 +136,10 @@ def fit_operating_point(checkpoint: str, model_version: str, data, rep: dict, fp
     point = operating_point.fit_threshold(data.extra["scan_scores"], data.extra["scan_labels"], fpr)
     rep["operating_point"] = point
     where = operating_point.save(checkpoint, model_version, point)
-    print(f"operating point: threshold {point['threshold']:.4f} at FPR {point['fpr']:.3f}, stored in {where}")
+    tpr = "" if point.get("tpr") is None else f" and {point['tpr']:.0%} of the abnormal ones (TPR {point['tpr']:.3f})"
+    print(
+        f"operating point: threshold {point['threshold']:.4f} flags {point['fpr']:.0%} of the normal scans "
+        f"(FPR {point['fpr']:.3f}){tpr}; stored in {where}"
+    )
+    if point.get("tpr") is not None and point["tpr"] < 0.5:
+        print(f"WARNING: at this operating point only {point['tpr']:.0%} of the abnormal scans are flagged")

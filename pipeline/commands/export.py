@@ -10,8 +10,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "export",
         help="export a checkpoint's networks to ONNX (reconstructor, encoder, discriminator + settings JSON)",
         description="Writes OUT/reconstructor.onnx, OUT/encoder.onnx, OUT/discriminator.onnx, OUT/patchrank.json "
-        "(model version, preprocessing and scoring settings) and OUT/score_stats.npz; "
-        "pipeline.onnx_model.load_onnx scores with them through ONNX Runtime.",
+        "(model version, preprocessing and scoring settings) and OUT/score_stats.npz. Score with them through "
+        "ONNX Runtime: `patchrank score SCANS --checkpoint OUT`, or patchrank.api.load(OUT) in Python.",
     )
     p.add_argument("--checkpoint", required=True, help="checkpoint written by `patchrank train`")
     p.add_argument("--onnx", required=True, metavar="OUT", help="output folder (created)")

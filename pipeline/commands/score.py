@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.data.dicom import SeriesRef, series_scan_id
     from patchrank.pipeline.data.geometry import canonical_to_native, write_map
     from patchrank.pipeline.data.loaders import ScanError
-    from patchrank.pipeline.data.modality import model_modality, select
+    from patchrank.pipeline.data.modality import model_modality, select, wrong_kind
     from patchrank.pipeline.data.prefetch import prefetched
     from patchrank.pipeline.data.preprocess import as_config, load_prepared
     from patchrank.pipeline.data.storage import is_s3, local_checkpoint
@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.scan_scoring import score_prepared
     from patchrank.pipeline.service.intake import load_uri
     from patchrank.pipeline.service.messages import scan_id_for
+    from patchrank.pipeline.service.results import display_name
+    from patchrank.pipeline.service.slice_scorer import input_kind
 
     missing = [p for p in args.paths if not is_s3(p) and not Path(p).exists()]
     if missing:
@@ -62,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
     skipped += other
     results = []
 
+    trained_on = input_kind(model.stats)
+
     def load(p):  # s3:// objects and series are first copied to a temp folder (service.intake.load_uri)
+        why = wrong_kind(p.folder, p.uid, trained_on) if isinstance(p, SeriesRef) else wrong_kind(p, None, trained_on)
+        if why:
+            raise ScanError(why)
         if isinstance(p, SeriesRef) and is_s3(p.folder):
             return load_uri(p.folder, pre, series_uid=p.uid)
         return load_uri(p, pre) if is_s3(p) else load_prepared(p, pre)
@@ -110,10 +117,11 @@ def run(args: argparse.Namespace) -> int:
     for i, r in enumerate(ok, 1):
         tops = ", ".join(f"s{p['slice_index']} ({p['row']},{p['col']}) {p['score']:.2f}" for p in r["top_patches"])
         flag = "  FLAGGED" if r["flagged"] else ""
-        print(f"{i:>4}  {r['scan_score']:8.3f}  {Path(r['uri']).name}  [{tops}]{flag}")
+        print(f"{i:>4}  {r['scan_score']:8.3f}  {display_name(r)}  [{tops}]{flag}")
     for r in results:
         if r["status"] == "failed":
-            print(f"FAILED  {r['uri']}: {r['error']}")
+            why = r["error"].removeprefix(f"{Path(r['uri']).name}: ")  # the path says which file
+            print(f"FAILED  {display_name(r, full=True)}: {why}")
     aux = [p for p, why in skipped if why.startswith("label/mask")]
     others = [(p, why) for p, why in skipped if why.startswith(("modality", "DICOM series description"))]
     for path, why in skipped:
@@ -131,6 +139,13 @@ def run(args: argparse.Namespace) -> int:
         Path(args.json_out).write_text(json.dumps({"model_version": model.model_version, "results": results}, indent=2))
     if not results:
         raise ValueError(f"no scans to score in {', '.join(map(str, args.paths))} (see the skipped lines above)")
+    if not ok:
+        import sys
+
+        print(
+            f"patchrank score: none of the {len(results)} scans could be scored (see the FAILED lines)", file=sys.stderr
+        )
+        return 1
     return 0
 
 

@@ -24,11 +24,13 @@ from pathlib import Path
 from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg, add_redis_password_arg
 
 
-def add_service_args(p: argparse.ArgumentParser) -> None:
+def add_service_args(p: argparse.ArgumentParser, *, private_redis: bool = True) -> None:
+    """The options `screen` and `serve` share; `serve` (private_redis=False) needs an existing Redis."""
     p.add_argument(
         "--redis-url",
         default=os.environ.get("PATCHRANK_REDIS_URL"),
-        help="existing Redis (redis:// or rediss://); default: start a private one",
+        help="existing Redis (redis:// or rediss://; default $PATCHRANK_REDIS_URL)"
+        + ("; without one a private redis-server is started" if private_redis else "; required"),
     )
     add_redis_password_arg(p)
     p.add_argument(
@@ -45,10 +47,10 @@ def add_service_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scorer-gpus", type=float, default=0.0, help="GPUs per scorer replica (> 0 scores on CUDA; default 0)"
     )
-    p.add_argument("--batch-size", type=int, default=32, help="max slices per scorer forward (@serve.batch)")
-    p.add_argument("--batch-wait", type=float, default=0.01, help="max seconds a batch waits to fill")
-    p.add_argument("--chunk", type=int, default=8, help="slices per scorer request")
-    p.add_argument("--inflight", type=int, default=4, help="scans scored concurrently per ingest replica")
+    p.add_argument("--batch-size", type=int, default=32, help="max slices per scorer forward (default 32)")
+    p.add_argument("--batch-wait", type=float, default=0.01, help="max seconds a batch waits to fill (default 0.01)")
+    p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
+    p.add_argument("--inflight", type=int, default=4, help="scans scored concurrently per ingest replica (default 4)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
     p.add_argument(
         "--s3-endpoint",
@@ -133,13 +135,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="Parquet result dataset: directory or s3://bucket/prefix (created; appended to)"
     )
-    p.add_argument("--top", type=int, default=10, help="scans to list in the summary")
+    p.add_argument("--top", type=int, default=10, help="scans to list in the summary (default 10)")
     p.add_argument(
         "--maps", action="store_true", help="write each volume's anomaly map as OUT/maps/<scan_id>.nii.gz (input grid)"
     )
     add_modality_args(p, "score")
     p.add_argument(
-        "--timeout", type=float, default=6 * 3600, help="give up if the stream is not drained after this many seconds"
+        "--timeout",
+        type=float,
+        default=6 * 3600,
+        help="give up if the stream is not drained after this many seconds (default 21600: 6 hours)",
     )
     add_service_args(p)
     add_quiet_arg(p)
@@ -185,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
     for p in args.paths:
         if not is_s3(p):
             _check_exists(p)
+    if not is_s3(args.checkpoint) and Path(args.checkpoint).is_dir():
+        raise ValueError(f"{args.checkpoint} is a folder, not a checkpoint file (.pt written by `patchrank train`)")
     if not is_file(args.checkpoint, args.s3_endpoint):
         raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     model = load_checkpoint(local_checkpoint(args.checkpoint, args.s3_endpoint))  # bad: one line now, not at deploy

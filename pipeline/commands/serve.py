@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="patchrank",
         help="Serve application name (default patchrank); refused if an app of that name already runs",
     )
-    add_service_args(p)
+    add_service_args(p, private_redis=False)
     p.set_defaults(func=run)
 
 

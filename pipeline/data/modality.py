@@ -2,7 +2,9 @@
 
 A checkpoint records the modality it was trained on (TrainConfig.modality: e.g. "flair", or "rgb" for
 colour images). `score`, `screen` and `enqueue` keep only the scans of that modality and count the rest as
-skipped with a reason. A scan's modality comes from
+skipped with a reason; the service's consumers refuse, as a `failed` row, scans queued without a modality
+that are known to be another (`other_modality`; `enqueue --modality` tags a scan to be scored anyway).
+A scan's modality comes from
   * a BraTS file name suffix (`_flair`, `_t2f`, `_t1`, `_t1ce`, ...; datasets.MODALITY_ALIASES),
   * a BIDS suffix (`_FLAIR`, `_T1w`, `_T2w`; `ce-` entity = contrast-enhanced T1),
   * a DICOM series' SeriesDescription + ProtocolName matched by a regular expression
@@ -85,3 +87,35 @@ def select(scans: list, modality: str | None, pattern: str | None = None) -> tup
         else:
             skipped.append((str(s), f"modality {mod}, the model expects {modality}"))
     return kept, skipped
+
+
+def other_modality(path: str | Path, series_uid: str | None, modality: str | None) -> str | None:
+    """Why a local scan queued without a modality is not one a `modality` model scores: its file name
+    names another MRI modality, or its DICOM series' description does not match (read from the
+    headers; never quoted). None when it matches, cannot tell, or for 2D models (the service's
+    volume / image check covers those)."""
+    from patchrank.pipeline.data.dicom import find_series
+
+    if modality in (None, "rgb"):
+        return None
+    if series_uid is None:
+        got = file_modality(path)
+        if got is None or got == "rgb" or got == modality:
+            return None
+        return f"{Path(path).name}: a {got} scan by its file name; this model scores {modality}"
+    if not series_matches(find_series(path, series_uid).label, modality):
+        return f"{Path(path).name}: DICOM series description does not match modality {modality}"
+    return None
+
+
+def wrong_kind(path: str | Path, series_uid: str | None, trained_on: str | None) -> str | None:
+    """Why a model trained on volumes ("volume") cannot score a 2D image, or a 2D model ("image") a volume;
+    None when the kinds agree or either is unknown."""
+    from patchrank.pipeline.data.loaders import scan_kind_or_none
+
+    got = "volume" if series_uid is not None else scan_kind_or_none(str(path))
+    if trained_on is None or got is None or got == trained_on:
+        return None
+    trained = "volumes" if trained_on == "volume" else "2D images"
+    given = "a 2D image" if got == "image" else "a volume"
+    return f"{Path(str(path)).name}: this model was trained on {trained}; cannot score {given}"

@@ -243,11 +243,14 @@ def load_prepared(
     API and the service). A file that vanishes or changes type while it is read is the input's fault: a
     ScanError, not an OSError that a service would retry."""
     pre = as_config(preprocess)
+    name = Path(path).name if isinstance(path, str | Path) else "scan"
     try:
         scan = load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels, series_uid=series_uid)
-        return preprocess_scan(scan, pre, max_slices=max_slices, max_bytes=max_bytes)
+        try:
+            return preprocess_scan(scan, pre, max_slices=max_slices, max_bytes=max_bytes)
+        except ScanError as exc:  # what preprocessing finds wrong names the file, as the loaders' reasons do
+            raise ScanError(str(exc) if str(exc).startswith(f"{name}:") else f"{name}: {exc}") from None
     except OSError as exc:
         if exc.errno in INPUT_ERRNOS:
-            name = Path(path).name if isinstance(path, str | Path) else "scan"
             raise ScanError(f"{name}: {exc.strerror or exc.__class__.__name__}") from None
         raise

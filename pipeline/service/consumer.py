@@ -39,7 +39,8 @@ import redis
 
 from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.bids import entities
-from patchrank.pipeline.data.loaders import ScanError, scan_kind_or_none, scan_values
+from patchrank.pipeline.data.loaders import ScanError, scan_values
+from patchrank.pipeline.data.modality import other_modality, wrong_kind
 from patchrank.pipeline.data.preprocess import Prepared, as_config, peak_bytes, prepared_bytes
 from patchrank.pipeline.data.storage import is_s3
 from patchrank.pipeline.errors import one_line
@@ -221,6 +222,10 @@ class StreamConsumer:
             try:
                 path = check_uri(msg.uri, self.roots)
                 self._check_kind(path, msg)
+                if msg.modality is None and not is_s3(path):  # enqueue could not know the model's modality
+                    why = await asyncio.to_thread(other_modality, path, msg.series_uid, self.info.modality)
+                    if why:
+                        raise ScanError(why)
                 local_file = not is_s3(path) and msg.series_uid is None
                 if local_file:
                     check_identity(msg, path)
@@ -260,12 +265,9 @@ class StreamConsumer:
 
     def _check_kind(self, path: Path | str, msg: ScanMessage) -> None:
         """A model trained on volumes (FLAIR) refuses 2D images, and a 2D model volumes."""
-        want = self.info.input_kind
-        got = "volume" if msg.series_uid is not None else scan_kind_or_none(str(path))
-        if want is not None and got is not None and got != want:
-            trained = "volumes" if want == "volume" else "2D images"
-            given = "a 2D image" if got == "image" else "a volume"
-            raise ScanError(f"{Path(str(path)).name}: this model was trained on {trained}; cannot score {given}")
+        why = wrong_kind(path, msg.series_uid, self.info.input_kind)
+        if why:
+            raise ScanError(why)
 
     async def _score_prepared(
         self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float, prep: Prepared

@@ -16,13 +16,18 @@ from patchrank.pipeline.data.storage import fetch, is_s3
 from patchrank.pipeline.service.results import ResultStore
 
 
-def _load(uri: str, endpoint: str | None) -> Scan:
-    """The scan at a result row's uri: a file, or an s3:// object copied to a temp folder first."""
+def _load(uri: str, endpoint: str | None, series_uid: str | None = None) -> Scan:
+    """The scan of a result row: a file or a DICOM series (its folder + uid), local or on s3:// (copied
+    to a temp folder first)."""
     if not is_s3(uri):
-        return load_scan(uri)
+        return load_scan(uri, series_uid=series_uid)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="patchrank-heatmap-") as tmp:
+        if series_uid is not None:
+            from patchrank.pipeline.data.dicom_s3 import fetch_series
+
+            return load_scan(fetch_series(uri, series_uid, Path(tmp), endpoint), series_uid=series_uid)
         return load_scan(fetch(uri, tmp, endpoint))
 
 
@@ -49,7 +54,7 @@ def render_scan_png(
     ]
     if not patches:
         raise ValueError(f"scan {scan_id} has no scored patches with a finite score")
-    arr = _load(row["uri"], store.endpoint).array[0]  # (H, W, S) first channel
+    arr = _load(row["uri"], store.endpoint, row.get("series_uid")).array[0]  # (H, W, S) first channel
     slices = list(dict.fromkeys(p["slice_index"] for p in patches[:boxes]))[:panels]
     fig, axes = plt.subplots(1, len(slices), figsize=(4.2 * len(slices), 4.6), squeeze=False)
     lo_all = min(p["score"] for p in patches)

@@ -98,7 +98,7 @@ class ResultStore:
         """Most suspicious `ok` scans first, each with its top patches."""
         where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
         out = self._dicts(
-            f"SELECT scan_id, uri, scan_score, n_slices, model_version, result_id, latency_s FROM scans "
+            f"SELECT scan_id, uri, series_uid, scan_score, n_slices, model_version, result_id, latency_s FROM scans "
             f"WHERE status = 'ok' {where} ORDER BY scan_score DESC NULLS LAST, scan_id LIMIT ?",
             [*params, n],
         )
@@ -140,12 +140,21 @@ class ResultStore:
         return rows[0]
 
 
+def display_name(row: dict, full: bool = False) -> str:
+    """How a result is named on screen: its file (full: its path), a DICOM series by its folder and the end
+    of its SeriesInstanceUID (series of one folder differ only there; their descriptions are header text)."""
+    name = row["uri"] if full else Path(row["uri"]).name
+    return f"{name} [series ...{row['series_uid'][-8:]}]" if row.get("series_uid") else name
+
+
 def format_ranking(rows: list[dict], *, truth: dict[str, bool] | None = None) -> str:
-    """Ranked scans with their top patches; `truth` maps a uri to abnormal yes/no (demo)."""
-    lines = [f"{'rank':>4}  {'score':>8}  {'scan_id':<12}  {'truth':<7}  scan  [top patches: slice (row,col) score]"]
+    """Ranked scans with their top patches (slice, patch-grid row and column, score); `truth` maps a uri
+    to abnormal yes/no (the demo's phantoms), shown as a column."""
+    mark = (lambda r: f"{'LESION' if truth.get(r['uri']) else 'normal':<7}  ") if truth is not None else (lambda r: "")
+    head = f"{'truth':<7}  " if truth is not None else ""
+    lines = [f"{'rank':>4}  {'score':>8}  {'scan_id':<12}  {head}scan  [top patches: slice (row,col) score]"]
     for i, r in enumerate(rows, 1):
         tops = ", ".join(f"s{p['slice_index']} ({p['row']},{p['col']}) {p['score']:.2f}" for p in r["patches"])
-        mark = ("LESION" if truth.get(r["uri"]) else "normal") if truth is not None else ""
         score = f"{r['scan_score']:8.3f}" if r["scan_score"] is not None else f"{'nan':>8}"
-        lines.append(f"{i:>4}  {score}  {r['scan_id'][:12]:<12}  {mark:<7}  {Path(r['uri']).name}  [{tops}]")
+        lines.append(f"{i:>4}  {score}  {r['scan_id'][:12]:<12}  {mark(r)}{display_name(r)}  [{tops}]")
     return "\n".join(lines)

@@ -120,6 +120,7 @@ class ModelInfo:
     preprocess: dict
     scoring: dict  # ScoringConfig.to_dict()
     input_kind: str | None = None  # "volume" / "image": what it was trained on (None = unknown)
+    modality: str | None = None  # the checkpoint's modality (pipeline.data.modality.model_modality)
 
 
 def input_kind(stats) -> str | None:
@@ -137,4 +138,7 @@ def _has_tensor(state) -> bool:
 
 def model_info(scorer: SliceScorer) -> ModelInfo:
     m = scorer.model
-    return ModelInfo(scorer.model_version, dict(scorer.preprocess), m.scoring.to_dict(), input_kind(m.stats))
+    from patchrank.pipeline.data.modality import model_modality
+
+    info = (scorer.model_version, dict(scorer.preprocess), m.scoring.to_dict(), input_kind(m.stats))
+    return ModelInfo(*info, model_modality(m.meta or {}))

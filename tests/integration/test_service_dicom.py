@@ -14,7 +14,7 @@ import pytest
 from dicomkit import SECRET, write_series
 from servicekit import LocalScorer, drive, make_consumer, service_config
 
-from patchrank.model.checkpoint import load_checkpoint
+from patchrank.model.checkpoint import load_checkpoint, save_checkpoint
 from patchrank.pipeline.commands.enqueue import enqueue_paths
 from patchrank.pipeline.evaluation import operating_point
 from patchrank.pipeline.service.results import ResultStore
@@ -37,21 +37,28 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     uid, _ = write_series(vol, AFFINE, scans / "pacs", description="AX FLAIR", study_uid=study, seed=1)
     write_series(vol * 0.5 + 20, AFFINE, scans / "pacs", description="T1 SAG", study_uid=study, seed=2)
     ckpt = tmp_path / "model.pt"
-    shutil.copy(tiny_checkpoint, ckpt)
+    tiny = load_checkpoint(tiny_checkpoint)  # saved as `train` saves it: with its modality
+    save_checkpoint(ckpt, tiny.recon, tiny.disc, preprocess=tiny.preprocess, scoring=tiny.scoring, stats=tiny.stats,
+                    meta={**tiny.meta, "modality": "flair"})  # fmt: skip
     operating_point.save(ckpt, load_checkpoint(ckpt).model_version, {"threshold": 0.0})
     cfg = service_config(redis_url, tmp_path, ckpt, allowed_roots=[str(scans)], write_maps=True)
     client = StreamClient.from_url(cfg.redis_url, cfg.keys, **cfg.redis_kwargs())
     try:
         report = enqueue_paths(client, [scans], modality="flair", show=False)
+        assert len(report.queued) == 2  # the NIfTI and the FLAIR series
+        assert [w for _, w in report.skipped] == ["DICOM series description does not match modality flair"]
+        untagged = enqueue_paths(client, [scans / "pacs"], show=False)  # `enqueue` without --modality: both
     finally:
         client.close()
-    assert len(report.queued) == 2  # the NIfTI and the FLAIR series
-    assert [w for _, w in report.skipped] == ["DICOM series description does not match modality flair"]
+    assert len(untagged.queued) == 2
     scorer = LocalScorer(SliceScorer(cfg.checkpoint, torch_threads=1))
     asyncio.run(drive([make_consumer(cfg, scorer)], cfg, timeout_s=90))
     store = ResultStore(cfg.output_dir)
+    _, failed = store.sql("SELECT uri, error FROM scans WHERE status = 'failed'")
+    assert failed == [(str((scans / "pacs").resolve()), "pacs: DICOM series description does not match modality flair")]
     _, rows = store.sql(
-        "SELECT uri, series_uid, status, scan_score, result_id, map_uri, flagged FROM scans ORDER BY uri"
+        "SELECT uri, series_uid, status, scan_score, result_id, map_uri, flagged, scan_id FROM scans "
+        "WHERE status = 'ok' ORDER BY uri"
     )
     assert [r[6] for r in rows] == [r[3] >= 0.0 for r in rows]
     assert [r[2] for r in rows] == ["ok", "ok"]
@@ -73,6 +80,9 @@ def test_dicom_series_screen_like_their_nifti(redis_url, phantom_dir, tiny_check
     capsys.readouterr()
     assert main(["query", cfg.output_dir, "--flagged"]) == 0
     assert f"{sum(r[6] for r in rows)} flagged" in capsys.readouterr().out
+    png = tmp_path / "series.png"  # the series' own folder holds a second series: the row's uid picks it
+    assert main(["query", cfg.output_dir, "--scan", by_kind["dicom"][7][:12], "--png", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
     _check_report(Path(cfg.output_dir), tmp_path)
 
 
@@ -87,7 +97,9 @@ def _check_report(results: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"
     assert main(["report", str(results), "--out", str(out)]) == 0
     text = out.read_text()
-    assert text.count("<tr><td") == 2 and text.count("data:image/png;base64,") >= 2
+    assert text.count("<tr><td") == 3 and text.count("data:image/png;base64,") >= 2  # 2 scored, 1 not scored
+    assert "<h2>Not scored (1)</h2>" in text and "pacs [series ..." in text
+    assert "DICOM series description does not match modality flair" in text
     assert "http://" not in text and "https://" not in text and SECRET not in text
     exe = shutil.which("chromium") or shutil.which("chromium-browser")
     if exe is None:

@@ -73,6 +73,14 @@ def test_score_of_a_folder_without_scans_fails(tiny_checkpoint, tmp_path, capsys
     assert "no scans to score in" in _error_line(capsys)
 
 
+def test_score_exits_1_when_no_scan_could_be_scored(tiny_checkpoint, tmp_path, capsys):
+    (tmp_path / "broken_flair.nii.gz").write_bytes(b"not a nifti at all")
+    assert main(["score", str(tmp_path / "broken_flair.nii.gz"), "--checkpoint", str(tiny_checkpoint)]) == 1
+    out, err = capsys.readouterr()
+    assert "FAILED  " in out and "rank" not in out  # no empty ranking table
+    assert err.strip() == "patchrank score: none of the 1 scans could be scored (see the FAILED lines)"
+
+
 def test_screen_of_a_missing_path_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nope"
     assert main(["screen", str(missing), "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "o")]) == 2

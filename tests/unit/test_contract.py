@@ -33,7 +33,9 @@ def test_skull_stripped_phantom_scores(tmp_path):
 def test_head_with_non_zero_background_fails_with_the_reason(tmp_path):
     flair, brain = _brain()
     head = np.where(brain, flair, 30 + 10 * np.random.default_rng(0).random(flair.shape))  # scalp, skull, noisy air
-    with pytest.raises(ScanError, match="not a skull-stripped brain: the volume's border is not a constant"):
+    with pytest.raises(
+        ScanError, match="^head.nii.gz: not a skull-stripped brain: the volume.s border is not a constant"
+    ):
         load_prepared(_write(tmp_path / "head.nii.gz", head), PRE)
 
 

@@ -80,7 +80,9 @@ def test_score_keeps_the_model_modality(tiny_checkpoint, phantom_dir, tmp_path, 
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert sum(r["series_uid"] is not None for r in rows) == 1
     assert rows[0]["scan_score"] == pytest.approx(rows[1]["scan_score"], abs=1e-6)  # DICOM == NIfTI
-    assert "skipped 2 scans of another modality than flair" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "skipped 2 scans of another modality than flair" in out
+    assert f"  a [series ...{next(r['series_uid'] for r in rows if r['series_uid'])[-8:]}]  [s" in out
     maps = [nib.as_closest_canonical(nib.load(r["map"])) for r in rows]
     names = sorted(Path(r["map"]).name for r in rows)
     ids = {r["scan_id"][:8]: Path(r["uri"]).name.removesuffix(".nii.gz") for r in rows}
@@ -125,3 +127,40 @@ def test_score_maps_of_2d_images_says_there_are_none(tmp_path, capsys):
     )
     assert "no anomaly map for 2 2D images: --maps writes the maps of volumes only" in capsys.readouterr().out
     assert not (tmp_path / "m").exists()
+
+
+def test_other_modality_is_what_the_consumer_refuses(tmp_path):
+    """Scans queued without a modality (plain `enqueue`): the service refuses those known to be another."""
+    from patchrank.pipeline.data.modality import other_modality
+
+    assert other_modality(tmp_path / "p_t1ce.nii.gz", None, "flair") == (
+        "p_t1ce.nii.gz: a t1ce scan by its file name; this model scores flair"
+    )
+    for name in ("p_flair.nii.gz", "scan.nii.gz", "photo.png"):  # matches, cannot tell, or a 2D image
+        assert other_modality(tmp_path / name, None, "flair") is None
+    assert other_modality(tmp_path / "p_t1ce.nii.gz", None, "rgb") is None
+    vol = np.zeros((8, 8, 4), np.float32)
+    write_series(vol, np.eye(4), tmp_path / "dicom" / "a", description="AX FLAIR")
+    write_series(vol, np.eye(4), tmp_path / "dicom" / "b", description="T1 SAG")
+    uids = {ref.folder.name: ref.uid for ref in _series(tmp_path / "dicom")}
+    assert other_modality(tmp_path / "dicom" / "a", uids["a"], "flair") is None
+    assert other_modality(tmp_path / "dicom" / "b", uids["b"], "flair") == (
+        "b: DICOM series description does not match modality flair"
+    )
+
+
+def _series(folder):
+    from patchrank.pipeline.data.files import walk_scans
+
+    return [s for s in walk_scans([folder])[0] if isinstance(s, SeriesRef)]
+
+
+def test_score_refuses_2d_images_for_a_volume_model_even_with_modality_given(tiny_checkpoint, tmp_path, capsys):
+    from legacy_images import write_images
+
+    from patchrank.pipeline.cli import main
+
+    write_images(tmp_path / "skin", n=1)
+    argv = ["score", str(tmp_path / "skin"), "--checkpoint", str(tiny_checkpoint), "--modality", "rgb"]
+    assert main(argv) == 1
+    assert "img_00.png: this model was trained on volumes; cannot score a 2D image" in capsys.readouterr().out

@@ -52,3 +52,23 @@ def test_export_scores_like_the_checkpoint(tmp_path, c, scoring, capsys):
     for f in ("patch_scores", "image_scores", "pixel_map"):
         assert float((getattr(a, f) - getattr(b, f)).abs().max()) < 1e-3, f
     assert np.array_equal(a.valid.numpy(), b.valid.numpy())
+
+
+def test_score_and_the_api_take_an_export_folder_as_the_checkpoint(tiny_checkpoint, phantom_dir, tmp_path):
+    import patchrank.api
+
+    out = tmp_path / "onnx"
+    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--onnx", str(out)]) == 0
+    scan = next(phantom_dir.rglob("*_flair.nii.gz"))
+    got = {}
+    for name, ck in (("pt", tiny_checkpoint), ("onnx", out)):
+        assert main(["score", str(scan), "--checkpoint", str(ck), "--json", str(tmp_path / f"{name}.json")]) == 0
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"][0]["scan_score"]
+    assert got["onnx"] == pytest.approx(got["pt"], abs=1e-3)
+    assert patchrank.api.load(out).score(scan).scan_score == pytest.approx(got["pt"], abs=1e-3)
+
+
+def test_a_folder_that_is_no_export_is_not_a_checkpoint(tmp_path, capsys):
+    (tmp_path / "scan_flair.nii.gz").write_bytes(b"x")
+    assert main(["score", str(tmp_path / "scan_flair.nii.gz"), "--checkpoint", str(tmp_path)]) == 2
+    assert "is a folder, not a checkpoint file" in capsys.readouterr().err

@@ -52,7 +52,9 @@ def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, heldout, tmp_path, ca
     shutil.copy(tiny_checkpoint, ckpt)
     args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(heldout), "--out", str(tmp_path / "ev")]
     assert main([*args, "--quiet"]) == 0
-    assert "WARNING" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "WARNING: " not in out.replace("WARNING: at this operating point only", "")
+    assert "% of the abnormal ones (TPR " in out and "% of the normal scans (FPR " in out
     rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert rep["n_normal_scans"] == 4 and rep["n_abnormal_scans"] == 4 and 0.0 <= rep["scan_auroc"] <= 1.0
     assert rep["n_scans_seen_in_training"] == 0
