@@ -4,26 +4,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "[setup] installing redis-server" >&2
+apt_install() {  # apt_install PACKAGE WHAT-TO-DO-WITHOUT-APT
+  echo "[setup] installing $1" >&2
   if command -v apt-get >/dev/null 2>&1; then
     SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$1" >/dev/null
   else
-    echo "[setup] redis-server not found and apt-get unavailable: install Redis >= 6.2 yourself" >&2
+    echo "[setup] apt-get unavailable: $2" >&2
     exit 1
   fi
-fi
+}
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server "install Redis >= 6.2 yourself"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "[setup] needs Python >= 3.10 (set PYTHON=...)" >&2; exit 1; }
-if [ ! -x .venv/bin/python ] && ! "$PY" -c 'import ensurepip' 2>/dev/null; then
-  echo "[setup] installing python3-venv" >&2  # Debian/Ubuntu ship venv's pip bootstrap separately
-  if command -v apt-get >/dev/null 2>&1; then
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-venv >/dev/null
-  else
-    echo "[setup] $PY cannot create a venv (no ensurepip): install your distribution's venv package" >&2
-    exit 1
-  fi
+if [ ! -x .venv/bin/python ] && ! "$PY" -c 'import ensurepip' 2>/dev/null; then  # Debian/Ubuntu: venv's pip bootstrap is a package
+  apt_install python3-venv "$PY cannot create a venv (no ensurepip): install your distribution's venv package"
 fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv" >&2

@@ -43,19 +43,25 @@ def heldout(tmp_path_factory):
     return root
 
 
-def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, heldout, tmp_path, capsys):
+def _evaluate(tiny_checkpoint, data, tmp_path, capsys) -> tuple:
+    """`evaluate --quiet` of a copy of the session checkpoint on `data` -> (copy, stdout, report.json)."""
     import shutil
 
     from patchrank.pipeline.cli import main
 
     ckpt = tmp_path / "model.pt"
     shutil.copy(tiny_checkpoint, ckpt)
-    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(heldout), "--out", str(tmp_path / "ev")]
-    assert main([*args, "--quiet"]) == 0
-    out = capsys.readouterr().out
+    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "ev"), "--quiet"]
+    assert main(args) == 0
+    return ckpt, capsys.readouterr().out, json.loads((tmp_path / "ev" / "report.json").read_text())
+
+
+def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, heldout, tmp_path, capsys):
+    from patchrank.pipeline.cli import main
+
+    ckpt, out, rep = _evaluate(tiny_checkpoint, heldout, tmp_path, capsys)
     assert "WARNING: " not in out.replace("WARNING: at this operating point only", "")
     assert "% of the abnormal ones (TPR " in out and "% of the normal scans (FPR " in out
-    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert rep["n_normal_scans"] == 4 and rep["n_abnormal_scans"] == 4 and 0.0 <= rep["scan_auroc"] <= 1.0
     assert rep["n_scans_seen_in_training"] == 0
     point = json.loads(op.sidecar(ckpt).read_text())
@@ -68,34 +74,18 @@ def test_evaluate_fits_it_and_score_flags(tiny_checkpoint, heldout, tmp_path, ca
 
 def test_evaluate_on_the_training_scans_warns_and_fits_nothing(tiny_checkpoint, phantom_dir, tmp_path, capsys):
     """tiny_checkpoint was trained on phantom_dir's normal slices: every scan there was seen."""
-    import shutil
-
-    from patchrank.pipeline.cli import main
-
-    ckpt = tmp_path / "model.pt"
-    shutil.copy(tiny_checkpoint, ckpt)
-    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(phantom_dir), "--out", str(tmp_path / "ev")]
-    assert main([*args, "--quiet"]) == 0
-    out = capsys.readouterr().out
+    ckpt, out, rep = _evaluate(tiny_checkpoint, phantom_dir, tmp_path, capsys)
     assert f"WARNING: 8 of 8 scans in {phantom_dir} were used to train this checkpoint" in out
     assert "operating point not fitted: these scans include training scans" in out
     assert not op.sidecar(ckpt).exists()
-    rep = json.loads((tmp_path / "ev" / "report.json").read_text())
     assert rep["n_scans_seen_in_training"] == 8 and "operating_point" not in rep
 
 
 def test_evaluate_without_normal_scans_says_why_no_operating_point(tiny_checkpoint, tmp_path, capsys):
-    import shutil
-
-    from patchrank.pipeline.cli import main
     from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
 
     data = tmp_path / "abnormal"
     write_phantom_dataset(data, PhantomSpec(shape=(64, 64, 24), n_normal=0, n_abnormal=2, min_radius=3, seed=8))
-    ckpt = tmp_path / "model.pt"
-    shutil.copy(tiny_checkpoint, ckpt)
-    args = ["evaluate", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "ev")]
-    assert main([*args, "--quiet"]) == 0
-    out = capsys.readouterr().out
+    ckpt, out, _ = _evaluate(tiny_checkpoint, data, tmp_path, capsys)
     assert "operating point not fitted: no normal scans among these" in out
     assert not op.sidecar(ckpt).exists()
