@@ -80,7 +80,7 @@ class IngestDeployment(_ConsumerHost):
         self._start(ServiceConfig(**config), self._remote_info, self._remote_score)
 
     async def _remote_info(self) -> ModelInfo:
-        return ModelInfo(**await self._scorer.info.remote())
+        return ModelInfo.of(await self._scorer.info.remote())
 
     async def _remote_score(self, chunk: SliceChunk) -> ChunkResult:
         return await self._scorer.score.remote(chunk)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMANDS = [
@@ -82,7 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         print(scrub(f"patchrank {args.command}: error: {text}", _secrets(args)), file=sys.stderr)
 
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at exit
+        return rc
+    except BrokenPipeError:  # the reader went away (`patchrank query ... | head`): stop quietly
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
+            os.close(devnull)
+        except (OSError, ValueError):  # stdout without a file descriptor (captured)
+            pass
+        return 141
     except ValidationError as exc:  # settings built from the flags; inputs are never echoed
         fail("; ".join(_validation_line(e) for e in exc.errors()[:3]))
         return 2
@@ -92,11 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"patchrank {args.command}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # the reader went away (`patchrank query ... | head`): stop quietly
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        return 141
     except Exception as exc:  # noqa: BLE001 - services (Redis, Ray, Serve): one line, the traceback only with -v
         if args.verbose:
             import traceback

@@ -90,7 +90,11 @@ def load_for_inference(
     if Path(path).is_dir() and (Path(path) / "patchrank.json").is_file():
         from patchrank.pipeline.onnx_model import load_onnx
 
-        return load_onnx(path, threads=threads)
+        if torch.device(map_location).type != "cpu":
+            raise ValueError(f"{path} is an ONNX export: it scores on the CPU (ONNX Runtime); give the checkpoint")
+        model = load_onnx(path, threads=threads)
+        validate_loaded(model, path)
+        return model
     model = load_checkpoint(path, map_location=map_location, validate=False)
     if fast:
         model = prepare_for_inference(model, threads)

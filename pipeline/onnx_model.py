@@ -28,6 +28,7 @@ from torch import nn
 from patchrank.model.checkpoint import LoadedModel
 from patchrank.model.config import ScoringConfig
 from patchrank.model.scoring import ScoreStats
+from patchrank.pipeline.data.modality import model_modality
 
 FORMAT = "patchrank-onnx/1"
 OPSET = 18
@@ -113,6 +114,7 @@ def export_onnx(model: LoadedModel, out: str | Path) -> Path:
             "discriminator": {"file": "discriminator.onnx", "inputs": ["x"], "outputs": ["logits"]},
         },
         "opset": OPSET,
+        "modality": model_modality(model.meta or {}),  # what `score` keeps (pipeline.data.modality)
     }
     (out / "patchrank.json").write_text(json.dumps(meta, indent=1))
     return out
@@ -205,5 +207,5 @@ def load_onnx(folder: str | Path, *, threads: int | None = None) -> LoadedModel:
         scoring=ScoringConfig.from_dict(meta["scoring"]),
         stats=stats,
         model_version=meta["model_version"],
-        meta={"onnx": str(folder)},
+        meta={"onnx": str(folder), "modality": meta.get("modality")},
     )

@@ -17,7 +17,8 @@ apt_install() {  # apt_install PACKAGE WHAT-TO-DO-WITHOUT-APT
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server "install Redis >= 6.2 yourself"
 "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "[setup] needs Python >= 3.10 (set PYTHON=...)" >&2; exit 1; }
 if [ ! -x .venv/bin/python ] && ! "$PY" -c 'import ensurepip' 2>/dev/null; then  # Debian/Ubuntu: venv's pip bootstrap is a package
-  apt_install python3-venv "$PY cannot create a venv (no ensurepip): install your distribution's venv package"
+  apt_install "python$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-venv" \
+    "$PY cannot create a venv (no ensurepip): install your distribution's venv package"
 fi
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv" >&2

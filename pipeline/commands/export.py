@@ -22,15 +22,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
     import torch
 
     from patchrank.model.checkpoint import load_checkpoint
     from patchrank.model.scoring import score_images
+    from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.onnx_model import export_onnx, load_onnx
 
     model = load_checkpoint(args.checkpoint)
     out = export_onnx(model, args.onnx)
     print(f"exported model {model.model_version} to {out}")
+    point = operating_point.sidecar(args.checkpoint)
+    if Path(point).is_file():  # `score --checkpoint OUT` flags with the same threshold
+        shutil.copy(point, operating_point.sidecar(out))
+        print(f"operating point copied to {operating_point.sidecar(out)}")
     if not args.no_check:  # the same random slices through torch and ONNX Runtime
         size, c = int(model.preprocess["image_size"]), model.recon.in_channels
         x = (torch.rand(4, c, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1).clamp(-0.99, 1)

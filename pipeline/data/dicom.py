@@ -116,12 +116,16 @@ def group_series(files: list, read=None) -> tuple[list[SeriesRef], list[tuple[Pa
             if not uid:
                 skipped.append((f, "unreadable DICOM file or no SeriesInstanceUID"))
                 continue
+            try:
+                why = _skip_reason(ds)
+                label = f"{ds.get('SeriesDescription', '')} {ds.get('ProtocolName', '')}".lower()
+            except Exception:  # noqa: BLE001 - a malformed value; pydicom's message may quote header text
+                skipped.append((f, "DICOM file with a malformed header value"))
+                continue
             members[uid].append(f)
-            why = _skip_reason(ds)
             if why is not None:
                 reasons.setdefault(uid, why)
-            if uid not in labels:
-                labels[uid] = f"{ds.get('SeriesDescription', '')} {ds.get('ProtocolName', '')}".lower()
+            labels.setdefault(uid, label)
     series = []
     for uid, paths in members.items():
         folder = _folder(paths)

@@ -95,6 +95,7 @@ def other_modality(path: str | Path, series_uid: str | None, modality: str | Non
     headers; never quoted). None when it matches, cannot tell, or for 2D models (the service's
     volume / image check covers those)."""
     from patchrank.pipeline.data.dicom import find_series
+    from patchrank.pipeline.data.loaders import ScanError
 
     if modality in (None, "rgb"):
         return None
@@ -103,7 +104,13 @@ def other_modality(path: str | Path, series_uid: str | None, modality: str | Non
         if got is None or got == "rgb" or got == modality:
             return None
         return f"{Path(path).name}: a {got} scan by its file name; this model scores {modality}"
-    if not series_matches(find_series(path, series_uid).label, modality):
+    try:
+        label = find_series(path, series_uid).label
+    except OSError as exc:  # an input fault (the folder went away, no permission): a failed row, not a retry
+        raise ScanError(
+            f"{Path(path).name}: cannot read the series ({exc.strerror or exc.__class__.__name__})"
+        ) from None
+    if label.strip() and not series_matches(label, modality):  # no description (anonymised): cannot tell
         return f"{Path(path).name}: DICOM series description does not match modality {modality}"
     return None
 

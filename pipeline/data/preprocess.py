@@ -243,7 +243,8 @@ def load_prepared(
     API and the service). A file that vanishes or changes type while it is read is the input's fault: a
     ScanError, not an OSError that a service would retry."""
     pre = as_config(preprocess)
-    name = Path(path).name if isinstance(path, str | Path) else "scan"
+    where = getattr(path, "folder", path)  # a dicom.SeriesRef: its folder
+    name = Path(str(where)).name if isinstance(where, str | Path) else "scan"
     try:
         scan = load_scan(path, channels=pre.channels, max_voxels=pre.max_voxels, series_uid=series_uid)
         try:

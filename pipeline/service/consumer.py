@@ -222,7 +222,7 @@ class StreamConsumer:
             try:
                 path = check_uri(msg.uri, self.roots)
                 self._check_kind(path, msg)
-                if msg.modality is None and not is_s3(path):  # enqueue could not know the model's modality
+                if msg.modality is None and not (is_s3(path) and msg.series_uid):  # (an s3:// series: not checked)
                     why = await asyncio.to_thread(other_modality, path, msg.series_uid, self.info.modality)
                     if why:
                         raise ScanError(why)

@@ -162,7 +162,7 @@ def scorer_info(name: str = APP_NAME):
 
     from patchrank.pipeline.service.slice_scorer import ModelInfo
 
-    return ModelInfo(**serve.get_deployment_handle("Scorer", name).info.remote().result())
+    return ModelInfo.of(serve.get_deployment_handle("Scorer", name).info.remote().result())
 
 
 def scorer_usage(name: str = APP_NAME, replicas: int = 1) -> list[dict]:

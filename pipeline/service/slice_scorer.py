@@ -122,6 +122,11 @@ class ModelInfo:
     input_kind: str | None = None  # "volume" / "image": what it was trained on (None = unknown)
     modality: str | None = None  # the checkpoint's modality (pipeline.data.modality.model_modality)
 
+    @classmethod
+    def of(cls, d: dict) -> ModelInfo:
+        """From a scorer replica's `info()` dict; fields this version does not know (a newer replica's) are left out."""
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
 
 def input_kind(stats) -> str | None:
     """What a model was trained on, from statistics only that kind of data produces: the

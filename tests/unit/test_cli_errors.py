@@ -81,6 +81,18 @@ def test_score_exits_1_when_no_scan_could_be_scored(tiny_checkpoint, tmp_path, c
     assert err.strip() == "patchrank score: none of the 1 scans could be scored (see the FAILED lines)"
 
 
+def test_a_closed_pipe_ends_quietly(monkeypatch, capsys):
+    """`patchrank query ... | head`: the reader goes away; no "Broken pipe" error, exit 141 (as a shell reports it)."""
+    import patchrank.pipeline.commands.query as query
+
+    def closed(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(query, "run", closed)
+    assert main(["query", "results"]) == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_screen_of_a_missing_path_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nope"
     assert main(["screen", str(missing), "--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "o")]) == 2

@@ -55,17 +55,34 @@ def test_export_scores_like_the_checkpoint(tmp_path, c, scoring, capsys):
 
 
 def test_score_and_the_api_take_an_export_folder_as_the_checkpoint(tiny_checkpoint, phantom_dir, tmp_path):
-    import patchrank.api
+    """The export keeps the checkpoint's modality and operating point: `score` skips a T1 file and flags alike."""
+    import shutil
 
+    import patchrank.api
+    from patchrank.pipeline.evaluation import operating_point
+
+    tiny = load_checkpoint(tiny_checkpoint)
+    ck = tmp_path / "model.pt"
+    save_checkpoint(ck, tiny.recon, tiny.disc, preprocess=tiny.preprocess, scoring=tiny.scoring, stats=tiny.stats,
+                    meta={**tiny.meta, "modality": "flair"})  # fmt: skip
+    operating_point.save(ck, load_checkpoint(ck).model_version, {"threshold": 0.0})
     out = tmp_path / "onnx"
-    assert main(["export", "--checkpoint", str(tiny_checkpoint), "--onnx", str(out)]) == 0
-    scan = next(phantom_dir.rglob("*_flair.nii.gz"))
+    assert main(["export", "--checkpoint", str(ck), "--onnx", str(out)]) == 0
+    assert load_onnx(out).meta["modality"] == "flair"
+    data = tmp_path / "data"
+    data.mkdir()
+    flair = next(phantom_dir.rglob("*_flair.nii.gz"))
+    shutil.copy(flair, data / flair.name)
+    shutil.copy(flair, data / flair.name.replace("_flair", "_t1"))
     got = {}
-    for name, ck in (("pt", tiny_checkpoint), ("onnx", out)):
-        assert main(["score", str(scan), "--checkpoint", str(ck), "--json", str(tmp_path / f"{name}.json")]) == 0
-        got[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"][0]["scan_score"]
-    assert got["onnx"] == pytest.approx(got["pt"], abs=1e-3)
-    assert patchrank.api.load(out).score(scan).scan_score == pytest.approx(got["pt"], abs=1e-3)
+    for name, c in (("pt", ck), ("onnx", out)):
+        assert main(["score", str(data), "--checkpoint", str(c), "--json", str(tmp_path / f"{name}.json")]) == 0
+        got[name] = json.loads((tmp_path / f"{name}.json").read_text())["results"]
+    assert len(got["onnx"]) == 1 and got["onnx"][0]["flagged"] == got["pt"][0]["flagged"] is not None
+    assert got["onnx"][0]["scan_score"] == pytest.approx(got["pt"][0]["scan_score"], abs=1e-3)
+    assert patchrank.api.load(out).score(data / flair.name).scan_score == pytest.approx(
+        got["pt"][0]["scan_score"], abs=1e-3
+    )
 
 
 def test_a_folder_that_is_no_export_is_not_a_checkpoint(tmp_path, capsys):
