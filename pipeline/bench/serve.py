@@ -8,7 +8,8 @@ size (throughput does not depend on the weights), and the output says so.
 Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images over the networks of the fast
 inference path, pipeline.inference, no pixel maps: exactly what a scorer replica runs) over the same
 preprocessed slices in batches of B, in-process, best of 1 and all torch threads
-(preprocessing and I/O excluded), measured right before and right after each service run. End to end: a private
+(preprocessing and I/O excluded), measured right before and right after each service run (--rounds N:
+bare, serve, bare, ... with each service run compared with its two neighbours). End to end: a private
 redis-server + local Ray + the Serve app; clock from
 the first XADD to the stream drained (every result in Parquet and acknowledged), after
 one warm-up scan; per configuration (scorer replicas x max batch size).
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +40,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
     p.add_argument("--inflight", type=int, default=4, help="scans in flight per ingest replica (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per scorer replica (default: CPUs / replicas)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="service runs per configuration, each between two bare-forward runs (bare, serve, bare, serve, ..., "
+        "bare; each ratio against its two neighbours); the summary gives the median ratio (default 1)",
+    )
     p.add_argument("--json", dest="json_out", help="also write the results here")
     p.set_defaults(func=run)
 
@@ -109,6 +118,26 @@ def bare_in_scoring_process(checkpoint: str, files: list[Path], batch: int) -> t
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _report_round(res: dict, r: int, b: int, i: int, rounds: int) -> None:
+    tag = f" round {i + 1}/{rounds}" if rounds > 1 else ""
+    print(
+        f"  replicas {r} batch {b}{tag}: {res['slices_per_s']:.1f} slices/s ({res['scans_per_s']:.2f} scans/s) "
+        f"vs bare {res['bare_slices_per_s']:.1f} ({res['bare_before']:.1f} before, {res['bare_after']:.1f} after) "
+        f"-> ratio {res['ratio']:.2f}; latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; scorer "
+        f"busy {100 * res['scorer_busy']:.0f}% at {res['scorer_busy_slices_per_s']:.1f} slices/s, peak RSS "
+        f"{res['scorer_peak_rss_mib']:.0f} MiB; load {res['load']}",
+        flush=True,
+    )
+    print(
+        f"    CPU in the timed window ({res['seconds']:.1f} s, {100 * res['cpu_share']:.0f}% of all CPUs; "
+        f"the bare forward takes {res['bare_cpu_s_per_slice'] * res['slices']:.1f} s for these slices, the "
+        f"scorer {res['scorer_busy_cpu_s']:.1f} s in its forwards, mean batch "
+        f"{res['scorer_mean_batch']:.1f}): "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in res["cpu_s"].items() if v >= 0.05),
+        flush=True,
+    )
 
 
 def _load() -> str:
@@ -277,41 +306,37 @@ def run(args: argparse.Namespace) -> int:
     with services() as url:
         for r in replicas:
             for b in batches:
-                # The bare forward brackets the service run: the machine may be shared.
+                # Each service run sits between two bare-forward runs: the machine may be shared, and its
+                # speed drifts; a round's ratio is against the mean of its two neighbours.
                 before, _, cpu0 = bare_in_scoring_process(ckpt, files[1:], b)
-                res = serve_run(url, ckpt, files, work / f"out-{r}-{b}", roots, r, b, args)
-                _settle()
-                after, _, cpu1 = bare_in_scoring_process(ckpt, files[1:], b)
-                bare = (before + after) / 2
-                res.update(bare_slices_per_s=bare, bare_before=before, bare_after=after, load=_load())
-                res["bare_cpu_s_per_slice"] = (cpu0 + cpu1) / 2
-                res["ratio"] = res["slices_per_s"] / bare
-                results.append(res)
-                print(
-                    f"  replicas {r} batch {b}: {res['slices_per_s']:.1f} slices/s ({res['scans_per_s']:.2f} scans/s) "
-                    f"vs bare {bare:.1f} ({before:.1f} before, {after:.1f} after) -> ratio {res['ratio']:.2f}; "
-                    f"latency p50 {res['latency_p50']:.2f}s p95 {res['latency_p95']:.2f}s; scorer busy "
-                    f"{100 * res['scorer_busy']:.0f}% at {res['scorer_busy_slices_per_s']:.1f} slices/s, peak RSS "
-                    f"{res['scorer_peak_rss_mib']:.0f} MiB; load {res['load']}",
-                    flush=True,
-                )
-                print(
-                    f"    CPU in the timed window ({res['seconds']:.1f} s, {100 * res['cpu_share']:.0f}% of all CPUs; "
-                    f"the bare forward takes {res['bare_cpu_s_per_slice'] * res['slices']:.1f} s for these slices, the "
-                    f"scorer {res['scorer_busy_cpu_s']:.1f} s in its forwards, mean batch "
-                    f"{res['scorer_mean_batch']:.1f}): "
-                    + ", ".join(f"{k} {v:.1f} s" for k, v in res["cpu_s"].items() if v >= 0.05),
-                    flush=True,
-                )
+                ratios = []
+                for i in range(args.rounds):
+                    res = serve_run(url, ckpt, files, work / f"out-{r}-{b}-{i}", roots, r, b, args)
+                    _settle()
+                    after, _, cpu1 = bare_in_scoring_process(ckpt, files[1:], b)
+                    bare = (before + after) / 2
+                    res.update(round=i + 1, bare_slices_per_s=bare, bare_before=before, bare_after=after, load=_load())
+                    res["bare_cpu_s_per_slice"] = (cpu0 + cpu1) / 2
+                    res["ratio"] = res["slices_per_s"] / bare
+                    results.append(res)
+                    ratios.append(res["ratio"])
+                    _report_round(res, r, b, i, args.rounds)
+                    before, cpu0 = after, cpu1
+                if args.rounds > 1:
+                    print(
+                        f"  replicas {r} batch {b}: median ratio {statistics.median(ratios):.2f} over {args.rounds} "
+                        f"rounds ({', '.join(f'{x:.2f}' for x in ratios)})",
+                        flush=True,
+                    )
     print(
-        "\n| scorer replicas | max batch | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / "
+        "\n| scorer replicas | max batch | round | slices/s | scans/s | bare forward slices/s | ratio | latency p50 / "
         "p95 (s) | enqueue->result p50 / p95 (s) | scorer peak RSS (MiB) | load avg |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for x in results:
         print(
-            f"| {x['replicas']} | {x['max_batch_size']} | {x['slices_per_s']:.1f} | {x['scans_per_s']:.2f} | "
-            f"{x['bare_slices_per_s']:.1f} | "
+            f"| {x['replicas']} | {x['max_batch_size']} | {x['round']} | {x['slices_per_s']:.1f} | "
+            f"{x['scans_per_s']:.2f} | {x['bare_slices_per_s']:.1f} | "
             f"{x['ratio']:.2f} | {x['latency_p50']:.2f} / {x['latency_p95']:.2f} | {x['e2e_p50']:.2f} / "
             f"{x['e2e_p95']:.2f} | {x['scorer_peak_rss_mib']:.0f} | {x['load']} |"
         )

@@ -167,7 +167,8 @@ def training_line(train, val, labelled, cfg) -> str:
     flat = bool(np.isnan(train.position).all())  # 2D images: one "slice" per image and subject
 
     def count(s, what: str) -> str:
-        return f"{len(s)} {what} images" if flat else f"{len(s)} {what} slices ({len(set(s.subjects))} subjects)"
+        n = len(set(s.subjects))
+        return f"{len(s)} {what} images" if flat else f"{len(s)} {what} slices ({n} subject{'s' * (n != 1)})"
 
     critic = critic_epochs(cfg)
     return (
