@@ -139,17 +139,14 @@ def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices:
 
 def _failed_table(failed: list[tuple]) -> str:
     """The scans that could not be scored, with the reason (file names and reasons, never header text)."""
+    from patchrank.pipeline.service.results import display_name
+
     if not failed:
         return ""
+    names = [display_name({"uri": uri, "series_uid": uid}) for uri, uid, _ in failed]
     rows = "".join(
-        f"<tr><td>{html.escape(display(uri, uid))}</td><td>{html.escape(error or '')}</td></tr>"
-        for uri, uid, error in failed
+        f"<tr><td>{html.escape(name)}</td><td>{html.escape(error or '')}</td></tr>"
+        for name, (_, _, error) in zip(names, failed)
     )
     head = "<thead><tr><th>scan</th><th>reason</th></tr></thead>"
     return f"<h2>Not scored ({len(failed)})</h2><table>{head}<tbody>{rows}</tbody></table>"
-
-
-def display(uri: str, series_uid: str | None) -> str:
-    from patchrank.pipeline.service.results import display_name
-
-    return display_name({"uri": uri, "series_uid": series_uid})

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.model.checkpoint import load_checkpoint
     from patchrank.pipeline.commands.enqueue import scan_list
     from patchrank.pipeline.data.modality import model_modality
-    from patchrank.pipeline.data.storage import is_file, is_s3, local_checkpoint
+    from patchrank.pipeline.data.storage import is_s3, local_checkpoint
     from patchrank.pipeline.service.results import ResultStore, format_ranking
     from patchrank.pipeline.service.screening import check_redis, run_id, screen, services
     from patchrank.pipeline.service.settings import check_redis_url
@@ -190,10 +190,6 @@ def run(args: argparse.Namespace) -> int:
     for p in args.paths:
         if not is_s3(p):
             _check_exists(p)
-    if not is_s3(args.checkpoint) and Path(args.checkpoint).is_dir():
-        raise ValueError(f"{args.checkpoint} is a folder, not a checkpoint file (.pt written by `patchrank train`)")
-    if not is_file(args.checkpoint, args.s3_endpoint):
-        raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
     model = load_checkpoint(local_checkpoint(args.checkpoint, args.s3_endpoint))  # bad: one line now, not at deploy
     modality = args.modality or model_modality(model.meta)
     paths = list(args.paths)

@@ -288,7 +288,6 @@ def fit_loop(
     masks = build_mask_generator(cfg, seed_offset=place.rank)
     start = restore_train_state(state.train_state, opt_g, opt_d, masks, place) if state is not None else 0
     steps = n_batches(len(train), cfg.batch_size, place.world)
-    shard = {"rank": place.rank, "world": place.world}
     stats = state.stats if state is not None else None
     ts0 = state.train_state if state is not None else None
     plan = epoch_plan(cfg, ts0)
@@ -309,12 +308,12 @@ def fit_loop(
             opt_d.state.clear()
         gan_done, critic_done = (gan_done, critic_done + 1) if critic else (gan_done + 1, 0)
         if critic:  # the critic epochs see clean images: what scoring sees
-            data = batches(train.images, cfg.batch_size, cfg.seed, epoch, **shard)
+            data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world)
             m = run_critic_epoch(
                 recon, disc, opt_d, data, cfg, device=place.device, amp=place.amp, on_step=reporter.step
             )
         else:
-            data = batches(train.images, cfg.batch_size, cfg.seed, epoch, **shard)
+            data = batches(train.images, cfg.batch_size, cfg.seed, epoch, rank=place.rank, world=place.world)
             m = run_epoch(
                 recon, disc, opt_g, opt_d, data, masks, cfg, device=place.device, amp=place.amp, on_step=reporter.step
             )
