@@ -29,7 +29,18 @@ def _radiological(a: np.ndarray) -> np.ndarray:
     return a[::-1, ::-1].T
 
 
-def _slice_png(image: np.ndarray, overlay: np.ndarray | None, boxes: list[tuple], rgb: bool) -> str:
+def _map_scale(overlay: np.ndarray) -> tuple[float, float]:
+    """A scan's anomaly map (X, Y, Z) -> its colour scale (lo, hi): the 90th and 99.8th percentiles of its
+    scored voxels (those above the map's minimum, which marks background and unscored slices), so that every
+    slice of a scan is drawn on the same scale."""
+    scored = overlay[overlay > overlay.min()]
+    lo, hi = np.percentile(scored if scored.size else overlay, [90, 99.8])
+    return float(lo), float(max(hi, lo + 1e-6))
+
+
+def _slice_png(
+    image: np.ndarray, overlay: np.ndarray | None, boxes: list[tuple], rgb: bool, scale: tuple[float, float] = (0, 1)
+) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,9 +50,9 @@ def _slice_png(image: np.ndarray, overlay: np.ndarray | None, boxes: list[tuple]
     fig, ax = plt.subplots(figsize=(4.2 if overlay is not None else 3.4, 3.4), dpi=80)
     ax.imshow(image if rgb else image, cmap=None if rgb else "gray", interpolation="nearest")
     if overlay is not None:
-        lo, hi = np.percentile(overlay, [90, 99.8])  # colour only the top 10 % of the slice
+        lo, hi = scale  # the scan's scale: colour only its top 10 %
         shown = np.ma.masked_less(overlay, lo)
-        im = ax.imshow(shown, cmap="inferno", alpha=0.55, vmin=lo, vmax=max(hi, lo + 1e-6), interpolation="nearest")
+        im = ax.imshow(shown, cmap="inferno", alpha=0.55, vmin=lo, vmax=hi, interpolation="nearest")
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="anomaly")
     for rank, (r0, c0, h, w) in boxes:
         ax.add_patch(Rectangle((c0 - 0.5, r0 - 0.5), w, h, fill=False, edgecolor="cyan", linewidth=1.2))
@@ -64,9 +75,10 @@ def _scan_images(row: dict, root: Path, slices: int) -> list[str]:
         scan = load_scan(row["uri"], series_uid=row["series_uid"], channels=3 if _is_image(row["uri"]) else 1)
     except (ScanError, OSError):
         return []
-    overlay = None
+    overlay, scale = None, (0.0, 1.0)
     if row.get("map_uri") and (root / row["map_uri"]).is_file():
         overlay = np.asarray(nib.as_closest_canonical(nib.load(str(root / row["map_uri"]))).dataobj, np.float32)
+        scale = _map_scale(overlay)
     order = list(dict.fromkeys(int(t["slice_index"]) for t in tops))[:slices]
     out = []
     for k in order:
@@ -80,8 +92,29 @@ def _scan_images(row: dict, root: Path, slices: int) -> list[str]:
         nx, ny = vol.shape[:2]
         spec = [(t["rank"], (ny - t["x1"], nx - t["y1"], t["x1"] - t["x0"], t["y1"] - t["y0"])) for t in boxes]
         ov = None if overlay is None or overlay.shape != vol.shape else _radiological(overlay[..., k])
-        out.append(_slice_png(_radiological(vol[..., k]), ov, spec, rgb=False))
+        out.append(_slice_png(_radiological(vol[..., k]), ov, spec, rgb=False, scale=scale))
     return out
+
+
+def _common_folder(uris: list[str]) -> str:
+    """The folder (or s3:// prefix) that holds all these scans ("" when they share none)."""
+    import os
+
+    s3 = [u.startswith("s3://") for u in uris]
+    if not uris or any(s3) != all(s3) or any("/" not in u for u in uris):
+        return ""
+    head = "s3://" if s3[0] else ""
+    try:
+        common = os.path.commonpath([u[len(head) :].rsplit("/", 1)[0] for u in uris])
+    except ValueError:  # relative and absolute paths mixed
+        return ""
+    return head + common if common not in ("", "/") else ""
+
+
+def _relative(uri: str, common: str) -> str:
+    """A scan's location below the report's common folder (the hover text: where it lies in the archive,
+    without the machine's absolute path)."""
+    return uri[len(common) :].lstrip("/") if common and uri.startswith(common + "/") else Path(uri).name
 
 
 def _is_image(uri: str) -> bool:
@@ -103,14 +136,15 @@ def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices:
     n_failed = len(failed)
     if not rows and not n_failed:
         raise ValueError(f"{no_results(root)}; no report written")
-    body = []
+    body, common = [], _common_folder([r["uri"] for r in rows])
     for rank, r in enumerate(rows, 1):
         imgs = "".join(f'<img alt="slice" src="data:image/png;base64,{b}">' for b in _scan_images(r, root, slices))
         flag = {True: "flagged", False: "", None: "n/a"}[r["flagged"]]
         name = display_name(r)
+        where = html.escape(_relative(r["uri"], common))
         body.append(
             f"<tr><td data-v='{rank}'>{rank}</td><td data-v='{r['scan_score']:.6f}'>{r['scan_score']:.3f}</td>"
-            f"<td class='flag'>{flag}</td><td title='{html.escape(r['uri'])}'>{html.escape(name)}</td>"
+            f"<td class='flag'>{flag}</td><td title='{where}'>{html.escape(name)}</td>"
             f"<td>{imgs or 'scan not readable here'}</td></tr>"
         )
     models = sorted({r["model_version"] for r in rows})
@@ -126,7 +160,8 @@ def build_report(results: str | Path, out: str | Path, *, top: int = 50, slices:
             if any(not _is_image(r["uri"]) for r in rows)
             else ""
         )
-        + "Cyan boxes: top patches with their rank; colour: anomaly map (when written with --maps).</p>"
+        + "Cyan boxes: top patches with their rank; colour: anomaly map (when written with --maps), one scale per "
+        "scan: its top 10 % of scored voxels. Hover over a scan's name for its place in the archive.</p>"
         "<table><thead><tr><th data-num='1'>rank</th><th data-num='1'>score</th><th>flagged</th><th>scan</th>"
         f"<th>most suspicious slices</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
         + _failed_table(failed)

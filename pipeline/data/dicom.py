@@ -156,6 +156,15 @@ def find_series(folder: str | Path, uid: str | None = None) -> SeriesRef:
     return found[0]
 
 
+def read_series(folder: Path, uid: str) -> SeriesRef:
+    """find_series on a local folder, where a folder that cannot be read (gone, no permission) is the input's
+    fault: a ScanError (a failed row), not an OSError that a service would retry."""
+    try:
+        return find_series(folder, uid)
+    except OSError as exc:
+        raise ScanError(f"{Path(folder).name}: cannot read the series ({exc.strerror or exc.__class__.__name__})") from None
+
+
 def series_scan_id(ref: SeriesRef, endpoint: str | None = None) -> str:
     """Stable id of a series: sha256(resolved folder, UID, each file's name, size and mtime_ns), 32 hex chars;
     on S3 the same over the prefix URI and each object's name, size and last-modified time."""

@@ -89,28 +89,19 @@ def select(scans: list, modality: str | None, pattern: str | None = None) -> tup
     return kept, skipped
 
 
-def other_modality(path: str | Path, series_uid: str | None, modality: str | None) -> str | None:
+def other_modality(path: str | Path, series, modality: str | None) -> str | None:
     """Why a local scan queued without a modality is not one a `modality` model scores: its file name
-    names another MRI modality, or its DICOM series' description does not match (read from the
-    headers; never quoted). None when it matches, cannot tell, or for 2D models (the service's
-    volume / image check covers those)."""
-    from patchrank.pipeline.data.dicom import find_series
-    from patchrank.pipeline.data.loaders import ScanError
-
+    names another MRI modality, or its DICOM series' description (series: the `dicom.SeriesRef` already
+    found, its headers read once; None for a file) does not match (never quoted). None when it matches,
+    cannot tell, or for 2D models (the service's volume / image check covers those)."""
     if modality in (None, "rgb"):
         return None
-    if series_uid is None:
+    if series is None:
         got = file_modality(path)
         if got is None or got == "rgb" or got == modality:
             return None
         return f"{Path(path).name}: a {got} scan by its file name; this model scores {modality}"
-    try:
-        label = find_series(path, series_uid).label
-    except OSError as exc:  # an input fault (the folder went away, no permission): a failed row, not a retry
-        raise ScanError(
-            f"{Path(path).name}: cannot read the series ({exc.strerror or exc.__class__.__name__})"
-        ) from None
-    if label.strip() and not series_matches(label, modality):  # no description (anonymised): cannot tell
+    if series.label.strip() and not series_matches(series.label, modality):  # no description (anonymised): cannot tell
         return f"{Path(path).name}: DICOM series description does not match modality {modality}"
     return None
 

@@ -229,7 +229,8 @@ def fit_target(records: list, channels: int = 1, max_voxels: int | None = None) 
     for rec in records:
         scan = load_scan(rec.path, channels=channels, mask_path=rec.mask_path,
                          extra_channel_paths=rec.extra_paths or None, max_voxels=max_voxels)  # fmt: skip
-        poses.append(estimate(scan.array[0], check_volume(scan.array, scan.foreground), zooms_of(scan.geometry)))
+        zooms = zooms_of(scan.geometry)
+        poses.append(estimate(scan.array[0], check_volume(scan.array, scan.foreground, zooms), zooms))
     return mean_pose(poses).as_list()
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from patchrank.model.evidence.lesion import dark_lesion
 from patchrank.pipeline.data.contract import check_volume
 from patchrank.pipeline.data.loaders import INPUT_ERRNOS, Scan, ScanError, load_scan
+from patchrank.pipeline.data.pose import zooms_of
 from patchrank.pipeline.settings import PreprocessConfig
 
 BACKGROUND = -1.0
@@ -157,7 +158,8 @@ def preprocess_scan(
         raise ScanError(f"slices too small: {arr.shape[1]}x{arr.shape[2]}")
     scan_labels, geometry = scan.labels, scan.geometry
     if scan.kind == "volume":
-        fg = check_volume(arr, scan.foreground)  # the input contract: a skull-stripped brain
+        zooms = None if geometry is None else zooms_of(geometry)
+        fg = check_volume(arr, scan.foreground, zooms)  # the input contract: a skull-stripped brain
         if not fg.any():
             raise ScanError("empty volume: no foreground voxels (the whole volume holds one constant value)")
         if cfg.pose:  # into the training volumes' head pose; geometry maps the result back to the input
@@ -210,7 +212,7 @@ def _in_pose(arr: np.ndarray, fg: np.ndarray, labels: np.ndarray | None, geometr
     """A volume -> (arr, fg, labels, geometry) in the target head pose (pipeline.data.pose.canonicalise)."""
     from dataclasses import replace
 
-    from patchrank.pipeline.data.pose import canonicalise, zooms_of
+    from patchrank.pipeline.data.pose import canonicalise
 
     if cfg.pose_target is None:
         raise ValueError("preprocess.pose is on without a pose_target (training fits it: pose.with_target)")

@@ -39,6 +39,7 @@ import redis
 
 from patchrank.model.config import ScoringConfig
 from patchrank.pipeline.data.bids import entities
+from patchrank.pipeline.data.dicom import read_series
 from patchrank.pipeline.data.loaders import ScanError, scan_values
 from patchrank.pipeline.data.modality import other_modality, wrong_kind
 from patchrank.pipeline.data.preprocess import Prepared, as_config, peak_bytes, prepared_bytes
@@ -222,8 +223,11 @@ class StreamConsumer:
             try:
                 path = check_uri(msg.uri, self.roots)
                 self._check_kind(path, msg)
+                series = None  # a local DICOM series: its headers read once, here, and the found series loaded
+                if msg.series_uid is not None and not is_s3(path):
+                    series = await asyncio.to_thread(read_series, path, msg.series_uid)
                 if msg.modality is None and not (is_s3(path) and msg.series_uid):  # (an s3:// series: not checked)
-                    why = await asyncio.to_thread(other_modality, path, msg.series_uid, self.info.modality)
+                    why = other_modality(path, series, self.info.modality)
                     if why:
                         raise ScanError(why)
                 local_file = not is_s3(path) and msg.series_uid is None
@@ -243,10 +247,10 @@ class StreamConsumer:
                 held = need
                 prep = await asyncio.to_thread(
                     load_uri,
-                    path,
+                    series or path,
                     self.info.preprocess,
                     self.cfg.s3_endpoint_url,
-                    msg.series_uid,
+                    None if series else msg.series_uid,
                     max_slices=self.cfg.max_slices,
                     max_bytes=self.cfg.max_prepared_mb * 2**20,
                 )

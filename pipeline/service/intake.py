@@ -59,7 +59,7 @@ def check_uri(uri: str, roots: list[Path | str] | frozenset) -> Path | str:
 
 
 def load_uri(
-    path: Path | str,
+    path,
     preprocess: dict,
     endpoint: str | None = None,
     series_uid: str | None = None,
@@ -67,8 +67,8 @@ def load_uri(
     max_slices: int | None = MAX_SLICES,
     max_bytes: int | None = MAX_PREPARED_BYTES,
 ) -> Prepared:
-    """load_prepared for a checked location (a file, or a DICOM series' folder or s3:// prefix); s3:// objects
-    are first copied to a private temp folder."""
+    """load_prepared for a checked location (a file, a found local `dicom.SeriesRef`, or a DICOM series'
+    folder or s3:// prefix); s3:// objects are first copied to a private temp folder."""
     caps = {"max_slices": max_slices, "max_bytes": max_bytes}
     if not is_s3(path):
         return load_prepared(path, preprocess, series_uid, **caps)

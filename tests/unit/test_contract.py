@@ -65,3 +65,35 @@ def test_real_brats_volumes_pass(shared_data):
     for f in files:
         prep = load_prepared(f, PRE)
         assert 0.05 < prep.foreground.mean() < 0.6  # the brain, not the whole field of view
+
+
+def test_foreground_larger_than_a_brain_fails_by_its_volume(tmp_path):
+    """The same phantom brain on a 1 mm grid passes; on a 4 mm grid it would hold litres: refused by volume."""
+    flair, brain = _brain()
+    ml = brain.sum() * 64 / 1000
+    assert ml > 2200 and brain.mean() < 0.6  # the field-of-view check alone would pass it
+    big = tmp_path / "big.nii.gz"
+    nib.save(nib.Nifti1Image(flair, np.diag([4.0, 4.0, 4.0, 1.0])), str(big))
+    with pytest.raises(ScanError, match=r"^big.nii.gz: not a skull-stripped brain: the non-background region holds "):
+        load_prepared(big, PRE)
+
+
+def test_real_brain_inside_a_skull_and_scalp_on_a_zero_background_fails(shared_data, tmp_path):
+    """A BraTS brain wrapped in a 5 mm dark skull and a 5 mm bright scalp, air kept at the background value (its
+    border is constant, and it covers 26 % of the field of view): refused as too large for a brain."""
+    from scipy.ndimage import distance_transform_edt
+
+    src = sorted((shared_data / "brats2015").glob("*/*_flair.nii.gz"))[0]
+    img = nib.load(src)
+    flair = np.asarray(img.dataobj, np.float32)
+    background = flair[0, 0, 0]
+    brain = flair != background
+    depth = distance_transform_edt(~brain, sampling=img.header.get_zooms()[:3])
+    head = flair.copy()
+    head[(depth > 0) & (depth <= 5)] = background + 0.05  # skull: almost no signal, but not the background value
+    head[(depth > 5) & (depth <= 10)] = np.percentile(flair[brain], 99)  # scalp fat: bright
+    out = tmp_path / "head.nii.gz"
+    nib.save(nib.Nifti1Image(head, img.affine), str(out))
+    with pytest.raises(ScanError, match=r"non-background region holds 2,3\d\d mL \(a skull-stripped brain holds at most"):
+        load_prepared(out, PRE)
+    assert load_prepared(src, PRE).foreground.any()  # the brain alone passes

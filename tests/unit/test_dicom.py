@@ -206,3 +206,19 @@ def test_enqueue_message_carries_folder_and_series(archive):
     assert all(m.uri == str(archive["export"].resolve()) for m in msgs)
     back = ScanMessage.from_fields(msgs[0].to_fields())
     assert back == msgs[0] and SECRET not in msgs[0].model_dump_json()
+
+
+def test_read_series_finds_it_and_makes_an_unreadable_folder_a_scan_error(archive, monkeypatch):
+    """The consumer reads a queued series' headers once (read_series) and loads the SeriesRef it found; a folder
+    it cannot read (gone, no permission) is the input's fault: a ScanError naming the folder, not a retry."""
+    from patchrank.pipeline.data import dicom
+
+    ref = dicom.read_series(archive["export"], archive["flair"])
+    assert ref == dicom.find_series(archive["export"], archive["flair"]) and ref.uid == archive["flair"]
+
+    def unreadable(folder, uid=None):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dicom, "find_series", unreadable)
+    with pytest.raises(ScanError, match=rf"^{ref.folder.name}: cannot read the series \(Permission denied\)$"):
+        dicom.read_series(ref.folder, ref.uid)

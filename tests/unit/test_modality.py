@@ -143,10 +143,10 @@ def test_other_modality_is_what_the_consumer_refuses(tmp_path):
     write_series(vol, np.eye(4), tmp_path / "dicom" / "a", description="AX FLAIR")
     write_series(vol, np.eye(4), tmp_path / "dicom" / "b", description="T1 SAG")
     write_series(vol, np.eye(4), tmp_path / "dicom" / "c", description="")  # anonymised: cannot tell
-    uids = {ref.folder.name: ref.uid for ref in _series(tmp_path / "dicom")}
-    assert other_modality(tmp_path / "dicom" / "a", uids["a"], "flair") is None
-    assert other_modality(tmp_path / "dicom" / "c", uids["c"], "flair") is None
-    assert other_modality(tmp_path / "dicom" / "b", uids["b"], "flair") == (
+    refs = {ref.folder.name: ref for ref in _series(tmp_path / "dicom")}
+    assert other_modality(tmp_path / "dicom" / "a", refs["a"], "flair") is None
+    assert other_modality(tmp_path / "dicom" / "c", refs["c"], "flair") is None
+    assert other_modality(tmp_path / "dicom" / "b", refs["b"], "flair") == (
         "b: DICOM series description does not match modality flair"
     )
 
