@@ -162,7 +162,8 @@ def read_series(folder: Path, uid: str) -> SeriesRef:
     try:
         return find_series(folder, uid)
     except OSError as exc:
-        raise ScanError(f"{Path(folder).name}: cannot read the series ({exc.strerror or exc.__class__.__name__})") from None
+        why = exc.strerror or exc.__class__.__name__
+        raise ScanError(f"{Path(folder).name}: cannot read the series ({why})") from None
 
 
 def series_scan_id(ref: SeriesRef, endpoint: str | None = None) -> str:
