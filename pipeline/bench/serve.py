@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=0, help="input size of the fresh model (default: training's)")
     p.add_argument("--replicas", default="1", help="scorer replica counts, comma-separated (default 1)")
     p.add_argument("--batch-sizes", default="32", help="@serve.batch max_batch_size values (default 32)")
-    p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
+    p.add_argument("--chunk", type=int, help="slices per scorer request (default: the max batch size)")
     p.add_argument("--inflight", type=int, default=4, help="scans in flight per ingest replica (default 4)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per scorer replica (default: CPUs / replicas)")
     p.add_argument(
@@ -209,7 +209,7 @@ def serve_run(
         output_dir=str(out),
         allowed_roots=roots,
         max_batch_size=batch,
-        chunk_slices=min(args.chunk, batch),
+        chunk_slices=min(args.chunk, batch) if args.chunk else None,
         max_inflight_scans=args.inflight,
         torch_threads=args.threads or max(1, (os.cpu_count() or 1) // replicas),
         flush_interval_s=0.2,

@@ -49,7 +49,7 @@ def add_service_args(p: argparse.ArgumentParser, *, private_redis: bool = True) 
     )
     p.add_argument("--batch-size", type=int, default=32, help="max slices per scorer forward (default 32)")
     p.add_argument("--batch-wait", type=float, default=0.01, help="max seconds a batch waits to fill (default 0.01)")
-    p.add_argument("--chunk", type=int, default=8, help="slices per scorer request (default 8)")
+    p.add_argument("--chunk", type=int, help="slices per scorer request (default: the max batch size)")
     p.add_argument("--inflight", type=int, default=4, help="scans scored concurrently per ingest replica (default 4)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
     p.add_argument(
@@ -108,7 +108,7 @@ def app_args(
         s3_endpoint_url=getattr(args, "s3_endpoint", None),
         max_batch_size=args.batch_size,
         batch_wait_timeout_s=args.batch_wait,
-        chunk_slices=min(args.chunk, args.batch_size),
+        chunk_slices=min(args.chunk, args.batch_size) if args.chunk else None,
         max_inflight_scans=args.inflight,
         device="cuda" if args.scorer_gpus > 0 else "cpu",
         torch_threads=threads,

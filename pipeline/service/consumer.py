@@ -276,7 +276,7 @@ class StreamConsumer:
     async def _score_prepared(
         self, msg: ScanMessage, entry_id: str, deliveries: int, t0: float, queue_s: float, prep: Prepared
     ) -> _Result:
-        n, step = len(prep.images), self.cfg.chunk_slices
+        n, step = len(prep.images), self.cfg.chunk
         chunks = [
             SliceChunk(
                 prep.images[i : i + step],

@@ -18,6 +18,7 @@ from patchrank.pipeline.service.keys import DEFAULT_NAMESPACE, StreamKeys
 PASSWORD_ENV = "PATCHRANK_REDIS_PASSWORD"  # the Redis password, instead of putting it in the URL
 PASSWORD_FILE_ENV = "PATCHRANK_REDIS_PASSWORD_FILE"  # ... or a file holding it
 SCHEMES = ("redis", "rediss", "unix")
+MAX_CHUNK = 512  # slices one scorer request may carry
 PERCENT_ENCODING_HINT = (
     "percent-encode reserved characters in the URL's user name and password "
     "('/' -> %2F, '?' -> %3F, '#' -> %23, '@' -> %40, ':' -> %3A, '%' -> %25; "
@@ -210,8 +211,12 @@ class ServiceConfig(BaseModel):
     max_prepared_mb: int = Field(
         512, ge=1, description="a scan whose model-ready slices take more memory than this is a failed row"
     )
-    chunk_slices: int = Field(
-        8, ge=1, le=512, description="slices per scorer request (batched further by @serve.batch)"
+    chunk_slices: int | None = Field(
+        None,
+        ge=1,
+        le=MAX_CHUNK,
+        description=f"slices per scorer request, batched further by @serve.batch (default: max_batch_size up to "
+        f"{MAX_CHUNK}, so one request fills a forward)",
     )
     claim_idle_ms: int = Field(30_000, ge=100, description="pending entries idle this long are reclaimed (XAUTOCLAIM)")
     claim_every_s: float = Field(2.0, gt=0, description="how often a consumer runs XAUTOCLAIM")
@@ -238,6 +243,11 @@ class ServiceConfig(BaseModel):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$")
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch.set_num_threads in the scorer")
 
+    @property
+    def chunk(self) -> int:
+        """Slices per scorer request."""
+        return self.chunk_slices or min(self.max_batch_size, MAX_CHUNK)
+
     @field_validator("redis_url")
     @classmethod
     def _url(cls, v: str) -> str:
@@ -252,7 +262,7 @@ class ServiceConfig(BaseModel):
 
     @model_validator(mode="after")
     def _chunks_fit_batches(self) -> ServiceConfig:
-        if self.chunk_slices > self.max_batch_size:
+        if self.chunk_slices is not None and self.chunk_slices > self.max_batch_size:
             raise ValueError(f"chunk_slices ({self.chunk_slices}) must be <= max_batch_size ({self.max_batch_size})")
         given = [
             n

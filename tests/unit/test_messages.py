@@ -81,3 +81,7 @@ def test_keys_namespace_and_service_config():
         ServiceConfig(checkpoint="c", output_dir="o", surprise=1)
     with pytest.raises(ValueError, match="chunk_slices"):
         ServiceConfig(checkpoint="c", output_dir="o", chunk_slices=64, max_batch_size=32)
+    # slices per scorer request: the max batch size unless set (one request fills a forward)
+    assert ServiceConfig(checkpoint="c", output_dir="o").chunk == 32
+    assert ServiceConfig(checkpoint="c", output_dir="o", max_batch_size=16).chunk == 16
+    assert ServiceConfig(checkpoint="c", output_dir="o", chunk_slices=8).chunk == 8
