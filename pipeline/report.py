@@ -31,9 +31,9 @@ def _radiological(a: np.ndarray) -> np.ndarray:
 
 def _map_scale(overlay: np.ndarray) -> tuple[float, float]:
     """A scan's anomaly map (X, Y, Z) -> its colour scale (lo, hi): the 90th and 99.8th percentiles of its
-    scored voxels (those above the map's minimum, which marks background and unscored slices), so that every
-    slice of a scan is drawn on the same scale."""
-    scored = overlay[overlay > overlay.min()]
+    scored voxels (those above their slice's minimum, which marks the slice's background; unscored slices hold
+    one value), so that every slice of a scan is drawn on the same scale."""
+    scored = overlay[overlay > overlay.min(axis=(0, 1), keepdims=True)]
     lo, hi = np.percentile(scored if scored.size else overlay, [90, 99.8])
     return float(lo), float(max(hi, lo + 1e-6))
 

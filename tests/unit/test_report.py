@@ -8,14 +8,16 @@ from patchrank.pipeline.report import _common_folder, _map_scale, _relative
 
 
 def test_colour_scale_is_the_scans_not_the_slices():
-    """Two slices of one map: a quiet one and one with a hot spot; the scale comes from the scored voxels of the
-    whole volume (background, at the map's minimum, left out), so the quiet slice is not stretched to look hot."""
-    vol = np.full((20, 20, 2), -5.0, np.float32)  # background / unscored: the map's minimum
+    """Two scored slices of one map, a quiet one and one with a hot spot: the scale comes from the scored voxels
+    of the whole volume (each slice's background, at its minimum, left out), so the quiet slice is not
+    stretched to look hot."""
+    vol = np.full((20, 20, 3), -5.0, np.float32)  # slice 2: not scored
+    vol[..., 1] = -3.0  # each slice's background: its own minimum
     vol[5:15, 5:15, 0] = np.linspace(0, 1, 100).reshape(10, 10)  # quiet slice: 0 ... 1
     vol[5:15, 5:15, 1] = np.linspace(0, 1, 100).reshape(10, 10)
     vol[8:10, 8:10, 1] = 9.0  # hot spot
     lo, hi = _map_scale(vol)
-    scored = vol[vol > -5]
+    scored = vol[5:15, 5:15, :2]
     assert np.allclose((lo, hi), np.percentile(scored, [90, 99.8]))
     assert 0.8 < lo < 1.0 and hi > 8  # the quiet slice's top is at the bottom of the scale: barely coloured
     flat = np.zeros((4, 4, 2), np.float32)
