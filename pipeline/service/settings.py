@@ -335,5 +335,5 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     service: ServiceConfig
-    scorer: Placement = Placement(num_cpus=1.0, target=8.0)
+    scorer: Placement = Placement(num_cpus=1.0, target=2.0)  # ongoing requests of up to a batch each (~64 slices)
     ingest: Placement = Placement(num_cpus=0.25, target=32.0)
