@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
                     num_gpus=1,
                     min_replicas=1,
                     max_replicas=scorer_nodes,
-                    target=2.0,
+                    target=1.0,
                     upscale_delay_s=2.0,
                     downscale_delay_s=down,
                 ),
