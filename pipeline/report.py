@@ -39,8 +39,9 @@ def _map_scale(overlay: np.ndarray) -> tuple[float, float]:
 
 
 def _slice_png(
-    image: np.ndarray, overlay: np.ndarray | None, boxes: list[tuple], rgb: bool, scale: tuple[float, float] = (0, 1)
+    image: np.ndarray, overlay: np.ndarray | None, boxes: list[tuple], rgb: bool, scale: tuple[float, float] | None
 ) -> str:
+    """One slice as a PNG (base64); overlay (with its scan's colour `scale`) and boxes drawn over it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +49,7 @@ def _slice_png(
     from matplotlib.patches import Rectangle
 
     fig, ax = plt.subplots(figsize=(4.2 if overlay is not None else 3.4, 3.4), dpi=80)
-    ax.imshow(image if rgb else image, cmap=None if rgb else "gray", interpolation="nearest")
+    ax.imshow(image, cmap=None if rgb else "gray", interpolation="nearest")
     if overlay is not None:
         lo, hi = scale  # the scan's scale: colour only its top 10 %
         shown = np.ma.masked_less(overlay, lo)
@@ -75,10 +76,10 @@ def _scan_images(row: dict, root: Path, slices: int) -> list[str]:
         scan = load_scan(row["uri"], series_uid=row["series_uid"], channels=3 if _is_image(row["uri"]) else 1)
     except (ScanError, OSError):
         return []
-    overlay, scale = None, (0.0, 1.0)
+    overlay = None
     if row.get("map_uri") and (root / row["map_uri"]).is_file():
         overlay = np.asarray(nib.as_closest_canonical(nib.load(str(root / row["map_uri"]))).dataobj, np.float32)
-        scale = _map_scale(overlay)
+    scale = None if overlay is None else _map_scale(overlay)
     order = list(dict.fromkeys(int(t["slice_index"]) for t in tops))[:slices]
     out = []
     for k in order:
@@ -86,7 +87,7 @@ def _scan_images(row: dict, root: Path, slices: int) -> list[str]:
         if scan.kind == "image":
             img = np.clip(scan.array[..., 0].transpose(1, 2, 0), 0, 1)
             spec = [(t["rank"], (t["y0"], t["x0"], t["y1"] - t["y0"], t["x1"] - t["x0"])) for t in boxes]
-            out.append(_slice_png(img, None, spec, rgb=True))
+            out.append(_slice_png(img, None, spec, rgb=True, scale=None))
             continue
         vol = scan.array[0]
         nx, ny = vol.shape[:2]
