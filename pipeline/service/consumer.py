@@ -118,17 +118,24 @@ class StreamConsumer:
         await self.client.ensure_group()
         log.info("consumer %s started (model_version %s)", self.name, self.info.model_version)
         flusher = asyncio.create_task(self._flush_loop(stop))
-        last_claim, last_trim, backoff = 0.0, time.monotonic(), 0.5
+        last_beat, last_claim, last_trim, backoff = 0.0, 0.0, time.monotonic(), 0.5
         try:
             while not stop.is_set():
                 try:
+                    # heartbeat and trim run on schedule even while every slot is busy: in-flight
+                    # entries must not look idle to other consumers however long they take
+                    if time.monotonic() - last_beat >= self.cfg.claim_every_s:
+                        last_beat = await self._heartbeat()
+                    if self.cfg.trim_every_s and time.monotonic() - last_trim >= self.cfg.trim_every_s:
+                        last_trim = time.monotonic()
+                        self.stats["trimmed"] += await self.client.trim_acked()
                     if len(self._tasks) >= self.cfg.max_inflight_scans:
-                        await asyncio.wait(self._tasks, timeout=0.5, return_when=asyncio.FIRST_COMPLETED)
+                        await asyncio.wait(
+                            self._tasks, timeout=self._idle_wait_s(), return_when=asyncio.FIRST_COMPLETED
+                        )
                         continue
                     if time.monotonic() - last_claim >= self.cfg.claim_every_s:
-                        last_claim = time.monotonic()
-                        if self._active:  # heartbeat: in-flight entries must not look idle to other consumers
-                            await self.client.touch(self.name, list(self._active))
+                        last_claim = last_beat = await self._heartbeat()  # own live entries are never idle here
                         claimed = [
                             e
                             for e in await self.client.claim(self.name, self.cfg.claim_idle_ms)
@@ -136,9 +143,6 @@ class StreamConsumer:
                         ]
                         self.stats["claimed"] += len(claimed)
                         self._spawn(claimed, claimed=True)
-                    if self.cfg.trim_every_s and time.monotonic() - last_trim >= self.cfg.trim_every_s:
-                        last_trim = time.monotonic()
-                        self.stats["trimmed"] += await self.client.trim_acked()
                     free = self.cfg.max_inflight_scans - len(self._tasks)
                     if free > 0:
                         entries = await self.client.read(self.name, min(free, self.cfg.read_count), self.cfg.block_ms)
@@ -169,6 +173,16 @@ class StreamConsumer:
                     flusher.cancel()
             await asyncio.gather(flusher, return_exceptions=True)
             await self._flush()
+
+    async def _heartbeat(self) -> float:
+        """Reset the idle time of the entries in flight; returns when it ran."""
+        if self._active:
+            await self.client.touch(self.name, list(self._active))
+        return time.monotonic()
+
+    def _idle_wait_s(self) -> float:
+        """How long a consumer with every slot busy waits for one to free before its next heartbeat/trim check."""
+        return min(0.5, self.cfg.claim_every_s, self.cfg.trim_every_s or 0.5)
 
     def _spawn(self, entries: list, *, claimed: bool) -> None:
         for entry_id, fields in entries:

@@ -12,6 +12,8 @@ import asyncio
 import pytest
 from servicekit import LocalScorer, check_exactly_once, drive, enqueue, make_consumer, service_config
 
+from patchrank.pipeline.service.streams import StreamClient
+
 pytestmark = pytest.mark.integration
 
 
@@ -109,3 +111,37 @@ def test_two_consumers_share_the_stream_without_duplicates(redis_url, tmp_path, 
     # was still finishing (idle > claim_idle_ms 300 ms on a loaded machine: a CI run saw 13 with one
     # reclaim) -- the results stay exactly once, checked above
     assert 12 <= events <= 12 + a.stats["claimed"] + b.stats["claimed"], (a.stats, b.stats)
+
+
+class _SlowScorer(LocalScorer):
+    """Each scorer request takes `delay_s` longer, without blocking the event loop."""
+
+    def __init__(self, scorer, delay_s: float) -> None:
+        super().__init__(scorer)
+        self.delay_s = delay_s
+
+    async def __call__(self, chunk):
+        await asyncio.sleep(self.delay_s)
+        return await super().__call__(chunk)
+
+
+@pytest.mark.timeout(90)
+def test_busy_consumer_keeps_its_entries_alive(redis_url, tmp_path, tiny_checkpoint, scorer, scans):
+    """Every slot busy with scans slower than claim_idle_ms: the heartbeat still runs, so the
+    entries in flight never look idle enough for another consumer's XAUTOCLAIM to take them."""
+    cfg = _cfg(redis_url, tmp_path, tiny_checkpoint, max_inflight_scans=2, read_count=2, claim_idle_ms=1500)
+    ids = [m.scan_id for m in enqueue(cfg, scans[:4])]
+    consumer = make_consumer(cfg, _SlowScorer(scorer, delay_s=3.0))
+    sync = StreamClient.from_url(cfg.redis_url, cfg.keys)
+    idle_ms: list[int] = []
+
+    async def sample(_elapsed):
+        idle_ms.extend(
+            int(p["time_since_delivered"]) for p in sync.r.xpending_range(cfg.keys.stream, cfg.keys.group, "-", "+", 10)
+        )
+
+    asyncio.run(drive([consumer], cfg, timeout_s=60, during=sample))
+    sync.close()
+    assert len(idle_ms) > 20 and max(idle_ms) < 1000, max(idle_ms)  # heartbeat every claim_every_s (0.2 s)
+    out = check_exactly_once(cfg, ids)
+    assert {r["deliveries"] for r in out.rows.values()} == {1} and consumer.stats["claimed"] == 0

@@ -64,7 +64,11 @@ def test_trim_removes_only_acknowledged(redis_url, tmp_path):
 
 def test_running_consumer_keeps_the_stream_bounded(redis_url, tmp_path, phantom_dir, tiny_checkpoint, scorer):
     files = sorted(phantom_archive(phantom_dir, tmp_path / "scans", 12).iterdir())
-    cfg = service_config(redis_url, tmp_path, tiny_checkpoint, trim_every_s=0.2)
+    # one scan in flight at a time, each acknowledged on its own: acknowledged entries pile up
+    # behind the running consumer from the first scan on, and a trim tick comes several times a scan
+    cfg = service_config(
+        redis_url, tmp_path, tiny_checkpoint, trim_every_s=0.05, max_inflight_scans=1, read_count=1, flush_scans=1
+    )
     enqueue(cfg, files)
     consumer = make_consumer(cfg, LocalScorer(scorer))
     asyncio.run(drive([consumer], cfg, timeout_s=90))
