@@ -22,14 +22,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(720
 
 def test_bench_autoscale_scales_up_and_down_and_survives_a_node_loss(tmp_path):
     out = tmp_path / "autoscale.json"
-    cmd = [sys.executable, "-m", "patchrank.pipeline.cli", "bench", "autoscale", "--scans", "240"]
+    cmd = [sys.executable, "-m", "patchrank.pipeline.cli", "bench", "autoscale", "--scans", "480"]
     cmd += ["--json", str(out), "--png", str(tmp_path / "autoscale.png"), "--timeout", "420"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=660)
     assert out.is_file(), proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(out.read_text())
     tl = r["timeline"]
-    assert (r["scans"], r["results"], r["lost"], r["duplicates"], r["failed"]) == (240, 240, 0, 0, 0)
+    assert (r["scans"], r["results"], r["lost"], r["duplicates"], r["failed"]) == (480, 480, 0, 0, 0)
     assert r["max_worker_nodes"] == 3 and r["baseline_worker_nodes"] == 2  # 1 ingest_cpu + 1..2 gpu_scorer
     assert max(x["gpu_scorer"] for x in tl) == 2 and max(x["ingest_cpu"] for x in tl) == 1  # the right type grew
     assert max(x["scorer"] for x in tl) == 2 and max(x["ingest"] for x in tl) == 2  # both deployments scaled up
