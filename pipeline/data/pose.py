@@ -12,7 +12,8 @@ On the canonical (RAS+) array, in millimetres:
 3. reference point: on the mid-sagittal plane, at the brain centroid's level, and anterior-posterior at the
    centroid of the brain's widest levels (axial area >= half the largest);
 pitch (about the left-right axis) is not estimated: the mask's second moments gave 17-30 degrees over the
-6 registered development volumes, a scatter wider than the head tilts to correct.
+6 registered development volumes, and template matches of the sagittal outline or mid-plane 3-8 degrees (sd;
+docs/experiments.md, pass 16), a scatter as wide as the head tilts to correct.
 
 `Pose` = (yaw, roll in degrees; reference point - grid centre in mm). Training fits the target pose as
 the mean over its volumes (`fit_target`, stored in the checkpoint's preprocessing settings); a volume
