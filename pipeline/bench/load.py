@@ -169,7 +169,7 @@ class Monitor(threading.Thread):
             "xlen": b.length,
             "lag": b.lag,
             "pending": b.pending,
-            "done": b.length - b.total,
+            "done": b.acked,
             "rss_total_mib": round(total_rss, 1),
             "redis_used_mib": round(used, 2),
             **{f"rss_{k}_mib": round(v, 1) for k, v in roles.items()},
@@ -278,10 +278,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             while True:
                 b = client.backlog()
-                done = b.length - b.total
-                bar.n = done
+                bar.n = b.acked
                 bar.refresh()
-                if not producer.is_alive() and b.length >= len(files) and b.total == 0:
+                if producer.exitcode == 0 and b.total == 0:  # all queued, all acknowledged (trimmed or not)
                     break
                 if producer.exitcode not in (None, 0):
                     raise RuntimeError(f"producer failed with exit code {producer.exitcode}")

@@ -35,10 +35,16 @@ class Backlog:
     lag: int  # entries never delivered to the group
     pending: int  # delivered, not yet acknowledged
     consumers: int
+    read: int | None = None  # entries the group has ever read (XINFO GROUPS entries-read, Redis >= 7)
 
     @property
     def total(self) -> int:
         return self.lag + self.pending
+
+    @property
+    def acked(self) -> int:
+        """Entries read and acknowledged; exact after trimming where Redis reports entries-read."""
+        return self.read - self.pending if self.read is not None else self.length - self.total
 
 
 def _backlog(groups: list, length: int, group: str) -> Backlog:
@@ -47,7 +53,14 @@ def _backlog(groups: list, length: int, group: str) -> Backlog:
             lag = g.get("lag")
             if lag is None:  # Redis can't tell after deletions: fall back to XLEN - entries-read
                 lag = max(0, length - int(g.get("entries-read") or 0))
-            return Backlog(length, int(lag), int(g.get("pending", 0)), int(g.get("consumers", 0)))
+            read = g.get("entries-read")
+            return Backlog(
+                length,
+                int(lag),
+                int(g.get("pending", 0)),
+                int(g.get("consumers", 0)),
+                None if read is None else int(read),
+            )
     return Backlog(length, length, 0, 0)
 
 

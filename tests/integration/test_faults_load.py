@@ -20,7 +20,7 @@ def test_small_load_run_loses_nothing(ray_session, tmp_path):
         size=40,
         image_size=32,
         checkpoint=None,
-        rate=75.0,  # ~4 s of enqueueing; at 150/s the first result (1.3-1.6 s) led the last message by ~1 s only
+        rate=40.0,  # ~7.5 s of enqueueing; the first result comes at 1.3-1.6 s (at 150/s it led the last message by ~1 s)
         producer_batch=25,
         batch_size=32,
         inflight=16,
@@ -35,7 +35,7 @@ def test_small_load_run_loses_nothing(ray_session, tmp_path):
     s = json.loads((tmp_path / "load" / "load.json").read_text())
     assert s["lost"] == 0 and s["results_logical"] == s["results_distinct"] == 300 and s["dead_letters"] == 0
     assert s["status_counts"] == {"ok": 300}
-    assert s["producer_seconds"] >= 3.5, "the producer was rate-limited, so it ran alongside the service"
+    assert s["producer_seconds"] >= 7.0, "the producer was rate-limited, so it ran alongside the service"
     series = [r for r in (tmp_path / "load" / "load_timeseries.csv").read_text().splitlines()[1:]]
     rows = [dict(zip(("t", "xlen", "lag", "pending", "done"), map(float, r.split(",")[:5]))) for r in series]
     assert any(0 < r["done"] and r["xlen"] < 300 for r in rows), (

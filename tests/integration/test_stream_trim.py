@@ -54,10 +54,11 @@ def test_trim_removes_only_acknowledged(redis_url, tmp_path):
     assert left == ids[2:]
     b = sync.backlog()
     assert (b.lag, b.pending, b.length) == (4, 3, 8)  # lag stays exact after the trim
+    assert b.acked == 3  # 0, 1, 3: counted from the group's entries-read, not from the trimmed length
     sync.ack([ids[2], ids[4], ids[5]])
     assert asyncio.run(trim()) == 4  # 2..5 now acknowledged; the 4 undelivered entries stay
     assert [i.decode() for i, _ in sync.r.xrange(cfg.keys.stream)] == ids[6:]
-    assert sync.backlog().lag == 4
+    assert sync.backlog().lag == 4 and sync.backlog().acked == 6
     assert [e for e, _ in sync.read("b", 10)] == ids[6:]  # undelivered entries are still read
     sync.close()
 
