@@ -46,7 +46,8 @@ def ray_session():
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}},
+            # Train controller polls every 0.5 s (2 s default): the injected-failure test waits 6 s for it
+            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}},
         )
     yield ray
     try:

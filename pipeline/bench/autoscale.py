@@ -9,8 +9,8 @@ replicas ask for half an `ingest_node` (two per ingest_cpu node). A private redi
 Run: deploy (min replicas) -> wait for the baseline nodes -> enqueue --scans phantom volumes
 at once -> sample every second: backlog (lag + pending), running replicas per deployment,
 alive nodes per type -> with --kill, SIGKILL the raylet of a gpu_scorer node that hosts a
-scorer replica once a third of the backlog is scored with the cluster at its largest, or two
-thirds whatever its size (its in-flight slices fail, the entries stay pending and are
+scorer replica once a third of the backlog is scored with the cluster at its largest, or five
+sixths whatever its size (its in-flight slices fail, the entries stay pending and are
 reclaimed by XAUTOCLAIM and scored by the surviving or a restarted replica) -> after the
 drain, wait until replicas and nodes are back to the baseline (Serve downscale delay, then the
 autoscaler's idle timeout). Then count results in the Parquet dataset.
@@ -232,10 +232,10 @@ def run(args: argparse.Namespace) -> int:
                 print(" ".join(f"{k} {v}" for k, v in row.items()), flush=True)
                 if row["workers"] > peak:
                     peak, peak_at = row["workers"], row["t"]
-                # Kill once a third of the backlog is scored, with every scorer replica up; by the time two
-                # thirds are scored, kill whatever scorer node runs, so that every run loses one mid-drain.
+                # Kill once a third of the backlog is scored, with every scorer replica up; by the time five
+                # sixths are scored, kill whatever scorer node runs, so that every run loses one mid-drain.
                 largest = row["gpu_scorer"] == scorer_nodes and row["scorer"] == scorer_nodes
-                due = row["backlog"] <= args.scans * (2 if largest else 1) // 3
+                due = row["backlog"] <= (args.scans * 2 // 3 if largest else args.scans // 6)
                 if args.kill and killed is None and row["scorer"] > 0 and 0 < row["backlog"] and due:
                     hosts = _scorer_replica_nodes()
                     if hosts:

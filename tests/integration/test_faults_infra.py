@@ -41,7 +41,7 @@ def _child(cfg, tmp_path: Path, *extra: str, slow_s: float = 0.0) -> subprocess.
 
 @pytest.mark.timeout(120)
 def test_killed_between_parquet_write_and_xack(redis_url, tmp_path, tiny_checkpoint, scorer, scans):
-    cfg = service_config(redis_url, tmp_path, tiny_checkpoint, flush_scans=3, flush_interval_s=5)
+    cfg = service_config(redis_url, tmp_path, tiny_checkpoint, flush_scans=3, flush_interval_s=600)
     ids = [m.scan_id for m in enqueue(cfg, scans)]
     proc = _child(cfg, tmp_path, "--crash-after-write")
     assert proc.wait(90) == 9, proc.stderr.read()
@@ -125,7 +125,7 @@ def test_output_unwritable_for_a_while_then_recovers(redis_url, tmp_path, tiny_c
     consumer = make_consumer(cfg, LocalScorer(scorer))
 
     async def unblock(elapsed):
-        if elapsed > 2.0 and blockers:
+        if blockers and elapsed > 2.0 and consumer.stats["infra_errors"] >= 1:  # a write has failed first
             assert backlog(cfg).pending > 0, "results were acknowledged although nothing could be written"
             assert not part_files(cfg.output_dir, "scans")
             while blockers:

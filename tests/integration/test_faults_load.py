@@ -20,7 +20,7 @@ def test_small_load_run_loses_nothing(ray_session, tmp_path):
         size=40,
         image_size=32,
         checkpoint=None,
-        rate=40.0,  # ~7.5 s of enqueueing; the first result comes at 1.3-1.6 s (at 150/s it led the last message by ~1 s)
+        rate=40.0,  # ~7.5 s of enqueueing; the first result comes at 1.3-1.6 s
         producer_batch=25,
         batch_size=32,
         inflight=16,
