@@ -36,6 +36,11 @@ class PreprocessConfig(Strict):
         description="2D images: 'all' pixels are foreground, or the 'dark' lesion "
         "(Otsu on luminance inside the central disc, dilated), so only lesion patches are ranked",
     )
+    image_hair: bool = Field(
+        False,
+        description="2D images: replace thin dark lines (hairs: a morphological black-hat of the luminance) "
+        "by the image's grey closing before anything else",
+    )
 
     pose: bool = Field(
         False,
@@ -51,6 +56,8 @@ class PreprocessConfig(Strict):
     def saved(self) -> dict:
         """What a checkpoint stores; without the pose settings while pose is off (as before they existed)."""
         d = self.model_dump()
+        if not self.image_hair:
+            d.pop("image_hair")
         if not self.pose:
             d.pop("pose"), d.pop("pose_target")
         elif d["pose_target"] is not None:

@@ -15,7 +15,8 @@ Volumes (C, H, W, S):
      scorer compare it with normal slices at the same level;
   4. pad each slice to a square (background value) and resize to image_size
      (bilinear, antialiased); the foreground is resized the same way and thresholded at 0.5.
-2D images (C, H, W, 1) in [0, 1]: scaled to [-1, 1]; the foreground is every pixel, or with
+2D images (C, H, W, 1) in [0, 1]: with `image_hair`, hairs painted out first (`without_hair`); scaled to
+[-1, 1]; the foreground is every pixel, or with
 `image_foreground="dark"` the lesion (`dark_foreground`: dermoscopy lesions are darker than
 the surrounding skin); then padded and resized the same way.
 """
@@ -96,6 +97,36 @@ def dark_foreground(img: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
     return grown if grown.mean() >= min_fraction else np.ones((h, w), dtype=bool)
 
 
+HAIR_WORK_SIDE = 256  # hair detection runs at most at this side (larger images: on a resized copy)
+
+
+def without_hair(arr: np.ndarray, threshold: float = 0.12) -> np.ndarray:
+    """(C, H, W, S) images in [0, 1] -> the same with hair-like pixels replaced by each channel's grey closing.
+
+    Hair = the luminance's black-hat (grey closing over a disc ~5 % of the image side, minus the image) above
+    `threshold`, dilated by 1 px: thin dark lines on lighter skin. Images larger than HAIR_WORK_SIDE are
+    analysed on a bilinear copy at that side and the mask and closing brought back to the full grid."""
+    from scipy import ndimage
+
+    out = arr.copy()
+    h, w = arr.shape[1:3]
+    scale = min(1.0, HAIR_WORK_SIDE / max(h, w))
+    side = max(3, int(round(0.05 * max(h, w) * scale)) | 1)
+    yy, xx = np.mgrid[:side, :side] - side // 2
+    disc = (yy**2 + xx**2) <= (side // 2) ** 2
+    for s in range(arr.shape[-1]):
+        img = arr[..., s]
+        work = img if scale == 1.0 else ndimage.zoom(img, (1, scale, scale), order=1)
+        closed = np.stack([ndimage.grey_closing(ch, footprint=disc) for ch in work])
+        hair = ndimage.binary_dilation(closed.mean(0) - work.mean(0) > threshold)
+        if scale != 1.0:
+            back = (h / work.shape[1], w / work.shape[2])
+            hair = ndimage.zoom(hair, back, order=0)[:h, :w]
+            closed = ndimage.zoom(closed, (1, *back), order=1)[:, :h, :w]
+        out[:, hair, s] = closed[:, hair]
+    return out
+
+
 def _channel_stats(arr: np.ndarray, fg: np.ndarray) -> list[tuple[float, float]]:
     """(mean, std) of each channel inside the foreground of the whole volume."""
     stats = []
@@ -165,6 +196,8 @@ def preprocess_scan(
         if cfg.pose:  # into the training volumes' head pose; geometry maps the result back to the input
             arr, fg, scan_labels, geometry = _in_pose(arr, fg, scan_labels, geometry, cfg)
     else:
+        if cfg.image_hair:
+            arr = without_hair(arr)
         fg = np.ones(arr.shape[1:], dtype=bool)
         if cfg.image_foreground == "dark":
             fg = np.stack([dark_foreground(arr[..., s]) for s in range(arr.shape[-1])], axis=-1)

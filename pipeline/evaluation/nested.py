@@ -57,10 +57,10 @@ _FEWER_TERMS = {
     "features_only": {"appearance_weight": 0.0, "shape_weight": 0.0},
 }
 # Dermoscopy: two trainings (the preset's; no discriminator, whose evidence the preset's score leaves out) x the
-# preset's scoring and the preset with fewer evidence terms. Preprocessing stays the preset's (64 px, dark
-# lesion). Dropped after measuring (docs/experiments.md, passes 11-12): the plain ScoringConfig defaults and the
-# uniform training loss (below the preset inside every outer fold) and the residual averaged over 4 mirrored
-# views (within 0.002 of the preset inside 5 inner folds at 4x the reconstruction cost).
+# preset's scoring and the preset with fewer evidence terms. Preprocessing stays the preset's (64 px, hairs painted
+# out, dark lesion). Dropped after measuring (docs/experiments.md, passes 11-12): the plain ScoringConfig defaults
+# and the uniform training loss (below the preset inside every outer fold) and the residual averaged over 4
+# mirrored views (within 0.002 of the preset inside 5 inner folds at 4x the reconstruction cost).
 _SCORINGS = {"preset": {}, **_FEWER_TERMS}
 DERMOSCOPY = _product({"preset": {}, "no_discriminator": {"loss": {"use_discriminator": False}}}, _SCORINGS)
 CANDIDATES = {"dermoscopy": DERMOSCOPY}

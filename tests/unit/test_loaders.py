@@ -107,6 +107,39 @@ def test_dark_lesion_foreground_for_dermoscopy(tmp_path):
     np.testing.assert_array_equal(dark.images, every.images)  # only the foreground differs
 
 
+def _hairy_lesion(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(3, h, w, 1) light skin with a dark textured lesion and a thin dark line across -> image, lesion, hair."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w) * 100
+    img = np.full((3, h, w), 0.8, np.float32)
+    lesion = (yy - 50) ** 2 + (xx - 50) ** 2 < 25**2
+    img[:, lesion] = 0.35 + 0.03 * np.sin(xx[lesion] / 2)  # a lesion larger than the closing disc, low contrast
+    hair = np.abs(yy - 0.3 * xx - 20) < 0.6  # a line ~1 % of the side wide
+    img[:, hair] = 0.15
+    return img[..., None], lesion, hair & ~lesion
+
+
+@pytest.mark.parametrize("side", [180, 600])
+def test_hair_is_painted_out_and_the_lesion_kept(tmp_path, side):
+    from patchrank.pipeline.data.preprocess import without_hair
+
+    img, lesion, hair = _hairy_lesion(side, side)
+    out = without_hair(img)
+    assert out.shape == img.shape and out.dtype == img.dtype
+    assert np.median(out[0, hair, 0]) > 0.7  # the line on skin now looks like skin
+    yy, xx = np.mgrid[0:side, 0:side] / side * 100
+    core = ((yy - 50) ** 2 + (xx - 50) ** 2 < 20**2) & (np.abs(yy - 0.3 * xx - 20) > 3)  # inside, off the line
+    np.testing.assert_array_equal(out[:, core], img[:, core])  # lesion texture away from the hair is untouched
+    clean = np.full((3, 40, 40, 1), 0.6, np.float32)
+    np.testing.assert_array_equal(without_hair(clean), clean)
+    Image.fromarray((img[..., 0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(tmp_path / "h.png")
+    scan = load_scan(tmp_path / "h.png", channels=3)
+    plain = preprocess_scan(scan, PreprocessConfig(image_size=32, channels=3))
+    painted = preprocess_scan(scan, PreprocessConfig(image_size=32, channels=3, image_hair=True))
+    assert painted.images.mean() > plain.images.mean()  # the dark line is gone
+    assert "image_hair" not in PreprocessConfig().saved()  # checkpoints without the step stay as before
+    assert PreprocessConfig(image_hair=True).saved()["image_hair"] is True
+
+
 def test_clear_errors(tmp_path):
     vol, mask = _brain()
     good = _save(tmp_path / "v.nii.gz", vol)

@@ -1,9 +1,10 @@
 """Probe (2026-12-04): PatchRank's dermoscopy image scores on the benchmark's 3 folds (fold seed 0), one training per
-training seed; writes OUT/scores_s<seed>_f<fold>.json (the fold's test image names, scores, labels).
-Run from the repository root, e.g. two processes at once:
-  OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/ensemble/probe.py 0,1,2 OUT
-  OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/ensemble/probe.py 3,4 OUT
-(~33 s a training on one core) and then docs/quality/skin/ensemble/ensemble.py OUT."""
+training seed, with the preset or the preset under a JSON override; writes OUT/scores_s<seed>_f<fold>.json (the fold's
+test image names, scores, labels). Run from the repository root, e.g. two processes at once:
+  OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/ensemble/probe.py 0,1,2 OUT [OVERRIDE_JSON]
+  OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/ensemble/probe.py 3,4 OUT [OVERRIDE_JSON]
+(~33 s a training on one core) and then docs/quality/skin/ensemble/ensemble.py OUT.
+Pass 18 ran before hair removal joined the preset: its scores come back with '{"preprocess": {"image_hair": false}}'."""
 
 import json
 import sys
@@ -16,15 +17,17 @@ from patchrank.pipeline.data.discover import config_for, discover
 from patchrank.pipeline.evaluation.folds import build_fold, fit_method, make_folds
 from patchrank.pipeline.evaluation.harness import evaluate_scorer
 from patchrank.pipeline.evaluation.metrics import auroc
+from patchrank.pipeline.settings import merge
 
 torch.set_num_threads(1)
 seeds = [int(s) for s in sys.argv[1].split(",")]
 out = Path(sys.argv[2])
 out.mkdir(parents=True, exist_ok=True)
+over = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 records = discover("../shared/data/isic2016_train")
 split = make_folds(records, 3, 0)
 for s in seeds:
-    cfg, preset = config_for(records, None, {"seed": s})
+    cfg, preset = config_for(records, None, merge(over, {"seed": s}))
     for i, test in enumerate(split):
         f = out / f"scores_s{s}_f{i}.json"
         if f.exists():
