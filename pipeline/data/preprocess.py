@@ -105,7 +105,8 @@ def without_hair(arr: np.ndarray, threshold: float = 0.12) -> np.ndarray:
 
     Hair = the luminance's black-hat (grey closing over a disc ~5 % of the image side, minus the image) above
     `threshold`, dilated by 1 px: thin dark lines on lighter skin. Images larger than HAIR_WORK_SIDE are
-    analysed on a bilinear copy at that side and the mask and closing brought back to the full grid."""
+    analysed on an antialiased copy at that side; the mask and the closing are read back at the nearest
+    working pixel of each full-size pixel."""
     from scipy import ndimage
 
     out = arr.copy()
@@ -115,15 +116,20 @@ def without_hair(arr: np.ndarray, threshold: float = 0.12) -> np.ndarray:
     yy, xx = np.mgrid[:side, :side] - side // 2
     disc = (yy**2 + xx**2) <= (side // 2) ** 2
     for s in range(arr.shape[-1]):
-        img = arr[..., s]
-        work = img if scale == 1.0 else ndimage.zoom(img, (1, scale, scale), order=1)
+        work = arr[..., s]
+        if scale < 1.0:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            work = F.interpolate(torch.from_numpy(np.ascontiguousarray(work))[None].float(), size=size,
+                                 mode="bilinear", align_corners=False, antialias=True)[0].numpy()  # fmt: skip
         closed = np.stack([ndimage.grey_closing(ch, footprint=disc) for ch in work])
         hair = ndimage.binary_dilation(closed.mean(0) - work.mean(0) > threshold)
-        if scale != 1.0:
-            back = (h / work.shape[1], w / work.shape[2])
-            hair = ndimage.zoom(hair, back, order=0)[:h, :w]
-            closed = ndimage.zoom(closed, (1, *back), order=1)[:, :h, :w]
-        out[:, hair, s] = closed[:, hair]
+        if scale < 1.0:  # nearest working pixel of every full-size row / column
+            rows = np.minimum((np.arange(h) + 0.5) * work.shape[1] / h, work.shape[1] - 1).astype(np.intp)
+            cols = np.minimum((np.arange(w) + 0.5) * work.shape[2] / w, work.shape[2] - 1).astype(np.intp)
+            ys, xs = np.nonzero(hair[np.ix_(rows, cols)])
+            out[:, ys, xs, s] = closed[:, rows[ys], cols[xs]]
+        else:
+            out[:, hair, s] = closed[:, hair]
     return out
 
 
