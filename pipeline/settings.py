@@ -39,7 +39,7 @@ class PreprocessConfig(Strict):
     image_hair: bool = Field(
         False,
         description="2D images: replace thin dark lines (hairs: a morphological black-hat of the luminance) "
-        "by the image's grey closing before anything else",
+        "by the image's grey closing before anything else; images over 256 px are analysed on a resized copy",
     )
 
     pose: bool = Field(

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from patchrank.model.evidence.lesion import dark_lesion
 from patchrank.pipeline.data.contract import check_volume
@@ -54,10 +55,16 @@ CHUNK_VALUES = 2**24  # slices are normalised and resized in chunks of about thi
 POSE_BYTES_PER_VALUE = 8
 
 
-def peak_bytes(values: int, pose: bool = False) -> int:
+# Hair removal (2D images, `image_hair`) holds a float32 copy of the image next to the loaded one; its working
+# copies are at most HAIR_WORK_SIDE px a side.
+HAIR_BYTES_PER_VALUE = 4
+
+
+def peak_bytes(values: int, pose: bool = False, hair: bool = False) -> int:
     """Estimated peak memory (bytes) of loading and preprocessing a scan of `values` values (`pose`: with
-    pose canonicalisation on)."""
+    pose canonicalisation on; `hair`: with hair removal on)."""
     extra = POSE_BYTES_PER_VALUE * int(values) if pose else 0
+    extra += HAIR_BYTES_PER_VALUE * int(values) if hair else 0
     return PEAK_BYTES_PER_VALUE * (int(values) + min(int(values), CHUNK_VALUES)) + extra
 
 
@@ -93,7 +100,10 @@ def dark_foreground(img: np.ndarray, min_fraction: float = 0.01) -> np.ndarray:
     if dark is None:
         return np.ones((h, w), dtype=bool)
     r = max(1, round(0.02 * max(h, w)))
-    grown = F.max_pool2d(dark.float()[None, None], 2 * r + 1, stride=1, padding=r)[0, 0].numpy() > 0
+    grown = dark.numpy().astype(np.uint8)  # dilated by a (2r+1)^2 square: two running-max passes, O(1) per pixel
+    for axis in (0, 1):
+        grown = ndimage.maximum_filter1d(grown, 2 * r + 1, axis=axis, mode="constant", cval=0)
+    grown = grown > 0
     return grown if grown.mean() >= min_fraction else np.ones((h, w), dtype=bool)
 
 
@@ -103,12 +113,11 @@ HAIR_WORK_SIDE = 256  # hair detection runs at most at this side (larger images:
 def without_hair(arr: np.ndarray, threshold: float = 0.12) -> np.ndarray:
     """(C, H, W, S) images in [0, 1] -> the same with hair-like pixels replaced by each channel's grey closing.
 
-    Hair = the luminance's black-hat (grey closing over a disc ~5 % of the image side, minus the image) above
-    `threshold`, dilated by 1 px: thin dark lines on lighter skin. Images larger than HAIR_WORK_SIDE are
-    analysed on an antialiased copy at that side; the mask and the closing are read back at the nearest
-    working pixel of each full-size pixel."""
-    from scipy import ndimage
-
+    Hair = the luminance's black-hat (grey closing over a disc ~5 % of the image side, at least 3 px, minus the
+    image) above `threshold`, dilated by 1 px: dark structures thinner than the disc and more than `threshold`
+    darker than their surroundings (hairs; also any such streak at a lesion's border). Images larger than
+    HAIR_WORK_SIDE are analysed on an antialiased copy at that side (the disc and the 1-px dilation are then in
+    its pixels); the mask and the closing are read back at the nearest working pixel of each full-size pixel."""
     out = arr.copy()
     h, w = arr.shape[1:3]
     scale = min(1.0, HAIR_WORK_SIDE / max(h, w))

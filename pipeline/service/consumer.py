@@ -251,7 +251,7 @@ class StreamConsumer:
                 values = await asyncio.to_thread(scan_values, path, pre.channels) if local_file else 0
                 # 0: an s3:// object or a DICOM series (bounded by max_voxels); over max_voxels: the
                 # loader refuses it from the header, reading nothing
-                need = peak_bytes(values, pre.pose) if values <= pre.max_voxels * pre.channels else 0
+                need = peak_bytes(values, pre.pose, pre.image_hair) if values <= pre.max_voxels * pre.channels else 0
                 if need > self._budget.capacity:
                     raise ScanError(
                         f"{Path(str(path)).name}: needs ~{need / 2**20:.0f} MiB to load and preprocess, over the "

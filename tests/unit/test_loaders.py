@@ -107,28 +107,36 @@ def test_dark_lesion_foreground_for_dermoscopy(tmp_path):
     np.testing.assert_array_equal(dark.images, every.images)  # only the foreground differs
 
 
-def _hairy_lesion(h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(3, h, w, 1) light skin with a dark textured lesion and a thin dark line across -> image, lesion, hair."""
+def _hairy_lesion(h: int, w: int) -> tuple[np.ndarray, ...]:
+    """(3, h, w, 1) light skin with a dark lesion carrying low-contrast dots (0.08 darker, pigment-network-like)
+    and a thin dark line across -> image, lesion, hair on skin, the hair's soft edge on skin."""
     yy, xx = np.mgrid[0:h, 0:w] / max(h, w) * 100
     img = np.full((3, h, w), 0.8, np.float32)
     lesion = (yy - 50) ** 2 + (xx - 50) ** 2 < 25**2
-    img[:, lesion] = 0.35 + 0.03 * np.sin(xx[lesion] / 2)  # a lesion larger than the closing disc, low contrast
-    hair = np.abs(yy - 0.3 * xx - 20) < 0.6  # a line ~1 % of the side wide
+    img[:, lesion] = 0.45
+    dots = lesion & (np.sin(yy * 1.2) * np.sin(xx * 1.2) > 0.6)  # dots ~1.5 % of the side apart
+    img[:, dots] = 0.37
+    dist = np.abs(yy - 0.3 * xx - 20)
+    hair = dist < 0.6  # a line ~1 % of the side wide
+    halo = (dist < 0.6 + 100 / max(h, w)) & ~hair & ~lesion  # its 1-px soft edge, too faint to be found itself
     img[:, hair] = 0.15
-    return img[..., None], lesion, hair & ~lesion
+    img[:, halo] = 0.74
+    return img[..., None], lesion, hair & ~lesion, halo
 
 
 @pytest.mark.parametrize("side", [180, 600])
 def test_hair_is_painted_out_and_the_lesion_kept(tmp_path, side):
     from patchrank.pipeline.data.preprocess import without_hair
 
-    img, lesion, hair = _hairy_lesion(side, side)
+    img, lesion, hair, halo = _hairy_lesion(side, side)
     out = without_hair(img)
     assert out.shape == img.shape and out.dtype == img.dtype
     assert np.median(out[0, hair, 0]) > 0.7  # the line on skin now looks like skin
+    assert np.median(out[0, halo, 0]) > 0.78  # and its soft edge too (the mask's 1-px dilation)
     yy, xx = np.mgrid[0:side, 0:side] / side * 100
     core = ((yy - 50) ** 2 + (xx - 50) ** 2 < 20**2) & (np.abs(yy - 0.3 * xx - 20) > 3)  # inside, off the line
-    np.testing.assert_array_equal(out[:, core], img[:, core])  # lesion texture away from the hair is untouched
+    np.testing.assert_array_equal(out[:, core], img[:, core])  # the dots (0.08 darker) survive the 0.12 threshold
+    assert (without_hair(img, threshold=0.06)[:, core] != img[:, core]).any()  # a lower threshold would erase them
     clean = np.full((3, 40, 40, 1), 0.6, np.float32)
     np.testing.assert_array_equal(without_hair(clean), clean)
     Image.fromarray((img[..., 0].transpose(1, 2, 0) * 255).astype(np.uint8)).save(tmp_path / "h.png")
@@ -138,6 +146,27 @@ def test_hair_is_painted_out_and_the_lesion_kept(tmp_path, side):
     assert painted.images.mean() > plain.images.mean()  # the dark line is gone
     assert "image_hair" not in PreprocessConfig().saved()  # checkpoints without the step stay as before
     assert PreprocessConfig(image_hair=True).saved()["image_hair"] is True
+
+
+def test_hair_on_large_non_square_gray_and_tiny_images():
+    from patchrank.pipeline.data.preprocess import without_hair
+
+    h, w, col = 300, 700, 350  # analysed on a 110 x 256 copy (2.73 px per working pixel)
+    img = np.full((1, h, w, 2), 0.8, np.float64)
+    img[:, :, col - 1 : col + 2, 0] = 0.2  # a vertical and a horizontal hair 3 px wide in slice 0; slice 1 is clean
+    img[:, 149:152, :, 0] = 0.2
+    out = without_hair(img)
+    assert out.shape == img.shape and out.dtype == np.float64
+    assert (out[0, :, col - 1 : col + 2, 0] > 0.7).all() and (out[0, 149:152, :, 0] > 0.7).all()  # whole length
+    changed = out[0, :, :, 0] != img[0, :, :, 0]
+    for band, centre in ((np.flatnonzero(changed[:140].any(0)), col), (np.flatnonzero(changed[:, :340].any(1)), 150)):
+        assert abs((centre - band.min()) - (band.max() - centre)) <= 1 and band.max() - centre <= 8  # centred
+    np.testing.assert_array_equal(out[..., 1], img[..., 1])
+    tiny = np.random.default_rng(0).uniform(0, 1, (3, 8, 8, 1)).astype(np.float32)
+    assert without_hair(tiny).shape == tiny.shape
+    from patchrank.pipeline.data.preprocess import HAIR_BYTES_PER_VALUE, peak_bytes
+
+    assert peak_bytes(1000, hair=True) - peak_bytes(1000) == 1000 * HAIR_BYTES_PER_VALUE  # the ingest charges the copy
 
 
 def test_clear_errors(tmp_path):
