@@ -97,10 +97,32 @@ class MotoS3:
         )
 
 
+def _records(text: str):
+    """The request log's records. moto's recorder writes a record and its newline in two writes, so records of
+    concurrent requests can share a line ("AB\\n\\n"); each is read where it starts. A record cut short by the
+    SIGKILL (its request never answered) is skipped up to the next line."""
+    import json
+
+    decoder, pos = json.JSONDecoder(), 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        if pos >= len(text):
+            return
+        try:
+            record, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError:
+            nl = text.find("\n", pos)
+            if nl < 0:
+                return
+            pos = nl + 1
+            continue
+        yield record
+
+
 def _serve(port: int, recording: Path) -> None:
     """Child process: replay the log into a new moto app, then serve it on 127.0.0.1:port."""
     import base64
-    import json
 
     from moto.moto_api import recorder
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
@@ -111,8 +133,7 @@ def _serve(port: int, recording: Path) -> None:
     if recording.exists():
         recorder.stop_recording()  # the replay must not append itself to the log
         client = Client(app)
-        for line in recording.read_text().splitlines():
-            e = json.loads(line)
+        for e in _records(recording.read_text()):
             body = base64.b64decode(e["body"]) if e.get("body_encoded") else (e.get("body") or "").encode()
             headers = {
                 k: v for k, v in e["headers"].items() if k.lower() not in ("content-length", "transfer-encoding")

@@ -35,7 +35,7 @@ def wait_listening(proc: subprocess.Popen, port: int, timeout_s: float = 10.0) -
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited with code {proc.returncode}")
+            raise RuntimeError(f"{Path(str(proc.args[0])).name} exited with code {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return True
