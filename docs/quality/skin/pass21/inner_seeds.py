@@ -1,7 +1,8 @@
 """Pass 21 (2026-12-04): inner folds only (the outer test images never seen) at one training seed: the dermoscopy
-preset (hair removal on) with and without appearance evidence / discriminator training, or with `nohair` the preset
-without hair removal. Writes OUT/inner.json (outer fold -> candidate -> AUROC per inner fold). From the repository root:
-  OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/pass21/inner_seeds.py SEED OUT [nohair]
+preset (hair removal on) with and without appearance evidence / discriminator training; with `nohair` the preset
+without hair removal; with `ranking` the preset, the no-ranking ablation and the preset scored without ranking.
+Writes OUT/inner.json (outer fold -> candidate -> AUROC per inner fold). From the repository root:
+  OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/pass21/inner_seeds.py SEED OUT [nohair|ranking]
 (~5 min a seed and candidate set on one core), then docs/quality/skin/pass21/decide.py."""
 
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 import torch
 
 from patchrank.pipeline.data.discover import config_for, discover
-from patchrank.pipeline.evaluation.folds import make_folds
+from patchrank.pipeline.evaluation.folds import ABLATIONS, NO_RANK, make_folds
 from patchrank.pipeline.evaluation.nested import Candidate, select
 
 torch.set_num_threads(1)
@@ -21,6 +22,12 @@ records = discover("../shared/data/isic2016_train")
 base, _ = config_for(records, None, {"seed": seed})
 if sys.argv[3:] == ["nohair"]:
     cands = [Candidate("preset", {"preprocess": {"image_hair": False}})]
+elif sys.argv[3:] == ["ranking"]:
+    cands = [
+        Candidate("hair+preset", {}),
+        Candidate("hair+no_ranking", ABLATIONS["no_ranking"]),
+        Candidate("hair+score_no_ranking", {"scoring": {"rank": NO_RANK}}),
+    ]
 else:
     cands = [
         Candidate("hair+preset", {}),
