@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from patchrank.model.config import StepConfig
+from patchrank.model.losses import UNIFORM_RANK
 from patchrank.pipeline.data.datasets import DatasetError, Record
 from patchrank.pipeline.evaluation.folds import (
     ABLATIONS,
@@ -56,23 +56,27 @@ _FEWER_TERMS = {
     "no_shape": {"shape_weight": 0.0},
     "features_only": {"appearance_weight": 0.0, "shape_weight": 0.0},
 }
-# Dermoscopy: two trainings (the preset's; no discriminator, whose evidence the preset's score leaves out) x the
-# preset's scoring and the preset with fewer evidence terms. Preprocessing stays the preset's (64 px, hairs painted
-# out, dark lesion). Dropped after measuring (docs/experiments.md, passes 11-12): the plain ScoringConfig defaults
-# and the uniform training loss (below the preset inside every outer fold) and the residual averaged over 4
+# Dermoscopy: three trainings (the preset's; no discriminator, whose evidence the preset's score leaves out; ranked:
+# the training loss and the image score rank-weighted as before pass 22) x the preset's scoring and the preset with
+# fewer evidence terms. Preprocessing stays the preset's (64 px, hairs painted out, dark lesion). Dropped after
+# measuring (docs/experiments.md, passes 11-12): the plain ScoringConfig defaults and the residual averaged over 4
 # mirrored views (within 0.002 of the preset inside 5 inner folds at 4x the reconstruction cost).
 _SCORINGS = {"preset": {}, **_FEWER_TERMS}
-DERMOSCOPY = _product({"preset": {}, "no_discriminator": {"loss": {"use_discriminator": False}}}, _SCORINGS)
+_RANKED = {"loss": {"rank": {"k": 16, "decay": 0.95, "floor": 1.0}}, "scoring": {"rank": {"k": 16, "decay": 1.0}}}
+DERMOSCOPY = _product(
+    {"preset": {}, "no_discriminator": {"loss": {"use_discriminator": False}}, "ranked": _RANKED}, _SCORINGS
+)
 CANDIDATES = {"dermoscopy": DERMOSCOPY}
 
 
 def complexity(cfg: TrainConfig) -> int:
-    """Components switched on: each weighted evidence term and through-plane context of the score,
-    plus one each for a ranked (non-uniform) training loss and a trained discriminator."""
+    """Components switched on: each weighted evidence term and through-plane context of the score, plus one
+    each for a ranked (non-uniform) image score, a ranked training loss and a trained discriminator."""
     s = cfg.scoring
     weights = (s.disc_weight, s.intensity_weight, s.symmetry_weight, s.appearance_weight, s.feature_weight,
                s.shape_weight, s.context_radius)  # fmt: skip
-    return sum(w > 0 for w in weights) + int(cfg.loss.rank != StepConfig().rank) + int(cfg.loss.use_discriminator)
+    ranked = int(s.rank != UNIFORM_RANK) + int(cfg.loss.rank != UNIFORM_RANK)
+    return sum(w > 0 for w in weights) + ranked + int(cfg.loss.use_discriminator)
 
 
 def choose(inner: dict[str, list[float]], simple: dict[str, int], tolerance: float) -> str:

@@ -49,7 +49,7 @@ def test_bench_quality_nested_reports_outer_folds_only(tmp_path, monkeypatch):
     assert main(args) == 0
     res = json.loads((out / "nested.json").read_text())
     inner_trainings = [n for n in trained if n.startswith("inner")]
-    assert len(inner_trainings) == 2 * 2 * 2  # outer folds x inner folds x the 2 trainings of the candidates
+    assert len(inner_trainings) == 2 * 2 * 3  # outer folds x inner folds x the 3 trainings of the candidates
     assert {r["method"] for r in res["runs"]} == {"patchrank_nested", "patchrank", "percentile"}
     for o in res["outer"]:
         test = set(res["folds"][o["fold"]])

@@ -9,7 +9,7 @@ from PIL import Image
 from patchrank.pipeline.data.datasets import DatasetError, Record
 from patchrank.pipeline.data.discover import config_for, discover
 from patchrank.pipeline.evaluation import nested
-from patchrank.pipeline.evaluation.folds import NO_RANK, make_folds
+from patchrank.pipeline.evaluation.folds import ABLATIONS, make_folds
 from patchrank.pipeline.settings import TrainConfig, merge
 
 
@@ -57,7 +57,7 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
     monkeypatch.setattr(nested, "_auroc", lambda path, fold, cfg, name, dev, seed: scores.get(name, 0.6))
     kw = dict(index=0, inner_k=3, fold_seed=0, workdir=tmp_path, gpu=False, log=lambda s: None)
     chosen, inner, splits = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, tolerance=0.01, **kw)
-    assert len(seen) == 3 * 2  # 3 inner folds x 2 trainings (preset, no discriminator)
+    assert len(seen) == 3 * 3  # 3 inner folds x 3 trainings (preset, no discriminator, ranked)
     for train, tested, test_subjects in seen:
         assert train and all(label[s] == 0 for s in train)  # benign-only training
         assert not (train | tested) & set(outer_test)  # the outer test fold never reaches selection
@@ -88,7 +88,8 @@ def test_candidate_set_and_complexity():
     c = {n: nested.complexity(v) for n, v in cfgs.items()}
     assert c["preset"] == c["no_shape"] + 1 == c["features_only"] + 2 == c["no_discriminator+preset"] + 1
     assert c["no_discriminator+features_only"] == c["features_only"] - 1
-    assert len(nested._groups(cfgs)) == 2  # two trainings; every other candidate only rescores
+    assert c["ranked+preset"] == c["preset"] + 2 == c["ranked+no_shape"] + 1  # ranked score and ranked loss
+    assert len(nested._groups(cfgs)) == 3  # three trainings; every other candidate only rescores
 
 
 def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
@@ -125,8 +126,9 @@ def test_outer_training_is_shared_with_the_method_that_trains_the_same():
     cfgs = {c.name: TrainConfig(**merge(cfg.model_dump(), c.over)) for c in nested.DERMOSCOPY}
     which = {n: nested._method_training(c, cfg, ["a"], False) for n, c in cfgs.items()}
     assert which["no_shape"] == which["preset"] == "patchrank"
-    uniform = TrainConfig(**merge(cfg.model_dump(), {"loss": {"rank": NO_RANK}}))
-    assert nested._method_training(uniform, cfg, ["a"], False) == "no_ranking"  # no_ranking: the uniform loss
+    unmasked = TrainConfig(**merge(cfg.model_dump(), ABLATIONS["no_masking"]))
+    assert nested._method_training(unmasked, cfg, ["a"], False) == "no_masking"
+    assert which["ranked+no_shape"] == "nested"  # no benchmark row trains with the ranked loss
     assert which["no_discriminator+no_appearance"] == "no_discriminator"
     masked = TrainConfig(**merge(cfg.model_dump(), {"masks": {"max_boxes": 2}}))
     assert nested._method_training(masked, cfg, ["a"], False) == "nested"
