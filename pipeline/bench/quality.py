@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         return merge_command(args)
     if not args.data:
         raise DatasetError("--data is required (or --merge QUALITY_JSON ...)")
+    if args.nested and args.nested_seeds < 1:
+        raise DatasetError(f"--nested-seeds needs at least 1 training seed, got {args.nested_seeds}")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(ALL_METHODS))
     if unknown:

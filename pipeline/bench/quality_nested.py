@@ -22,11 +22,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--methods then run plainly on the same outer folds",
     )
     p.add_argument(
-        "--tolerance",
-        type=float,
-        default=0.01,
-        help="with --nested: a candidate with fewer components is chosen when its mean inner AUROC is within "
-        "this of the best (default 0.01, the skin training-seed spread)",
+        "--nested-seeds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with --nested: train every inner fold with N training seeds (default 3; cost grows N-fold); a "
+        "candidate with fewer components is chosen when its inner AUROCs, paired over inner folds and seeds, "
+        "are within one standard error of the best's",
     )
 
 
@@ -53,12 +55,12 @@ def run(args: argparse.Namespace, records, cfg, preset: str, folds: int, methods
             out=out,
             workdir=Path(args.models) if args.models else Path(tmp),
             fold_seed=args.seed,
-            tolerance=args.tolerance,
+            seeds=args.nested_seeds,
             gpu=args.gpu,
             only=only,
         )
     wall = time.perf_counter() - t0
-    flags = [("data", args.data), ("folds", args.folds), ("nested", args.nested), ("tolerance", args.tolerance),
+    flags = [("data", args.data), ("folds", args.folds), ("nested", args.nested), ("nested-seeds", args.nested_seeds),
              ("seed", args.seed), ("train-seed", args.train_seed), ("config", args.config), ("epochs", args.epochs),
              ("methods", args.methods), ("only-folds", args.only_folds), ("models", args.models),
              ("out", args.out)]  # fmt: skip
@@ -87,10 +89,11 @@ def tables(res: dict) -> str:
     from patchrank.pipeline.evaluation.nested import choices_table
 
     chosen = ", ".join(f"fold {o['fold'] + 1}: {o['chosen']}" for o in res["outer"])
+    rule = f"tolerance {res['tolerance']}" if "tolerance" in res else f"paired, {res['train_seeds']} training seeds"
     return (
         "Outer-fold numbers only (`patchrank_nested`: chosen on inner folds; `patchrank`: the preset, fixed):\n\n"
         + markdown_table(res["summary"])
-        + f"\nChosen: {chosen}. Mean inner-fold AUROC of each candidate (tolerance {res['tolerance']}):\n\n"
+        + f"\nChosen: {chosen}. Mean inner-fold AUROC of each candidate ({rule}):\n\n"
         + choices_table(res)
     )
 

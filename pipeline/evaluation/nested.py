@@ -6,9 +6,11 @@ seed derived from the fold seed and i); each inner fold trains on the normal ima
 inner folds and is tested on its own subjects, so the outer test subjects never reach selection.
 On each inner fold every distinct training of the candidates is trained once; a candidate that
 differs only in scoring settings refits its statistics on that model (`folds._rescored`) instead of
-training again. `choose` picks the candidate by mean inner AUROC, preferring fewer components
-within `tolerance`; the choice is trained on the whole outer training set and scored on the outer
-test fold. The report holds only outer-fold numbers, with each fold's choice and inner table.
+training again. With several training seeds every inner fold is trained once per seed. `choose`
+picks the candidate by mean inner AUROC, preferring fewer components where they are level with the
+best (paired over inner folds x seeds, within one standard error); the choice is trained on the
+whole outer training set and scored on the outer test fold. The report holds only outer-fold
+numbers, with each fold's choice and inner table.
 """
 
 from __future__ import annotations
@@ -79,12 +81,20 @@ def complexity(cfg: TrainConfig) -> int:
     return sum(w > 0 for w in weights) + ranked + int(cfg.loss.use_discriminator)
 
 
-def choose(inner: dict[str, list[float]], simple: dict[str, int], tolerance: float) -> str:
-    """inner: candidate -> its inner-fold AUROCs; simple: candidate -> complexity. The best mean wins
-    unless candidates within `tolerance` of it have fewer components: then the best of the fewest."""
+def choose(inner: dict[str, list[float]], simple: dict[str, int]) -> str:
+    """inner: candidate -> its inner AUROCs, paired across candidates (same inner folds and training
+    seeds, same order); simple: candidate -> complexity. The best mean wins unless candidates level
+    with it have fewer components: then the best of the fewest. Level: the mean paired difference to
+    the best is no more than one standard error below zero (with a single pair, only an equal one)."""
     means = {n: float(np.mean(v)) for n, v in inner.items()}
-    best = max(means.values())
-    near = [n for n in means if means[n] >= best - tolerance]
+    best = np.array(inner[max(means, key=lambda n: (means[n], -list(inner).index(n)))])
+
+    def level(n: str) -> bool:
+        d = np.array(inner[n]) - best
+        se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else 0.0
+        return bool(d.mean() >= -se)
+
+    near = [n for n in means if level(n)]
     fewest = min(simple[n] for n in near)
     return max((n for n in near if simple[n] == fewest), key=lambda n: (means[n], -list(inner).index(n)))
 
@@ -125,21 +135,26 @@ def _auroc(path: Path, fold, cfg: TrainConfig, name: str, device: str, seed: int
     return float(report(evaluate_scorer(_rescored(path, fold, cfg, name, device), fold.test, seed=seed))["image_auroc"])
 
 
-def select(records, outer_test, base: TrainConfig, cands, *, index, inner_k, fold_seed, tolerance, workdir, gpu, log):
-    """Inner folds of one outer fold -> (chosen name, {candidate: inner AUROCs}, inner splits)."""
-    cfgs = {c.name: TrainConfig(**merge(base.model_dump(), c.over)) for c in cands}
+def select(records, outer_test, base: TrainConfig, cands, *, index, inner_k, fold_seed, seeds, workdir, gpu, log):
+    """Inner folds of one outer fold, each trained with `seeds` training seeds (base.seed, base.seed + 1,
+    ...) -> (chosen name, {candidate: inner AUROCs, seed-major}, inner splits)."""
     outer_train = [r for r in records if r.subject not in set(outer_test)]
     splits = inner_splits(records, outer_test, inner_k, inner_seed(fold_seed, index))
-    inner: dict[str, list[float]] = {n: [] for n in cfgs}
+    inner: dict[str, list[float]] = {c.name: [] for c in cands}
     device = "cuda" if gpu else "cpu"
-    for j, test in enumerate(splits):
-        fold = build_fold(outer_train, test, base, j)
-        for tname, names in _groups(cfgs).items():
-            path = _trained(workdir / f"inner{index}_{j}_{tname.replace('+', '_')}.pt", fold, cfgs[tname], gpu)
-            for n in names:
-                inner[n].append(_auroc(path, fold, cfgs[n], n, device, fold_seed))
-        log(f"  inner {j + 1}/{inner_k}: " + "  ".join(f"{n} {v[-1]:.3f}" for n, v in inner.items()))
-    return choose(inner, {n: complexity(c) for n, c in cfgs.items()}, tolerance), inner, splits
+    for k in range(seeds):
+        sbase = TrainConfig(**merge(base.model_dump(), {"seed": base.seed + k}))
+        cfgs = {c.name: TrainConfig(**merge(sbase.model_dump(), c.over)) for c in cands}
+        for j, test in enumerate(splits):
+            fold = build_fold(outer_train, test, sbase, j)
+            for tname, names in _groups(cfgs).items():
+                name = f"inner{index}_{j}_{tname.replace('+', '_')}" + (f"_s{k}" if k else "")
+                path = _trained(workdir / f"{name}.pt", fold, cfgs[tname], gpu)
+                for n in names:
+                    inner[n].append(_auroc(path, fold, cfgs[n], n, device, fold_seed))
+            where = f"inner {j + 1}/{inner_k}" + (f", training seed {sbase.seed}" if seeds > 1 else "")
+            log(f"  {where}: " + "  ".join(f"{n} {v[-1]:.3f}" for n, v in inner.items()))
+    return choose(inner, {n: complexity(c) for n, c in cfgs.items()}), inner, splits
 
 
 def _method_training(cfg: TrainConfig, base: TrainConfig, test: list[str], gpu: bool) -> str:
@@ -163,7 +178,7 @@ def run_nested(
     out: Path,
     workdir: Path,
     fold_seed: int,
-    tolerance: float,
+    seeds: int,
     gpu: bool = False,
     only: list[int] | None = None,
     log: Callable[[str], None] = print,
@@ -182,7 +197,7 @@ def run_nested(
         "fold_seed": fold_seed,
         "folds": split,
         "inner_folds": inner_folds,
-        "tolerance": tolerance,
+        "train_seeds": seeds,
         "candidates": {c.name: c.over for c in cands},
         "outer": [],
         "runs": [],
@@ -193,7 +208,7 @@ def run_nested(
         if only is not None and i not in only:
             continue
         t0 = time.perf_counter()
-        kw = dict(index=i, inner_k=inner_folds, fold_seed=fold_seed, tolerance=tolerance, workdir=workdir)
+        kw = dict(index=i, inner_k=inner_folds, fold_seed=fold_seed, seeds=seeds, workdir=workdir)
         chosen, inner, splits = select(records, test, base, cands, **kw, gpu=gpu, log=log)
         fold = build_fold(records, test, base, i)
         cfg = TrainConfig(**merge(base.model_dump(), next(c.over for c in cands if c.name == chosen)))
@@ -223,13 +238,13 @@ def run_nested(
 def merge_nested(parts: list[dict]) -> dict:
     """nested.json results of the same folds, configuration and candidates (e.g. one process per outer
     fold) -> one result over all their outer folds."""
-    same = ("folds", "config", "fold_seed", "inner_folds", "tolerance", "candidates")
+    same = ("folds", "config", "fold_seed", "inner_folds", "train_seeds", "tolerance", "candidates")
     base = parts[0]
-    if any(tuple(p[k] for k in same) != tuple(base[k] for k in same) for p in parts[1:]):
-        raise DatasetError("cannot merge nested runs with different folds, configuration, tolerance or candidates")
+    if any(tuple(p.get(k) for k in same) != tuple(base.get(k) for k in same) for p in parts[1:]):
+        raise DatasetError("cannot merge nested runs with different folds, configuration, seeds, rule or candidates")
     outer = {o["fold"]: o for p in parts for o in p["outer"]}
     runs = {(r["method"], r["fold"]): r for p in parts for r in p["runs"]}
-    res = {k: base[k] for k in same}
+    res = {k: base[k] for k in same if k in base}  # "tolerance": runs before pass 22
     res["outer"] = [outer[i] for i in sorted(outer)]
     res["runs"] = sorted(runs.values(), key=lambda r: (r["fold"], r["method"]))
     methods = list(dict.fromkeys(r["method"] for p in parts for r in p["runs"]))

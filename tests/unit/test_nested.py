@@ -56,24 +56,30 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
     monkeypatch.setattr(nested, "_trained", fake_trained)
     monkeypatch.setattr(nested, "_auroc", lambda path, fold, cfg, name, dev, seed: scores.get(name, 0.6))
     kw = dict(index=0, inner_k=3, fold_seed=0, workdir=tmp_path, gpu=False, log=lambda s: None)
-    chosen, inner, splits = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, tolerance=0.01, **kw)
+    chosen, inner, splits = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, seeds=1, **kw)
     assert len(seen) == 3 * 3  # 3 inner folds x 3 trainings (preset, no discriminator, ranked)
     for train, tested, test_subjects in seen:
         assert train and all(label[s] == 0 for s in train)  # benign-only training
         assert not (train | tested) & set(outer_test)  # the outer test fold never reaches selection
         assert not train & tested and tested == test_subjects
         assert any(label[s] == 1 for s in tested)
-    assert chosen == "no_shape" and inner["preset"] == [0.70] * 3  # within 0.01 and one term fewer
-    assert nested.select(records, outer_test, cfg, nested.DERMOSCOPY, tolerance=0.0, **kw)[0] == "preset"
+    assert chosen == "preset" and inner["preset"] == [0.70] * 3  # no_shape is below on every pair: not level
+    scores["no_shape"] = 0.70
+    assert nested.select(records, outer_test, cfg, nested.DERMOSCOPY, seeds=1, **kw)[0] == "no_shape"  # level, simpler
 
 
-def test_choose_prefers_fewer_components_only_within_tolerance():
-    inner = {"full": [0.80, 0.78], "simple": [0.785, 0.78], "simplest": [0.70, 0.72]}
+def test_choose_prefers_fewer_components_only_when_level_within_one_standard_error():
     simple = {"full": 3, "simple": 2, "simplest": 1}
-    assert nested.choose(inner, simple, 0.01) == "simple"
-    assert nested.choose(inner, simple, 0.001) == "full"
-    assert nested.choose(inner, simple, 0.2) == "simplest"
-    assert nested.choose({"a": [0.7], "b": [0.7]}, {"a": 1, "b": 1}, 0.0) == "a"  # ties: the earlier one
+    # simple: paired differences -0.01, +0.01, -0.006 -> mean -0.002, se 0.006: level; simplest always lower
+    inner = {"full": [0.80, 0.78, 0.79], "simple": [0.79, 0.79, 0.784], "simplest": [0.70, 0.72, 0.71]}
+    assert nested.choose(inner, simple) == "simple"
+    # simple below on every pair (-0.01, -0.012, -0.008: mean -0.010, se 0.0012): not level
+    inner["simple"] = [0.79, 0.768, 0.782]
+    assert nested.choose(inner, simple) == "full"
+    inner["simplest"] = [0.81, 0.77, 0.79]  # differences +0.01, -0.01, 0: level, and the fewest components
+    assert nested.choose(inner, simple) == "simplest"
+    assert nested.choose({"a": [0.7], "b": [0.7]}, {"a": 1, "b": 1}) == "a"  # ties: the earlier one
+    assert nested.choose({"a": [0.71], "b": [0.70]}, {"a": 2, "b": 1}) == "a"  # one pair: only an equal one is level
 
 
 def test_candidate_set_and_complexity():
@@ -103,7 +109,7 @@ def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
 
 
 def test_merge_joins_outer_folds_run_apart():
-    base = {"folds": [["a"], ["b"]], "config": {}, "fold_seed": 0, "inner_folds": 2, "tolerance": 0.01,
+    base = {"folds": [["a"], ["b"]], "config": {}, "fold_seed": 0, "inner_folds": 2, "train_seeds": 3,
             "candidates": {"preset": {}}}  # fmt: skip
 
     def part(i, auc):
@@ -116,7 +122,7 @@ def test_merge_joins_outer_folds_run_apart():
     assert [o["fold"] for o in res["outer"]] == [0, 1] and res["wall_seconds"] == 20.0
     assert res["summary"]["patchrank_nested"]["image_auroc"] == pytest.approx([0.7, 0.1, 2])
     with pytest.raises(DatasetError, match="cannot merge"):
-        nested.merge_nested([part(0, 0.6), {**part(1, 0.8), "tolerance": 0.0}])
+        nested.merge_nested([part(0, 0.6), {**part(1, 0.8), "train_seeds": 1}])
 
 
 def test_outer_training_is_shared_with_the_method_that_trains_the_same():

@@ -32,9 +32,12 @@ def probes(folder: Path) -> dict[tuple, float]:
     return out
 
 
-preset_paths = ["docs/quality/skin/quality.json"] + [f"docs/quality/skin/seeds/seed{s}/quality.json" for s in range(1, 5)]
-fold_seeds = [{k: v for s, p in enumerate(preset_paths) for k, v in table(p, s).items()},
-              {k: v for s in range(5) for k, v in table(str(P22 / f"ranked/seed{s}/quality.json"), s).items()}]
+SKIN = "docs/quality/skin"
+preset_paths = [f"{SKIN}/quality.json"] + [f"{SKIN}/seeds/seed{s}/quality.json" for s in range(1, 5)]
+fold_seeds = [
+    {k: v for s, p in enumerate(preset_paths) for k, v in table(p, s).items()},
+    {k: v for s in range(5) for k, v in table(str(P22 / f"ranked/seed{s}/quality.json"), s).items()},
+]
 train_seeds = [probes(P22 / "scores/preset"), probes(P22 / "scores/ranked")]
 both = [{**fold_seeds[i], **train_seeds[i]} for i in range(2)]
 for name, (a, b) in {"fold seeds 0-4": fold_seeds, "training seeds 0-4": train_seeds, "both": both}.items():
