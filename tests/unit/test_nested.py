@@ -44,12 +44,13 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
     assert preset == "dermoscopy"
     label = {r.subject: r.label for r in records}
     outer_test = make_folds(records, 3, seed=0)[0]
-    seen = []
+    seen, seeds = [], []
 
     def fake_trained(path, fold, cfg, gpu):  # records what each inner training would see
         train = set(fold.train.subjects) | set(fold.val.subjects)
         tested = {t.record.subject for t in fold.test}
         seen.append((train, tested, set(fold.test_subjects)))
+        seeds.append((cfg.seed, path.name))
         return path
 
     scores = {"preset": 0.70, "no_shape": 0.695, "features_only": 0.65}  # every other candidate 0.6
@@ -64,8 +65,13 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
         assert not train & tested and tested == test_subjects
         assert any(label[s] == 1 for s in tested)
     assert chosen == "preset" and inner["preset"] == [0.70] * 3  # no_shape is below on every pair: not level
+    assert {s for s, _ in seeds} == {cfg.seed}
     scores["no_shape"] = 0.70
-    assert nested.select(records, outer_test, cfg, nested.DERMOSCOPY, seeds=1, **kw)[0] == "no_shape"  # level, simpler
+    seeds.clear()
+    chosen, inner, _ = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, seeds=2, **kw)
+    assert chosen == "no_shape" and len(inner["preset"]) == 3 * 2  # level and simpler; inner folds x seeds
+    assert sorted({s for s, _ in seeds}) == [cfg.seed, cfg.seed + 1] and len(seeds) == 3 * 3 * 2
+    assert all(name.endswith("_s1.pt") == (s == cfg.seed + 1) for s, name in seeds)  # seed 0 keeps its old names
 
 
 def test_choose_prefers_fewer_components_only_when_level_within_one_standard_error():
@@ -106,6 +112,8 @@ def test_nested_option_refuses_presets_without_candidates(tmp_path, capsys):
     args = ["bench", "quality", "--data", str(root), "--nested", "2", "--out", str(tmp_path / "o")]
     assert main([*args, "--preset", "brain-mri"]) == 2
     assert "candidate settings for dermoscopy, not brain-mri" in capsys.readouterr().err
+    assert main([*args, "--nested-seeds", "0"]) == 2
+    assert "--nested-seeds needs at least 1 training seed, got 0" in capsys.readouterr().err
 
 
 def test_merge_joins_outer_folds_run_apart():
