@@ -27,8 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=3,
         metavar="N",
         help="with --nested: train every inner fold with N training seeds (default 3; cost grows N-fold); a "
-        "candidate with fewer components is chosen when its inner AUROCs, paired over inner folds and seeds, "
-        "are within one standard error of the best's",
+        "candidate with fewer components is chosen unless its mean paired difference to the best candidate "
+        "(over inner folds and seeds) is more than one standard error below zero",
     )
 
 
@@ -71,7 +71,8 @@ def run(args: argparse.Namespace, records, cfg, preset: str, folds: int, methods
         f"machine: {cpu_line()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
         f"load average at the end {os.getloadavg()[0]:.1f}  \n"
         f"preset {preset}; outer folds: {folds} (subject-level), seed {args.seed}; inner folds: {args.nested}; "
-        f"training seed {cfg.seed}, epochs {cfg.epochs}, image size {cfg.preprocess.image_size}  \n"
+        f"training seed {cfg.seed} (inner folds: {args.nested_seeds} seeds from it), epochs {cfg.epochs}, "
+        f"image size {cfg.preprocess.image_size}  \n"
         f"wall time: {wall / 60:.1f} min\n\n"
     )
     res["header"] = header

@@ -85,7 +85,11 @@ def choose(inner: dict[str, list[float]], simple: dict[str, int]) -> str:
     """inner: candidate -> its inner AUROCs, paired across candidates (same inner folds and training
     seeds, same order); simple: candidate -> complexity. The best mean wins unless candidates level
     with it have fewer components: then the best of the fewest. Level: the mean paired difference to
-    the best is no more than one standard error below zero (with a single pair, only an equal one)."""
+    the best is no more than one standard error below zero (with a single pair, only an equal one). Pairs
+    of different seeds on one inner fold share its test images, so the standard error is a lower bound:
+    the rule leans towards the best candidate, not the simpler one."""
+    if len({len(v) for v in inner.values()}) != 1:
+        raise ValueError("choose needs the same number of paired inner results for every candidate")
     means = {n: float(np.mean(v)) for n, v in inner.items()}
     best = np.array(inner[max(means, key=lambda n: (means[n], -list(inner).index(n)))])
 
@@ -138,6 +142,8 @@ def _auroc(path: Path, fold, cfg: TrainConfig, name: str, device: str, seed: int
 def select(records, outer_test, base: TrainConfig, cands, *, index, inner_k, fold_seed, seeds, workdir, gpu, log):
     """Inner folds of one outer fold, each trained with `seeds` training seeds (base.seed, base.seed + 1,
     ...) -> (chosen name, {candidate: inner AUROCs, seed-major}, inner splits)."""
+    if seeds < 1:
+        raise ValueError(f"nested selection needs at least 1 training seed, got {seeds}")
     outer_train = [r for r in records if r.subject not in set(outer_test)]
     splits = inner_splits(records, outer_test, inner_k, inner_seed(fold_seed, index))
     inner: dict[str, list[float]] = {c.name: [] for c in cands}

@@ -50,12 +50,16 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
         train = set(fold.train.subjects) | set(fold.val.subjects)
         tested = {t.record.subject for t in fold.test}
         seen.append((train, tested, set(fold.test_subjects)))
-        seeds.append((cfg.seed, path.name))
+        seeds.append((cfg.seed, path.name, fold.index, tuple(sorted(fold.val.subjects))))
         return path
 
     scores = {"preset": 0.70, "no_shape": 0.695, "features_only": 0.65}  # every other candidate 0.6
     monkeypatch.setattr(nested, "_trained", fake_trained)
-    monkeypatch.setattr(nested, "_auroc", lambda path, fold, cfg, name, dev, seed: scores.get(name, 0.6))
+
+    def fake_auroc(path, fold, cfg_, name, dev, seed):  # pairs: inner fold adds 0.01 x index, a seed 0.1 x offset
+        return scores.get(name, 0.6) + 0.01 * fold.index + 0.1 * (cfg_.seed - cfg.seed)
+
+    monkeypatch.setattr(nested, "_auroc", fake_auroc)
     kw = dict(index=0, inner_k=3, fold_seed=0, workdir=tmp_path, gpu=False, log=lambda s: None)
     chosen, inner, splits = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, seeds=1, **kw)
     assert len(seen) == 3 * 3  # 3 inner folds x 3 trainings (preset, no discriminator, ranked)
@@ -64,14 +68,19 @@ def test_selection_trains_on_benign_outer_training_images_only(tmp_path, monkeyp
         assert not (train | tested) & set(outer_test)  # the outer test fold never reaches selection
         assert not train & tested and tested == test_subjects
         assert any(label[s] == 1 for s in tested)
-    assert chosen == "preset" and inner["preset"] == [0.70] * 3  # no_shape is below on every pair: not level
-    assert {s for s, _ in seeds} == {cfg.seed}
+    assert chosen == "preset" and inner["preset"] == pytest.approx([0.70, 0.71, 0.72])  # no_shape below on every pair
+    assert {s[0] for s in seeds} == {cfg.seed}
     scores["no_shape"] = 0.70
     seeds.clear()
     chosen, inner, _ = nested.select(records, outer_test, cfg, nested.DERMOSCOPY, seeds=2, **kw)
-    assert chosen == "no_shape" and len(inner["preset"]) == 3 * 2  # level and simpler; inner folds x seeds
-    assert sorted({s for s, _ in seeds}) == [cfg.seed, cfg.seed + 1] and len(seeds) == 3 * 3 * 2
-    assert all(name.endswith("_s1.pt") == (s == cfg.seed + 1) for s, name in seeds)  # seed 0 keeps its old names
+    assert chosen == "no_shape"  # level and simpler
+    assert inner["preset"] == pytest.approx([0.70, 0.71, 0.72, 0.80, 0.81, 0.82])  # seed-major, inner folds in order
+    assert sorted({s[0] for s in seeds}) == [cfg.seed, cfg.seed + 1] and len(seeds) == 3 * 3 * 2
+    assert all(name.endswith("_s1.pt") == (s == cfg.seed + 1) for s, name, _, _ in seeds)  # seed 0 keeps old names
+    val = {(s, j): v for s, _, j, v in seeds}  # each seed draws its own validation subjects, like its training
+    assert any(val[(cfg.seed, j)] != val[(cfg.seed + 1, j)] for j in range(3))
+    with pytest.raises(ValueError, match="at least 1 training seed"):
+        nested.select(records, outer_test, cfg, nested.DERMOSCOPY, seeds=0, **kw)
 
 
 def test_choose_prefers_fewer_components_only_when_level_within_one_standard_error():
@@ -86,6 +95,8 @@ def test_choose_prefers_fewer_components_only_when_level_within_one_standard_err
     assert nested.choose(inner, simple) == "simplest"
     assert nested.choose({"a": [0.7], "b": [0.7]}, {"a": 1, "b": 1}) == "a"  # ties: the earlier one
     assert nested.choose({"a": [0.71], "b": [0.70]}, {"a": 2, "b": 1}) == "a"  # one pair: only an equal one is level
+    with pytest.raises(ValueError, match="same number of paired"):
+        nested.choose({"a": [0.7, 0.7], "b": [0.7]}, {"a": 2, "b": 1})
 
 
 def test_candidate_set_and_complexity():
@@ -131,6 +142,17 @@ def test_merge_joins_outer_folds_run_apart():
     assert res["summary"]["patchrank_nested"]["image_auroc"] == pytest.approx([0.7, 0.1, 2])
     with pytest.raises(DatasetError, match="cannot merge"):
         nested.merge_nested([part(0, 0.6), {**part(1, 0.8), "train_seeds": 1}])
+    # runs made before pass 22 carry "tolerance" instead of "train_seeds": they merge among themselves only
+    from patchrank.pipeline.bench.quality_nested import tables
+
+    old = [
+        {k: v for k, v in {**part(i, a), "tolerance": 0.01}.items() if k != "train_seeds"}
+        for i, a in ((0, 0.6), (1, 0.8))
+    ]
+    assert "(tolerance 0.01)" in tables(nested.merge_nested(old))
+    assert "(paired, 3 training seeds)" in tables(res)
+    with pytest.raises(DatasetError, match="cannot merge"):
+        nested.merge_nested([old[0], part(1, 0.8)])
 
 
 def test_outer_training_is_shared_with_the_method_that_trains_the_same():
