@@ -91,7 +91,8 @@ def choose(inner: dict[str, list[float]], simple: dict[str, int]) -> str:
     if len({len(v) for v in inner.values()}) != 1:
         raise ValueError("choose needs the same number of paired inner results for every candidate")
     means = {n: float(np.mean(v)) for n, v in inner.items()}
-    best = np.array(inner[max(means, key=lambda n: (means[n], -list(inner).index(n)))])
+    order = {n: (means[n], -i) for i, n in enumerate(inner)}  # best mean first; ties: the earlier candidate
+    best = np.array(inner[max(inner, key=order.get)])
 
     def level(n: str) -> bool:
         d = np.array(inner[n]) - best
@@ -100,7 +101,7 @@ def choose(inner: dict[str, list[float]], simple: dict[str, int]) -> str:
 
     near = [n for n in means if level(n)]
     fewest = min(simple[n] for n in near)
-    return max((n for n in near if simple[n] == fewest), key=lambda n: (means[n], -list(inner).index(n)))
+    return max((n for n in near if simple[n] == fewest), key=order.get)
 
 
 def inner_splits(records: list[Record], outer_test: list[str], k: int, seed: int) -> list[list[str]]:
