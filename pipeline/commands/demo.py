@@ -9,6 +9,9 @@ heatmap PNG of the top scan.
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -109,6 +112,16 @@ def _screen(archive: Path, ckpt: Path, results: Path) -> None:
         raise RuntimeError("screening left scans without a result row (see above)")
 
 
+def _cli() -> str:
+    """How to call this command line from the current folder: the `patchrank` next to this Python (e.g.
+    .venv/bin/patchrank) when that is not the one on PATH, else `patchrank`."""
+    exe = Path(sys.executable).with_name("patchrank")
+    if not exe.exists() or shutil.which("patchrank") == str(exe):
+        return "patchrank"
+    rel = os.path.relpath(exe)
+    return rel if not rel.startswith("..") else str(exe)
+
+
 def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> int:
     from patchrank.pipeline.service.heatmap import render_scan_png
     from patchrank.pipeline.service.results import ResultStore, format_ranking
@@ -127,5 +140,5 @@ def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> 
     if rows:
         png = render_scan_png(store, rows[0]["scan_id"], work / "top_scan.png", model_version=version)
         print(f"heatmap of the top scan: {png}")
-    print(f'more: patchrank query {results} --top 8   |   --sql "SELECT status, count(*) FROM scans GROUP BY 1"')
+    print(f'more: {_cli()} query {results} --top 8   |   --sql "SELECT status, count(*) FROM scans GROUP BY 1"')
     return 0
