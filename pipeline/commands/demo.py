@@ -9,7 +9,7 @@ heatmap PNG of the top scan.
 from __future__ import annotations
 
 import argparse
-import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -113,13 +113,13 @@ def _screen(archive: Path, ckpt: Path, results: Path) -> None:
 
 
 def _cli() -> str:
-    """How to call this command line from the current folder: the `patchrank` next to this Python (e.g.
-    .venv/bin/patchrank) when that is not the one on PATH, else `patchrank`."""
+    """How to call this command line from any folder: `patchrank` when that is the one on PATH, else the
+    absolute path of the `patchrank` next to this Python (e.g. .../.venv/bin/patchrank; scripts/demo.sh runs
+    the demo from the repository root, not from the user's folder), quoted for a shell."""
     exe = Path(sys.executable).with_name("patchrank")
     if not exe.exists() or shutil.which("patchrank") == str(exe):
         return "patchrank"
-    rel = os.path.relpath(exe)
-    return rel if not rel.startswith("..") else str(exe)
+    return shlex.quote(str(exe.absolute()))
 
 
 def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> int:
@@ -140,5 +140,6 @@ def _report(results: Path, version: str, truth: dict[str, bool], work: Path) -> 
     if rows:
         png = render_scan_png(store, rows[0]["scan_id"], work / "top_scan.png", model_version=version)
         print(f"heatmap of the top scan: {png}")
-    print(f'more: {_cli()} query {results} --top 8   |   --sql "SELECT status, count(*) FROM scans GROUP BY 1"')
+    sql = '--sql "SELECT status, count(*) FROM scans GROUP BY 1"'
+    print(f"more: {_cli()} query {shlex.quote(str(results))} --top 8   |   {sql}")
     return 0

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--maps",
         metavar="DIR",
         help="write each volume's anomaly map on the input's grid as "
-        "DIR/<input name>.<first 8 digits of the scan id>.map.nii.gz",
+        "DIR/<input name>.<first 8 hex digits of the scan id>.map.nii.gz",
     )
     add_modality_args(p, "score")
     add_quiet_arg(p)
@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if n_flat:
         print(f"no anomaly map for {n_flat} 2D images: --maps writes the maps of volumes only")
     if args.maps and len(ok) > n_flat:
-        print(f"anomaly maps in {Path(args.maps)}/ (<input name>.<first 8 digits of the scan id>.map.nii.gz)")
+        print(f"anomaly maps in {Path(args.maps)}/ (<input name>.<first 8 hex digits of the scan id>.map.nii.gz)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"model_version": model.model_version, "results": results}, indent=2))
     if not results:

@@ -26,7 +26,9 @@ def test_demo_runs_end_to_end(tmp_path):
     ranking = [line for line in out.splitlines() if line.strip()[:1].isdigit() and "PHANTOM_" in line]
     assert len(ranking) == 8 and sum("LESION" in line for line in ranking) == 4
     assert (work / "model.pt").is_file() and (work / "top_scan.png").stat().st_size > 1000
-    more = next(line for line in out.splitlines() if line.startswith("more: "))
+    more = [line for line in out.splitlines() if line.startswith("more: ")]
+    assert len(more) == 1, out[-2000:]
+    more = more[0]
     argv = shlex.split(more[len("more: ") :].split("  |")[0])  # the query command the demo suggests, as printed
-    query = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    query = subprocess.run(argv, capture_output=True, text=True, timeout=120, cwd=tmp_path)  # from another folder
     assert query.returncode == 0 and "PHANTOM_" in query.stdout, query.stdout[-2000:] + query.stderr[-2000:]

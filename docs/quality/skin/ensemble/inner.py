@@ -9,6 +9,7 @@ training (fewer components) wins unless it is more than one standard error below
 the identity view), a check after the decision.
 """
 
+import itertools
 import json
 import sys
 import time
@@ -91,6 +92,17 @@ def outer(views: Path) -> None:
         f"{np.mean(ens):.4f}; difference {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f} "
         f"(up {(d > 0).sum()} / down {(d < 0).sum()}); per ensemble (seeds k..k+2): "
         + " / ".join(f"{np.mean(ens[3 * k : 3 * k + 3]):.4f}" for k in range(3))
+    )
+    every = []
+    for trio in itertools.combinations(range(5), 3):
+        per_fold = []
+        for f in range(3):
+            y = np.array(runs[trio[0], f]["labels"])
+            per_fold.append(auroc(y, np.mean([np.array(runs[s, f]["scores"])[:, 0] for s in trio], 0)))
+        every.append(float(np.mean(per_fold)))
+    print(
+        f"every 3 of seeds 0-4 ({len(every)}): mean {np.mean(every):.4f}, {min(every):.4f}-{max(every):.4f}, "
+        f"{sum(e >= 0.78 for e in every)} at or above 0.78"
     )
 
 

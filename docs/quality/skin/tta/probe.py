@@ -2,7 +2,7 @@
 (test-time views) steady it across training seeds? Outer folds of the benchmark (fold seed 0), one training per seed,
 the preset; writes OUT/views_s<seed>_f<fold>.json (test names, labels, the 8 views' scores: identity, 3 quarter turns,
 then the same after a left-right flip) and prints AUROC of the identity, of 2 views (identity + left-right flip), 4
-(the flips) and 8. Run from the repository root, e.g. two processes at once (~40 s a fold on one core):
+(the flips) and 8. Run from the repository root, e.g. two processes at once (~50 s a fold on one core):
   OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/tta/probe.py 0,1,2 OUT
   OMP_NUM_THREADS=1 .venv/bin/python docs/quality/skin/tta/probe.py 3,4 OUT
 Trained models are kept in OUT/models_s<seed> (as docs/quality/skin/ensemble/probe.py does: pass its OUT to reuse).
