@@ -68,11 +68,11 @@ def contrast(flair: np.ndarray, fg: np.ndarray, k: int) -> np.ndarray:
     return (f - box_mean(f, k) / w.clamp_min(1e-3))[:, 0].numpy()
 
 
-def slice_pixels(t, scorer) -> list[dict]:
-    """One test scan -> per labelled slice: map, FLAIR, signed distance to the label boundary, over the region."""
+def slice_pixels(t, scan_maps: np.ndarray) -> list[dict]:
+    """One test scan and the harness's maps of its labelled slices (model resolution) -> per labelled slice: map,
+    FLAIR, signed distance to the label boundary, over the region."""
     p, keep = t.prep, np.flatnonzero(t.labels >= 0)
-    full = scorer.finish_scan(scorer.score(p.images, p.foreground, p.position), p)
-    maps = to_native(full.maps[keep], p.native_shape)
+    maps = to_native(scan_maps, p.native_shape)
     lo = maps.min(axis=(1, 2), keepdims=True)
     fg = to_native(p.foreground[keep, 0].astype(np.float32), p.native_shape) > 0.5
     filled = fill_holes(torch.from_numpy(np.where(fg, maps, lo))[:, None])[:, 0].numpy()
@@ -119,11 +119,16 @@ def main() -> None:
     fcfg = with_target(cfg, [r for r in records if r.subject not in test and r.label in (None, 0)])
     fold = build_fold(records, test, fcfg, args.fold - 1)
     scorer = fit_method("patchrank", fold, fcfg, args.models, reuse=True)
-    harness = report(evaluate_scorer(scorer, fold.test))["pixel_auroc"]
-    print(f"fold {args.fold}, test {test}: harness pixel AUROC {harness:.4f}")
+    data = evaluate_scorer(scorer, fold.test)  # the maps of every labelled slice, scan by scan, in fold.test order
+    print(f"fold {args.fold}, test {test}: harness pixel AUROC {report(data)['pixel_auroc']:.4f}")
     cols: dict[str, list] = {}
+    start = 0
     for t in fold.test:
-        rows = slice_pixels(t, scorer)
+        n = int((t.labels >= 0).sum())
+        if not n:  # the harness skips scans without labelled slices
+            continue
+        rows = slice_pixels(t, data.maps[start : start + n])
+        start += n
         c = {k: np.concatenate([r[k] for r in rows]) for k in rows[0] if k != "tumour_slice"}
         c["tumour_slice"] = np.concatenate([np.full(r["y"].size, r["tumour_slice"]) for r in rows])
         c["patient"] = np.full(c["y"].size, t.record.subject)
