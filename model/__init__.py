@@ -12,6 +12,7 @@ from .checkpoint import (
     build_networks,
     load_checkpoint,
     save_checkpoint,
+    save_ensemble,
 )
 from .config import ScoringConfig, StepConfig
 from .discriminator import PatchDiscriminator
@@ -19,7 +20,17 @@ from .losses import RankConfig
 from .masks import BoxMaskGenerator, complementary_masks
 from .ranking import rank_weights, ranked_sum
 from .reconstructor import MaskedReconstructor
-from .scoring import ScanScores, ScoreOutput, ScoreStats, fit_score_stats, score_images, score_scan, volume_score
+from .scoring import (
+    Member,
+    ScanScores,
+    ScoreOutput,
+    ScoreStats,
+    fit_score_stats,
+    score_images,
+    score_members,
+    score_scan,
+    volume_score,
+)
 from .train_step import gan_step
 
 __all__ = [
@@ -28,6 +39,7 @@ __all__ = [
     "CheckpointError",
     "LoadedModel",
     "MaskedReconstructor",
+    "Member",
     "PatchDiscriminator",
     "RankConfig",
     "ScanScores",
@@ -43,7 +55,9 @@ __all__ = [
     "rank_weights",
     "ranked_sum",
     "save_checkpoint",
+    "save_ensemble",
     "score_images",
+    "score_members",
     "score_scan",
     "volume_score",
 ]

@@ -4,9 +4,12 @@ Contents (plain dicts, lists, numbers, strings and tensors only, so that
 `torch.load(..., weights_only=True)` can read it and nothing is ever unpickled):
   format, model_version, arch {recon, disc}, preprocess, scoring, stats,
   recon_state, disc_state, meta, and optionally train_state (optimizers, epoch, mask
-  RNG) for resuming. Older formats are upgraded on load (model.upgrade). model_version is
-  a content hash of everything that changes scores (weights, architecture, preprocessing,
-  scoring config, statistics), so two files score identically exactly when their versions match.
+  RNG) for resuming. An ensemble (format 3, `save_ensemble`) adds `members`: each further
+  training's {recon_state, disc_state, stats}, with the first training's as above; its scores
+  are the members' mean (model.scoring.score_members). Older formats are upgraded on load
+  (model.upgrade). model_version is a content hash of everything that changes scores (weights,
+  architecture, preprocessing, scoring config, statistics, members), so two files score
+  identically exactly when their versions match.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ from torch import nn
 from .config import ScoringConfig
 from .discriminator import PatchDiscriminator
 from .reconstructor import MaskedReconstructor
-from .scoring import ScoreStats
-from .upgrade import FORMAT_1, FORMAT_2, UpgradeError, upgrade
+from .scoring import Member, ScoreStats
+from .upgrade import FORMAT_1, FORMAT_2, FORMAT_3, UpgradeError, upgrade
 
-CHECKPOINT_FORMAT = FORMAT_2
+CHECKPOINT_FORMAT = FORMAT_2  # one training; an ensemble is written as FORMAT_3
+MAX_MEMBERS = 16
 
 
 class CheckpointError(ValueError):
@@ -72,6 +76,8 @@ def content_version(payload: dict) -> str:
     h = hashlib.sha256()
     for key in ("arch", "preprocess", "scoring", "stats", "recon_state", "disc_state"):
         _hash_update(h, payload[key])
+    if "members" in payload:  # absent from single trainings, whose versions stay as format 2 made them
+        _hash_update(h, payload["members"])
     return h.hexdigest()[:16]
 
 
@@ -85,6 +91,12 @@ class LoadedModel:
     model_version: str
     meta: dict
     train_state: dict | None = None
+    extra: tuple[Member, ...] = ()  # an ensemble's members after the first (whose are recon, disc, stats)
+
+    @property
+    def members(self) -> list[Member]:
+        """Every training whose scores are averaged: one, or an ensemble's k."""
+        return [Member(self.recon, self.disc, self.stats), *self.extra]
 
 
 def save_checkpoint(
@@ -97,10 +109,12 @@ def save_checkpoint(
     stats: ScoreStats,
     meta: dict | None = None,
     train_state: dict | None = None,
+    extra: tuple[Member, ...] | list[Member] = (),
 ) -> str:
-    """Write atomically (temp file + rename); returns the model_version."""
+    """Write atomically (temp file + rename); returns the model_version. `extra`: an ensemble's further
+    members (format 3)."""
     payload = {
-        "format": CHECKPOINT_FORMAT,
+        "format": FORMAT_3 if extra else CHECKPOINT_FORMAT,
         "arch": arch_of(recon, disc),
         "preprocess": dict(preprocess),
         "scoring": scoring.to_dict(),
@@ -109,6 +123,10 @@ def save_checkpoint(
         "disc_state": {k: v.detach().cpu() for k, v in _unwrap(disc).state_dict().items()},
         "meta": dict(meta or {}),
     }
+    if extra:
+        if len(extra) + 1 > MAX_MEMBERS:
+            raise ValueError(f"an ensemble holds at most {MAX_MEMBERS} members, got {len(extra) + 1}")
+        payload["members"] = [_member_payload(m) for m in extra]
     payload["model_version"] = content_version(payload)
     if train_state is not None:
         payload["train_state"] = train_state
@@ -127,6 +145,33 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise
     return payload["model_version"]
+
+
+def _member_payload(m: Member) -> dict:
+    return {
+        "recon_state": {k: v.detach().cpu() for k, v in _unwrap(m.recon).state_dict().items()},
+        "disc_state": {k: v.detach().cpu() for k, v in _unwrap(m.disc).state_dict().items()},
+        "stats": m.stats.to_dict(),
+    }
+
+
+def save_ensemble(path: str | os.PathLike, parts: list[str | os.PathLike], meta: dict | None = None) -> str:
+    """Checkpoints of one configuration trained with different seeds -> one checkpoint scoring with their mean
+    (format 3; no training state). Their preprocessing, scoring settings and architecture must agree."""
+    if len(parts) < 2:
+        raise ValueError("an ensemble needs at least two trained checkpoints")
+    models = [load_checkpoint(p) for p in parts]
+    first = models[0]
+    for p, m in zip(parts[1:], models[1:]):
+        same = (m.preprocess, m.scoring.to_dict(), arch_of(m.recon, m.disc)) == (
+            first.preprocess, first.scoring.to_dict(), arch_of(first.recon, first.disc))  # fmt: skip
+        if not same:
+            raise ValueError(f"{p} differs from {parts[0]} in preprocessing, scoring or architecture")
+        if m.extra:
+            raise ValueError(f"{p} is an ensemble already; give single trainings")
+    meta = {**first.meta, **(meta or {}), "ensemble": [m.model_version for m in models]}
+    return save_checkpoint(path, first.recon, first.disc, preprocess=first.preprocess, scoring=first.scoring,
+                           stats=first.stats, meta=meta, extra=[Member(m.recon, m.disc, m.stats) for m in models[1:]])  # fmt: skip
 
 
 def _load_failure(exc: Exception) -> str:
@@ -153,8 +198,8 @@ def load_checkpoint(
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling refusal or corruption
         raise CheckpointError(f"refusing to load {path}: not a PatchRank checkpoint ({_load_failure(exc)})") from exc
-    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT_1, FORMAT_2):
-        raise CheckpointError(f"{path} is not a PatchRank checkpoint (format {CHECKPOINT_FORMAT} or older)")
+    if not isinstance(payload, dict) or payload.get("format") not in (FORMAT_1, FORMAT_2, FORMAT_3):
+        raise CheckpointError(f"{path} is not a PatchRank checkpoint (format {FORMAT_3} or older)")
     version = content_version(payload)  # on the payload as saved, before any upgrade
     if version != payload.get("model_version"):
         raise CheckpointError(
@@ -167,11 +212,11 @@ def load_checkpoint(
     except (UpgradeError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: cannot use this checkpoint: {exc}") from exc
     check_payload(payload, path)
-    recon, disc = build_networks(payload["arch"])
-    recon.load_state_dict(payload["recon_state"])
-    disc.load_state_dict(payload["disc_state"])
-    recon.to(map_location).eval()
-    disc.to(map_location).eval()
+    recon, disc = _networks(payload["arch"], payload, map_location)
+    extra = []
+    for m in payload.get("members", []):
+        r, d = _networks(payload["arch"], m, map_location)
+        extra.append(Member(r, d, ScoreStats.from_dict(m["stats"])))
     model = LoadedModel(
         recon=recon,
         disc=disc,
@@ -181,10 +226,18 @@ def load_checkpoint(
         model_version=version,
         meta=payload.get("meta", {}),
         train_state=payload.get("train_state"),
+        extra=tuple(extra),
     )
     if validate:
         validate_loaded(model, path)
     return model
+
+
+def _networks(arch: dict, states: dict, map_location) -> tuple[MaskedReconstructor, PatchDiscriminator]:
+    recon, disc = build_networks(arch)
+    recon.load_state_dict(states["recon_state"])
+    disc.load_state_dict(states["disc_state"])
+    return recon.to(map_location).eval(), disc.to(map_location).eval()
 
 
 # ---- load-time validation --------------------------------------------------------------
@@ -219,26 +272,43 @@ def check_payload(payload: dict, path: str | os.PathLike = "checkpoint") -> None
         raise _fail(path, f"networks take {recon.in_channels}/{disc.in_channels} channels, preprocess gives {channels}")
     if size % (2 ** getattr(recon, "depth", 0)):
         raise _fail(path, f"image_size {size} is not divisible by 2**depth ({2**recon.depth}) of the reconstructor")
+    members = payload.get("members", [])
+    if (payload.get("format") == FORMAT_3) != ("members" in payload):
+        raise _fail(path, f"ensemble members belong in format {FORMAT_3} only, and it needs them")
+    if not isinstance(members, list) or len(members) >= MAX_MEMBERS:
+        raise _fail(path, f"an ensemble checkpoint holds 1..{MAX_MEMBERS - 1} further members")
+    try:
+        ScoringConfig.from_dict(payload["scoring"])
+    except Exception as exc:  # noqa: BLE001
+        raise _fail(path, f"invalid scoring configuration ({type(exc).__name__})") from None
+    for i, part in enumerate([payload, *members]):
+        label = "" if i == 0 else f"members[{i - 1}]."
+        if not isinstance(part, dict):
+            raise _fail(path, f"{label} is not a dict")
+        _check_states(part, recon, disc, label, path)
+        try:
+            stats = ScoreStats.from_dict(part["stats"])
+        except Exception as exc:  # noqa: BLE001
+            raise _fail(path, f"invalid {label}statistics ({type(exc).__name__})") from None
+        check_stats(stats, size, channels, path)
+
+
+def _check_states(part: dict, recon: nn.Module, disc: nn.Module, label: str, path) -> None:
+    """A training's weights: the architecture's keys and shapes, finite values."""
     for name, net in (("recon_state", recon), ("disc_state", disc)):
-        state = payload.get(name)
+        state = part.get(name)
         if not isinstance(state, dict):
-            raise _fail(path, f"no {name}")
+            raise _fail(path, f"no {label}{name}")
         want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
         got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
         if set(want) != set(got):
             diff = sorted(set(want) ^ set(got))
-            raise _fail(path, f"{name} does not match the architecture ({len(diff)} keys differ, e.g. {diff[0]})")
+            raise _fail(path, f"{label}{name} does not match the architecture ({len(diff)} keys differ, e.g. {diff[0]})")
         for k, shape in want.items():
             if got[k] != shape:
-                raise _fail(path, f"{name}.{k} has shape {got[k]}, the architecture needs {shape}")
+                raise _fail(path, f"{label}{name}.{k} has shape {got[k]}, the architecture needs {shape}")
             if not bool(torch.isfinite(state[k].float()).all()):
-                raise _fail(path, f"{name}.{k} holds non-finite values")
-    try:
-        ScoringConfig.from_dict(payload["scoring"])
-        stats = ScoreStats.from_dict(payload["stats"])
-    except Exception as exc:  # noqa: BLE001
-        raise _fail(path, f"invalid scoring configuration or statistics ({exc.__class__.__name__})") from None
-    check_stats(stats, size, channels, path)
+                raise _fail(path, f"{label}{name}.{k} holds non-finite values")
 
 
 def _stat_values(stats: ScoreStats):
@@ -288,7 +358,7 @@ def validate_loaded(model: LoadedModel, path: str | os.PathLike = "checkpoint") 
     """One forward of two synthetic slices (a volume slice and a 2D image) through the scoring
     function: it must run and give finite image scores. Refuses what check_payload cannot
     see (a scoring configuration that does not fit the networks or statistics)."""
-    from .scoring import score_images
+    from .scoring import score_members
 
     size = int(model.preprocess["image_size"])
     channels = int(model.preprocess.get("channels") or model.recon.in_channels)
@@ -299,12 +369,10 @@ def validate_loaded(model: LoadedModel, path: str | os.PathLike = "checkpoint") 
     inside = (yy**2 + xx**2 < 0.6).expand(2, 1, size, size)
     x = torch.where(inside, 0.4 * torch.rand(2, channels, size, size, generator=g) - 0.2, torch.tensor(-1.0))
     try:
-        out = score_images(
-            model.recon,
-            model.disc,
+        out = score_members(
+            model.members,
             x.to(device),
             cfg=model.scoring,
-            stats=model.stats,
             foreground=inside.to(device),
             position=torch.tensor([0.5, float("nan")]),
         )

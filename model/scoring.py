@@ -2,6 +2,7 @@
 
 Slice level, `score_images`: raw maps of the method -> pixel-level terms join the calibrated residual ->
 patch scores (+ patch-level terms) -> ranked image score, z-scored (+ image-level terms) -> pixel map.
+An ensemble (`score_members`) averages its members' `score_images` outputs.
 Scan level, `score_scan`: through-plane context on the slice scores, the slice gate on the pixel
 maps, and the volume score. Evaluation, `patchrank score`, the Python API and the service call these two.
 """
@@ -110,6 +111,43 @@ def score_images(
             pcal = pcal + cfg.pixel_prior_scale * pixel_terms
         pixel = pixel_map(pcal, x, foreground, stats.rec_mean if stats else 0.0, stats.rec_std if stats else 1.0, cfg)
     return ScoreOutput(scores, rec_z, disc_z, valid, image, pixel, composite)
+
+
+@dataclass
+class Member:
+    """One training of an ensemble: its networks and its own normal-data statistics."""
+
+    recon: nn.Module
+    disc: nn.Module
+    stats: ScoreStats | None
+
+
+@torch.no_grad()
+def score_members(
+    members,
+    x: torch.Tensor,
+    *,
+    cfg: ScoringConfig,
+    foreground: torch.Tensor | None = None,
+    position: torch.Tensor | None = None,
+    maps: bool = True,
+) -> ScoreOutput:
+    """`score_images` of each member (anything with .recon, .disc, .stats), averaged: patch scores, their
+    components, image scores, pixel maps and composites are the members' means. One member: its own output."""
+    outs = [
+        score_images(m.recon, m.disc, x, cfg=cfg, stats=m.stats, foreground=foreground, position=position, maps=maps)
+        for m in members
+    ]
+    if len(outs) == 1:
+        return outs[0]
+
+    def mean(name: str) -> torch.Tensor | None:
+        values = [getattr(o, name) for o in outs]
+        return None if values[0] is None else torch.stack(values).mean(0)
+
+    valid = outs[0].valid  # the foreground's patches: the same for every member
+    return ScoreOutput(mean("patch_scores"), mean("rec"), mean("disc"), valid, mean("image_scores"), mean("pixel_map"),
+                       mean("composite"))  # fmt: skip
 
 
 def volume_score(slice_scores: torch.Tensor, cfg: ScoringConfig) -> float:

@@ -3,13 +3,15 @@
 Format 1 (up to patchrank 0.1.0) stored the scoring settings as a flat dict whose missing keys meant
 that version's model defaults, including options since measured and removed (docs/decisions.md),
 and the statistics as one flat dict. Format 2 stores `model.config.ScoringConfig` and
-`ScoreStats` with one state per evidence term. The content hash (`model_version`) is checked on the
+`ScoreStats` with one state per evidence term. Format 3 is format 2 plus an ensemble's further members
+(written only for ensembles, so that readers of format 2 refuse them). The content hash (`model_version`) is checked on the
 payload as it was saved, so an upgraded checkpoint keeps its version and its results keep their key.
 """
 
 from __future__ import annotations
 
 FORMAT_1, FORMAT_2 = "patchrank-ckpt/1", "patchrank-ckpt/2"
+FORMAT_3 = "patchrank-ckpt/3"  # format 2 plus `members`: an ensemble's further trainings (model.checkpoint)
 
 # Format 1's model-side defaults: what a key missing from an old checkpoint's scoring dict meant.
 V1_DEFAULTS = {
@@ -75,9 +77,10 @@ def _stats_v1_to_v2(old: dict) -> dict:
 
 
 def upgrade(payload: dict) -> dict:
-    """A loaded checkpoint payload of any known format -> format 2 (a new dict; the input is unchanged)."""
+    """A loaded checkpoint payload of any known format -> format 2, or 3 for an ensemble (a new dict; the input
+    is unchanged)."""
     fmt = payload.get("format")
-    if fmt == FORMAT_2:
+    if fmt in (FORMAT_2, FORMAT_3):
         return payload
     if fmt != FORMAT_1:
         raise UpgradeError(f"unknown checkpoint format {fmt!r}")

@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 
 from patchrank.model.checkpoint import LoadedModel, load_checkpoint, validate_loaded
+from patchrank.model.scoring import Member
 
 # The environment of the Ray processes that score (a local Ray started by `screen`/`serve`/`bench serve`
 # inherits it; on a cluster `ray start` runs with it, ray_cluster.yaml): OpenMP threads waiting for work
@@ -60,17 +61,19 @@ def set_inference_threads(cpus: float | None = None) -> int:
 
 
 def prepare_for_inference(model: LoadedModel, threads: int | None = None) -> LoadedModel:
-    """-> the model with its networks on ONNX Runtime (CPU; threads per session, default torch's thread
-    count). Models on a GPU are returned as they are."""
+    """-> the model with its networks (every ensemble member's) on ONNX Runtime (CPU; threads per session,
+    default torch's thread count). Models on a GPU are returned as they are."""
     from patchrank.pipeline.onnx_model import export_graphs, onnx_networks
 
     if is_prepared(model) or next(model.recon.parameters()).device.type != "cpu":
         return model
-    r, d = model.recon, model.disc
-    recon, disc = onnx_networks(
-        export_graphs(model), r.in_channels, r.depth, d.patch_size, threads or torch.get_num_threads()
-    )
-    return replace(model, recon=recon, disc=disc)
+    size, threads = int(model.preprocess["image_size"]), threads or torch.get_num_threads()
+    fast = []
+    for m in model.members:
+        graphs = export_graphs(m.recon, m.disc, size)
+        recon, disc = onnx_networks(graphs, m.recon.in_channels, m.recon.depth, m.disc.patch_size, threads)
+        fast.append(Member(recon, disc, m.stats))
+    return replace(model, recon=fast[0].recon, disc=fast[0].disc, extra=tuple(fast[1:]))
 
 
 def is_prepared(model: LoadedModel) -> bool:

@@ -7,11 +7,13 @@
   patchrank.json       model_version, architecture, preprocessing and scoring settings, the scalar score
                        statistics, the file names and input / output names of the graphs
   score_stats.npz      the score statistics' tensors (per-position residual statistics, evidence terms' states)
-Batch size is a dynamic axis; H and W are the preprocessing's image_size.
+Batch size is a dynamic axis; H and W are the preprocessing's image_size. An ensemble (format
+`patchrank-onnx/2`) writes its first member's graphs and statistics as above and each further member's
+into `member1/`, `member2/`, ..., listed under "members" in patchrank.json.
 
 `load_onnx(out)` reads the folder back into a `model.checkpoint.LoadedModel` whose networks are ONNX
 Runtime sessions behind the nn.Module call signatures, so `pipeline.scan_scoring` (and through it
-`model.scoring.score_images`, the one scoring function) scores with them unchanged.
+`model.scoring.score_members`, the one scoring function) scores with them unchanged.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from torch import nn
 
 from patchrank.model.checkpoint import LoadedModel
 from patchrank.model.config import ScoringConfig
-from patchrank.model.scoring import ScoreStats
+from patchrank.model.scoring import Member, ScoreStats
 from patchrank.pipeline.data.modality import model_modality
 
-FORMAT = "patchrank-onnx/1"
+FORMAT, FORMAT_ENSEMBLE = "patchrank-onnx/1", "patchrank-onnx/2"  # 2: with members (readers of 1 refuse it)
 OPSET = 18
 MAX_BATCH = 4  # images per ONNX Runtime call (the reconstructor gets B x 4 masked copies per scoring batch)
 _SCALARS = ("rec_mean", "rec_std", "disc_mean", "disc_std", "image_mean", "image_std")
@@ -58,10 +60,10 @@ def _export(net: nn.Module, args: tuple, path: Path | io.BytesIO, inputs: list[s
         )  # fmt: skip
 
 
-def export_graphs(model: LoadedModel) -> dict[str, bytes]:
-    """The model's networks as serialized ONNX graphs: {"reconstructor", "encoder", "discriminator"} -> bytes."""
-    recon, disc = model.recon.eval(), model.disc.eval()
-    size, c = int(model.preprocess["image_size"]), recon.in_channels
+def export_graphs(recon: nn.Module, disc: nn.Module, size: int) -> dict[str, bytes]:
+    """One training's networks as serialized ONNX graphs: {"reconstructor", "encoder", "discriminator"} -> bytes."""
+    recon, disc = recon.eval(), disc.eval()
+    c = recon.in_channels
     x = torch.zeros(2, c, size, size)
     mask = torch.zeros(2, 1, size, size)
     graphs = {}
@@ -81,15 +83,12 @@ def _levels(recon: nn.Module) -> list[str]:
     return [f"level{i}" for i in range(recon.depth + 1)]
 
 
-def export_onnx(model: LoadedModel, out: str | Path) -> Path:
-    """Write the model's networks, settings and statistics into the folder `out` (created); -> out."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    recon, disc = model.recon, model.disc
-    c, levels = recon.in_channels, _levels(recon)
-    for name, graph in export_graphs(model).items():
-        (out / f"{name}.onnx").write_bytes(graph)
-    stats = model.stats.to_dict()
+def _write_member(m: Member, size: int, folder: Path) -> dict:
+    """One member's graphs and statistics' tensors into `folder`; -> its scalar statistics and absent states."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, graph in export_graphs(m.recon, m.disc, size).items():
+        (folder / f"{name}.onnx").write_bytes(graph)
+    stats = m.stats.to_dict()
     arrays = {"pix_mean": stats["pix_mean"], "pix_std": stats["pix_std"]}
     none_keys = []
     for term, state in stats["terms"].items():
@@ -98,15 +97,24 @@ def export_onnx(model: LoadedModel, out: str | Path) -> Path:
                 none_keys.append(f"terms/{term}/{key}")
             else:
                 arrays[f"terms/{term}/{key}"] = value
-    np.savez(out / "score_stats.npz", **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+    np.savez(folder / "score_stats.npz", **{k: v.detach().cpu().numpy() for k, v in arrays.items()})
+    return {"stats": {k: float(stats[k]) for k in _SCALARS}, "stats_none": none_keys}
+
+
+def export_onnx(model: LoadedModel, out: str | Path) -> Path:
+    """Write the model's networks, settings and statistics into the folder `out` (created); -> out."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    recon, disc = model.recon, model.disc
+    size, levels = int(model.preprocess["image_size"]), _levels(recon)
+    first, *rest = model.members
     meta = {
-        "format": FORMAT,
+        "format": FORMAT_ENSEMBLE if rest else FORMAT,
         "model_version": model.model_version,
-        "arch": {"recon_depth": recon.depth, "in_channels": c, "disc_patch": disc.patch_size},
+        "arch": {"recon_depth": recon.depth, "in_channels": recon.in_channels, "disc_patch": disc.patch_size},
         "preprocess": dict(model.preprocess),
         "scoring": model.scoring.to_dict(),
-        "stats": {k: float(stats[k]) for k in _SCALARS},
-        "stats_none": none_keys,
+        **_write_member(first, size, out),
         "stats_file": "score_stats.npz",
         "graphs": {
             "reconstructor": {"file": "reconstructor.onnx", "inputs": ["x", "mask"], "outputs": ["x_hat"]},
@@ -116,6 +124,10 @@ def export_onnx(model: LoadedModel, out: str | Path) -> Path:
         "opset": OPSET,
         "modality": model_modality(model.meta or {}),  # what `score` keeps (pipeline.data.modality)
     }
+    if rest:  # the same file names inside each member's folder
+        meta["members"] = [
+            {"folder": f"member{i}", **_write_member(m, size, out / f"member{i}")} for i, m in enumerate(rest, 1)
+        ]
     (out / "patchrank.json").write_text(json.dumps(meta, indent=1))
     return out
 
@@ -183,29 +195,40 @@ def onnx_networks(
     return recon, OnnxDiscriminator(_Session(graphs["discriminator"], threads), in_channels, patch_size)
 
 
-def load_onnx(folder: str | Path, *, threads: int | None = None) -> LoadedModel:
-    """An exported folder -> LoadedModel with ONNX Runtime networks (threads: intra-op threads per session)."""
-    folder = Path(folder)
-    meta = json.loads((folder / "patchrank.json").read_text())
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"{folder} is not a PatchRank ONNX export ({FORMAT})")
+def _read_member(folder: Path, entry: dict, meta: dict, threads: int | None) -> Member:
     g, arch = meta["graphs"], meta["arch"]
     files = {name: folder / g[name]["file"] for name in ("reconstructor", "encoder", "discriminator")}
     recon, disc = onnx_networks(files, arch["in_channels"], arch["recon_depth"], arch["disc_patch"], threads)
     with np.load(folder / meta["stats_file"], allow_pickle=False) as z:
         arrays = {k: torch.from_numpy(z[k]) for k in z.files}
     terms: dict[str, dict] = {}
-    for key in list(arrays) + meta["stats_none"]:
+    for key in list(arrays) + entry["stats_none"]:
         if key.startswith("terms/"):
             _, term, name = key.split("/", 2)
             terms.setdefault(term, {})[name] = arrays.get(key)
-    stats = ScoreStats(arrays["pix_mean"], arrays["pix_std"], **meta["stats"], terms=terms)
+    return Member(recon, disc, ScoreStats(arrays["pix_mean"], arrays["pix_std"], **entry["stats"], terms=terms))
+
+
+def load_onnx(folder: str | Path, *, threads: int | None = None) -> LoadedModel:
+    """An exported folder -> LoadedModel with ONNX Runtime networks (threads: intra-op threads per session)."""
+    folder = Path(folder)
+    meta = json.loads((folder / "patchrank.json").read_text())
+    if meta.get("format") not in (FORMAT, FORMAT_ENSEMBLE):
+        raise ValueError(f"{folder} is not a PatchRank ONNX export ({FORMAT_ENSEMBLE} or older)")
+    first = _read_member(folder, meta, meta, threads)
+    extra = []
+    for entry in meta.get("members", []) if meta["format"] == FORMAT_ENSEMBLE else []:
+        sub = (folder / entry["folder"]).resolve()
+        if sub.parent != folder.resolve():
+            raise ValueError(f"{folder}/patchrank.json names a member folder outside the export: {entry['folder']!r}")
+        extra.append(_read_member(sub, entry, meta, threads))
     return LoadedModel(
-        recon=recon,
-        disc=disc,
+        recon=first.recon,
+        disc=first.disc,
         preprocess=meta["preprocess"],
         scoring=ScoringConfig.from_dict(meta["scoring"]),
-        stats=stats,
+        stats=first.stats,
         model_version=meta["model_version"],
         meta={"onnx": str(folder), "modality": meta.get("modality")},
+        extra=tuple(extra),
     )

@@ -14,7 +14,7 @@ import torch
 
 from patchrank.model.checkpoint import LoadedModel
 from patchrank.model.config import ScoringConfig
-from patchrank.model.scoring import ScanScores, ScoreOutput, score_images, score_scan
+from patchrank.model.scoring import ScanScores, ScoreOutput, score_members, score_scan
 from patchrank.pipeline.data.preprocess import Prepared
 
 
@@ -79,10 +79,7 @@ def score_slices(
         x = torch.from_numpy(images[s : s + batch_size]).to(device)
         fg = torch.from_numpy(foreground[s : s + batch_size]).to(device)
         pos = None if position is None else torch.from_numpy(np.asarray(position[s : s + batch_size], dtype=np.float32))
-        m = model
-        outs.append(
-            score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg, position=pos, maps=maps)
-        )
+        outs.append(score_members(model.members, x, cfg=model.scoring, foreground=fg, position=pos, maps=maps))
     return ScoreOutput(*(_cat([getattr(o, f) for o in outs]) for f in ScoreOutput.__dataclass_fields__))
 
 

@@ -101,6 +101,9 @@ class TrainConfig(Strict):
     )
     lr_critic: float = Field(2e-4, gt=0, description="the discriminator's learning rate in the critic epochs")
     seed: int = 0
+    ensemble: int = Field(
+        1, ge=1, le=16, description="trainings whose scores are averaged, with seeds seed .. seed + ensemble - 1"
+    )
     val_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of training subjects held out")
     max_val_slices: int = Field(512, ge=8, description="normal slices per set (seeded sample) for the statistics")
     stats_every: int = Field(4, ge=1, description="refit the score statistics every N epochs (and first and last)")

@@ -1,5 +1,6 @@
-"""Seeded synthetic RGB 'dermoscopy' images (a dark blob on skin tone), shared by the checkpoint-upgrade test
-and the script that made tests/data/legacy_v0_skin.pt with the pre-consolidation code."""
+"""Seeded synthetic RGB 'dermoscopy' images (a dark blob on skin tone): `write_images`, shared by the
+checkpoint-upgrade test and the script that made tests/data/legacy_v0_skin.pt with the pre-consolidation code;
+`write_isic`, an ISIC-style labelled folder for the quality benchmark's tests."""
 
 from __future__ import annotations
 
@@ -25,3 +26,20 @@ def write_images(root: Path, n: int = 12, size: int = 48, seed: int = 3) -> list
         Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path)
         paths.append(path)
     return paths
+
+
+def write_isic(root, n_benign=14, n_malignant=10):
+    """Skin-coloured images with a dark central disc; malignant ones have a larger, irregular one."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    yy, xx = np.mgrid[:48, :48]
+    rows = []
+    for i in range(n_benign + n_malignant):
+        bad = i >= n_benign
+        r = rng.uniform(12, 16) if bad else rng.uniform(6, 9)
+        wobble = 1 + (0.3 if bad else 0.05) * np.sin(5 * np.arctan2(yy - 24, xx - 24) + rng.uniform(0, 6))
+        lesion = np.hypot(yy - 24, xx - 24) < r * wobble
+        img = np.clip(rng.normal([200, 160, 140], 8, (48, 48, 3)) - 120 * lesion[..., None], 0, 255)
+        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"ISIC_{i:07d}.jpg")
+        rows.append(f"ISIC_{i:07d},{'malignant' if bad else 'benign'}")
+    (root / "labels.csv").write_text("image_id,label\n" + "\n".join(rows) + "\n")

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from patchrank.model.checkpoint import load_checkpoint
-    from patchrank.model.scoring import score_images
+    from patchrank.model.scoring import score_members
     from patchrank.pipeline.evaluation import operating_point
     from patchrank.pipeline.onnx_model import export_onnx, load_onnx
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         size, c = int(model.preprocess["image_size"]), model.recon.in_channels
         x = (torch.rand(4, c, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1).clamp(-0.99, 1)
         ort = load_onnx(out)
-        got = [score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, maps=False) for m in (model, ort)]
+        got = [score_members(m.members, x, cfg=m.scoring, maps=False) for m in (model, ort)]
         diff = float((got[0].patch_scores - got[1].patch_scores).abs().max())
         print(f"check: max |patch score difference| torch vs ONNX Runtime on 4 random slices = {diff:.2e} z")
         if diff > 1e-3:

@@ -119,7 +119,9 @@ def fit(
     max_failures: int = 2,
     cpus_per_worker: float = 1.0,
 ) -> str:
-    """Train on the normal slices of `data` (in-process, or Ray Train with `workers` > 0) -> model_version."""
+    """Train on the normal slices of `data` (in-process, or Ray Train with `workers` > 0) -> model_version.
+    With cfg.ensemble k > 1, k trainings (pipeline.training.ensemble) joined into one checkpoint."""
+    from patchrank.pipeline.training.ensemble import fit_members
     from patchrank.pipeline.training.local import fit_local, prepare_data, prepare_labelled
 
     if cfg.modality is None:  # recorded in the checkpoint: score/screen keep only scans of this modality
@@ -129,32 +131,42 @@ def fit(
         from patchrank.pipeline.data.pose import with_target
 
         cfg = with_target(cfg, discover(data, modality=modality))
-    train, val = prepare_data(data, cfg, modality, show=show)
     labelled = prepare_labelled(val_data, cfg, modality, show=show) if val_data else None
-    print(training_line(train, val, labelled, cfg))
-    if workers == 0:
-        version = fit_local(train, val, cfg, out, resume=resume, show=show, gpu=gpu, labelled=labelled)
-        where = "in-process"
-    else:
-        from patchrank.deploy.train_launcher import launch
 
-        res = launch(
-            train,
-            val,
-            cfg,
-            out,
-            workers=workers,
-            gpu=gpu,
-            address=address,
-            resume=resume,
-            storage=storage,
-            max_failures=max_failures,
-            cpus_per_worker=cpus_per_worker,
-            labelled=labelled,
-            progress_s=10.0 if show else 0.0,
-        )
-        version, where = res.model_version, f"Ray Train x{workers}, run {res.run_path}"
-    print(f"done: checkpoint {out} (model_version {version}, {where}); learning curve {out.with_suffix('.curve.csv')}")
+    def train_one(mcfg: TrainConfig, path: Path) -> str:
+        if cfg.ensemble > 1:
+            print(f"ensemble member {mcfg.seed - cfg.seed + 1}/{cfg.ensemble} (seed {mcfg.seed}) -> {path}")
+        train, val = prepare_data(data, mcfg, modality, show=show)
+        print(training_line(train, val, labelled, mcfg))
+        if workers == 0:
+            version = fit_local(train, val, mcfg, path, resume=resume, show=show, gpu=gpu, labelled=labelled)
+            where = "in-process"
+        else:
+            from patchrank.deploy.train_launcher import launch
+
+            res = launch(
+                train,
+                val,
+                mcfg,
+                path,
+                workers=workers,
+                gpu=gpu,
+                address=address,
+                resume=resume,
+                storage=storage if storage is None or cfg.ensemble == 1 else f"{storage.rstrip('/')}/{path.stem}",
+                max_failures=max_failures,
+                cpus_per_worker=cpus_per_worker,
+                labelled=labelled,
+                progress_s=10.0 if show else 0.0,
+            )
+            version, where = res.model_version, f"Ray Train x{workers}, run {res.run_path}"
+        curve = path.with_suffix(".curve.csv")
+        print(f"done: checkpoint {path} (model_version {version}, {where}); learning curve {curve}")
+        return version
+
+    version = fit_members(cfg, out, train_one)
+    if cfg.ensemble > 1:
+        print(f"done: ensemble of {cfg.ensemble} trainings {out} (model_version {version}); members kept for --resume")
     return version
 
 

@@ -70,6 +70,18 @@ class Fold:
     val: object
     test: list  # EvalScan
     test_subjects: list[str]
+    normal: list = ()  # the training subjects' normal records, which `split_by_subject` divides into train / val
+    seed: int = 0  # the seed of that division
+
+
+def fold_sets(fold: Fold, cfg: TrainConfig) -> tuple:
+    """(train, val) slices as a training with cfg.seed divides the fold's training subjects (an ensemble's
+    members divide them as `train --seed` does: each with its own seed)."""
+    if cfg.seed == fold.seed or not fold.normal:
+        return fold.train, fold.val
+    tr, va = split_by_subject(list(fold.normal), cfg.val_fraction, cfg.seed)
+    train = build_slices(tr, cfg.preprocess, normal_only=True)
+    return train, build_slices(va, cfg.preprocess, normal_only=True) if va else train
 
 
 def build_fold(
@@ -88,7 +100,7 @@ def build_fold(
     train = build_slices(tr, cfg.preprocess, normal_only=True)
     val = build_slices(va, cfg.preprocess, normal_only=True) if va else train
     test = load_test_scans([r for r in test_records or records if r.subject in test_set], cfg.preprocess)
-    return Fold(index, train, val, test, sorted(test_set))
+    return Fold(index, train, val, test, sorted(test_set), train_recs, cfg.seed)
 
 
 def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False) -> dict:
@@ -99,6 +111,8 @@ def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False)
 
     d = json.loads(cfg.model_dump_json())
     d.pop("scoring", None)
+    if d.get("ensemble") == 1:  # one training: keys as written before ensembles existed
+        d.pop("ensemble")
     d["preprocess"] = cfg.preprocess.saved()  # pose off: no pose settings, as in keys written before they existed
     if not critic_epochs(cfg):  # no critic phase: its settings do not matter
         d.pop("critic_epochs", None)
@@ -128,11 +142,18 @@ def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str, device: str 
     import torch
 
     from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.model.scoring import Member
+    from patchrank.pipeline.training.ensemble import member_config
     from patchrank.pipeline.training.loop import score_stats
 
     lm = load_checkpoint(path, map_location=device)
-    stats = score_stats(lm.recon, lm.disc, fold.val, mcfg, torch.device(device), train=fold.train)
-    return PatchRankScorer(replace(lm, scoring=mcfg.saved_scoring(), stats=stats), name, device)
+    members = []
+    for i, m in enumerate(lm.members):  # each member's statistics on its own held-out subjects
+        scfg = member_config(mcfg, i)
+        train, val = fold_sets(fold, scfg)
+        members.append(Member(m.recon, m.disc, score_stats(m.recon, m.disc, val, scfg, torch.device(device), train=train)))
+    lm = replace(lm, scoring=mcfg.saved_scoring(), stats=members[0].stats, extra=tuple(members[1:]))
+    return PatchRankScorer(lm, name, device)
 
 
 def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bool = False, gpu: bool = False):
@@ -152,6 +173,7 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
 
         return BASELINES[name](fold.train, fold.val, cfg)
     from patchrank.model.checkpoint import load_checkpoint
+    from patchrank.pipeline.training.ensemble import fit_members
     from patchrank.pipeline.training.local import fit_local
 
     over = {} if name == "patchrank" else ABLATIONS[name]
@@ -173,7 +195,12 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
         return _rescored(path, fold, mcfg, name, device)
     resume = old is not None and _only_critic_added(old, key)
     sidecar.unlink(missing_ok=True)
-    fit_local(fold.train, fold.val, mcfg, path, resume=resume, show=False, gpu=gpu)
+
+    def train_one(scfg: TrainConfig, p: Path) -> str:
+        train, val = fold_sets(fold, scfg)
+        return fit_local(train, val, scfg, p, resume=resume and p.exists(), show=False, gpu=gpu)
+
+    fit_members(mcfg, path, train_one)
     sidecar.write_text(json.dumps(key, indent=1))
     return PatchRankScorer(load_checkpoint(path, map_location=device), name, device)
 

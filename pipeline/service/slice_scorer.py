@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from patchrank.model.scoring import ScoreOutput, score_images
+from patchrank.model.scoring import ScoreOutput, score_members
 from patchrank.pipeline.data.storage import local_checkpoint
 from patchrank.pipeline.inference import load_for_inference
 
@@ -95,7 +95,7 @@ class SliceScorer:
             )
         )
         m, maps = self.model, any(c.maps for c in chunks)
-        out = score_images(m.recon, m.disc, x, cfg=m.scoring, stats=m.stats, foreground=fg, position=pos, maps=maps)
+        out = score_members(m.members, x, cfg=m.scoring, foreground=fg, position=pos, maps=maps)
         arrays = {
             "patch_scores": out.patch_scores.float().cpu().numpy(),
             "rec": out.rec.float().cpu().numpy(),

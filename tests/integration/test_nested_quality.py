@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
+from legacy_images import write_isic
 
 from patchrank.pipeline.cli import main
 
 TINY = {
+    "ensemble": 1,  # one training per candidate (the preset's ensemble: tests/integration/test_ensemble.py)
     "preprocess": {"image_size": 32},
     "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
 }
-
-
-def _isic(root, n_benign=14, n_malignant=10):
-    """Skin-coloured images with a dark central disc; malignant ones have a larger, irregular one."""
-    rng = np.random.default_rng(1)
-    (root / "images").mkdir(parents=True)
-    yy, xx = np.mgrid[:48, :48]
-    rows = []
-    for i in range(n_benign + n_malignant):
-        bad = i >= n_benign
-        r = rng.uniform(12, 16) if bad else rng.uniform(6, 9)
-        wobble = 1 + (0.3 if bad else 0.05) * np.sin(5 * np.arctan2(yy - 24, xx - 24) + rng.uniform(0, 6))
-        lesion = np.hypot(yy - 24, xx - 24) < r * wobble
-        img = np.clip(rng.normal([200, 160, 140], 8, (48, 48, 3)) - 120 * lesion[..., None], 0, 255)
-        Image.fromarray(img.astype(np.uint8)).save(root / "images" / f"ISIC_{i:07d}.jpg")
-        rows.append(f"ISIC_{i:07d},{'malignant' if bad else 'benign'}")
-    (root / "labels.csv").write_text("image_id,label\n" + "\n".join(rows) + "\n")
 
 
 @pytest.mark.timeout(600)
@@ -40,7 +23,7 @@ def test_bench_quality_nested_reports_outer_folds_only(tmp_path, monkeypatch):
     trained = []
     real_fit = tl.fit_local
     monkeypatch.setattr(tl, "fit_local", lambda *a, **k: trained.append(a[3].name) or real_fit(*a, **k))
-    _isic(tmp_path / "isic")
+    write_isic(tmp_path / "isic")
     (tmp_path / "tiny.json").write_text(json.dumps(TINY))
     out, models = tmp_path / "o", tmp_path / "m"
     args = ["bench", "quality", "--data", str(tmp_path / "isic"), "--config", str(tmp_path / "tiny.json"),
