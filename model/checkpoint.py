@@ -157,7 +157,8 @@ def _member_payload(m: Member) -> dict:
 
 def save_ensemble(path: str | os.PathLike, parts: list[str | os.PathLike], meta: dict | None = None) -> str:
     """Checkpoints of one configuration trained with different seeds -> one checkpoint scoring with their mean
-    (format 3; no training state). Their preprocessing, scoring settings and architecture must agree."""
+    (format 3; no training state). Their preprocessing, scoring settings and architecture must agree. meta: the
+    first's, `meta` over it, and `ensemble`: the members' model versions."""
     if len(parts) < 2:
         raise ValueError("an ensemble needs at least two trained checkpoints")
     models = [load_checkpoint(p) for p in parts]
@@ -170,8 +171,9 @@ def save_ensemble(path: str | os.PathLike, parts: list[str | os.PathLike], meta:
         if m.extra:
             raise ValueError(f"{p} is an ensemble already; give single trainings")
     meta = {**first.meta, **(meta or {}), "ensemble": [m.model_version for m in models]}
+    extra = [Member(m.recon, m.disc, m.stats) for m in models[1:]]
     return save_checkpoint(path, first.recon, first.disc, preprocess=first.preprocess, scoring=first.scoring,
-                           stats=first.stats, meta=meta, extra=[Member(m.recon, m.disc, m.stats) for m in models[1:]])  # fmt: skip
+                           stats=first.stats, meta=meta, extra=extra)  # fmt: skip
 
 
 def _load_failure(exc: Exception) -> str:
@@ -303,7 +305,9 @@ def _check_states(part: dict, recon: nn.Module, disc: nn.Module, label: str, pat
         got = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else None for k, v in state.items()}
         if set(want) != set(got):
             diff = sorted(set(want) ^ set(got))
-            raise _fail(path, f"{label}{name} does not match the architecture ({len(diff)} keys differ, e.g. {diff[0]})")
+            raise _fail(
+                path, f"{label}{name} does not match the architecture ({len(diff)} keys differ, e.g. {diff[0]})"
+            )
         for k, shape in want.items():
             if got[k] != shape:
                 raise _fail(path, f"{label}{name}.{k} has shape {got[k]}, the architecture needs {shape}")

@@ -4,8 +4,8 @@ Format 1 (up to patchrank 0.1.0) stored the scoring settings as a flat dict whos
 that version's model defaults, including options since measured and removed (docs/decisions.md),
 and the statistics as one flat dict. Format 2 stores `model.config.ScoringConfig` and
 `ScoreStats` with one state per evidence term. Format 3 is format 2 plus an ensemble's further members
-(written only for ensembles, so that readers of format 2 refuse them). The content hash (`model_version`) is checked on the
-payload as it was saved, so an upgraded checkpoint keeps its version and its results keep their key.
+(written only for ensembles, so that readers of format 2 refuse them). The content hash (`model_version`) is
+checked on the payload as it was saved, so an upgraded checkpoint keeps its version and its results keep their key.
 """
 
 from __future__ import annotations

@@ -151,7 +151,9 @@ def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str, device: str 
     for i, m in enumerate(lm.members):  # each member's statistics on its own held-out subjects
         scfg = member_config(mcfg, i)
         train, val = fold_sets(fold, scfg)
-        members.append(Member(m.recon, m.disc, score_stats(m.recon, m.disc, val, scfg, torch.device(device), train=train)))
+        members.append(
+            Member(m.recon, m.disc, score_stats(m.recon, m.disc, val, scfg, torch.device(device), train=train))
+        )
     lm = replace(lm, scoring=mcfg.saved_scoring(), stats=members[0].stats, extra=tuple(members[1:]))
     return PatchRankScorer(lm, name, device)
 

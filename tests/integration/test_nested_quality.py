@@ -10,7 +10,7 @@ from legacy_images import write_isic
 from patchrank.pipeline.cli import main
 
 TINY = {
-    "ensemble": 1,  # one training per candidate (the preset's ensemble: tests/integration/test_ensemble.py)
+    "ensemble": 1,  # one training per candidate (the preset's ensemble: tests/integration/test_ensemble_training.py)
     "preprocess": {"image_size": 32},
     "arch": {"base_channels": 4, "depth": 2, "disc_channels": 8, "disc_layers": 2},
 }

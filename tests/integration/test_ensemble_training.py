@@ -35,9 +35,13 @@ def test_train_writes_an_ensemble_of_seeds_and_resumes_it(phantom_dir, tmp_path,
     assert [m.meta["train_config"]["seed"] for m in members] == [3, 4]
     assert ens.meta["ensemble"] == [m.model_version for m in members]
     assert ens.meta["train_config"]["ensemble"] == 2 and ens.train_state is None
+    # members hold out other subjects, but all of them train or calibrate on the same slices (`evaluate` reads them)
+    assert ens.meta["seen_slices"] == members[0].meta["seen_slices"] == members[1].meta["seen_slices"]
     for mine, theirs in zip(ens.members, members):  # each member: weights and statistics of its own training
         assert torch.equal(mine.stats.pix_mean, theirs.stats.pix_mean)
-        assert all(torch.equal(a, b) for a, b in zip(mine.recon.state_dict().values(), theirs.recon.state_dict().values()))
+        assert all(
+            torch.equal(a, b) for a, b in zip(mine.recon.state_dict().values(), theirs.recon.state_dict().values())
+        )
     # member 1 is the training `--seed 4` gives on its own
     one = tmp_path / "one.json"
     one.write_text(json.dumps(TINY))
