@@ -137,10 +137,11 @@ def test_crash_restart_is_bitwise_the_uninterrupted_run(two_worker_run, data, tm
     assert clean.model_version == crashed.model_version
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(420)
 def test_cli_with_workers_prints_only_its_own_lines(phantom_dir, tmp_path):
     """`train --workers 1 --quiet` on its own local Ray: the epoch lines and the summary, no Ray
-    INFO lines, no per-report metric dicts, no colour codes in a pipe."""
+    INFO lines, no per-report metric dicts, no colour codes in a pipe. Then an ensemble of 2 through
+    Ray Train: each member its own run under --storage, one checkpoint of both."""
     import json
     import os
     import subprocess
@@ -160,3 +161,16 @@ def test_cli_with_workers_prints_only_its_own_lines(phantom_dir, tmp_path):
     assert "epoch 1/2  loss_rec" in text and "epoch 2/2 (critic)" in text and "done: checkpoint" in text
     for noise in ("\x1b[", "Reporting training result", " INFO ", "core_worker", "Started a local Ray"):
         assert noise not in text, text[-3000:]
+    over.write_text(json.dumps({"arch": TINY["arch"], "critic_epochs": 1, "ensemble": 2}))
+    storage = tmp_path / "runs"
+    cmd[cmd.index(str(out))] = str(tmp_path / "e.pt")
+    r = subprocess.run([*cmd, "--storage", str(storage)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    text = r.stdout + r.stderr
+    assert r.returncode == 0, text[-3000:]
+    assert "ensemble member 2/2 (seed 1)" in text and "done: ensemble of 2 trainings" in text
+    runs = {p.parent.parent.parent.name for p in storage.glob("member*/run-*/checkpoint_*/model.pt")}
+    assert runs == {"member0", "member1"}
+    from patchrank.model import load_checkpoint
+
+    ens = load_checkpoint(tmp_path / "e.pt")
+    assert len(ens.members) == 2 and ens.meta["train_config"]["ensemble"] == 2
