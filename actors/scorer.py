@@ -3,7 +3,7 @@
 A request is one SliceChunk (a few slices of one scan); `@serve.batch` gathers chunks
 from many concurrent scans up to `max_batch_size` *slices* (batch_size_fn counts
 slices) or `batch_wait_timeout_s`, and runs one forward of reconstructor +
-discriminator through pipeline.service.slice_scorer (-> model.scoring.score_images). Both knobs
+discriminator through pipeline.service.slice_scorer (-> model.scoring.score_members). Both knobs
 change at runtime through `user_config` (serve_config.yaml or `serve deploy` again).
 Placement (num_cpus / num_gpus) and autoscaling_config come from the app builder; the replica runs as many
 torch threads as CPUs it was given (or `torch_threads`), and its networks go through pipeline.inference.

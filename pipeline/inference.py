@@ -2,7 +2,7 @@
 
 `prepare_for_inference(model)` exports the reconstructor (forward and encoder) and the discriminator to ONNX
 in memory (pipeline.onnx_model) and puts ONNX Runtime sessions in their place, behind the same call
-signatures, so `model.scoring.score_images` (the one scoring function) runs unchanged over them. Measured
+signatures, so `model.scoring.score_members` (the one scoring function) runs unchanged over them. Measured
 on the 2-core development machine against the eager PyTorch networks, channels_last and torch.compile
 (docs/decisions.md, "Inference"): faster than all of them, and closer to the eager scores than channels_last.
 `patchrank score`, evaluation, the Python API and the Serve scorer load models through `load_for_inference`.

@@ -1,4 +1,4 @@
-"""Scan-level scoring on top of model.scoring.score_images (the one scoring function).
+"""Scan-level scoring on top of model.scoring.score_members (the one scoring function; an ensemble's mean).
 
 Shared by `patchrank score`, evaluation and the Serve ingest deployment: slices are
 scored in batches, slice scores are ranked into a scan score, and the top patches of

@@ -1,7 +1,7 @@
 """`patchrank bench score`: eager vs fast bare scoring throughput in the same run, and their score difference.
 
 The same preprocessed slices (all kept slices of --data, preprocessing excluded from the clock) are scored
-through `pipeline.scan_scoring.score_slices` (-> model.scoring.score_images) by:
+through `pipeline.scan_scoring.score_slices` (-> model.scoring.score_members) by:
   eager  the networks as loaded (NCHW), pixel maps computed: the scoring path before the fast path;
   fast   the networks prepared for inference (pipeline.inference: ONNX Runtime), no pixel maps: `patchrank score`, the
          service and the API without maps;

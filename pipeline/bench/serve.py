@@ -5,7 +5,7 @@ The real thing: --checkpoint (a trained model, e.g. the one behind the quality t
 volumes) are what the figures should be measured with. Without them: phantom NIfTI volumes
 (pipeline.data.phantom) and a freshly initialised model of the default architecture and default image
 size (throughput does not depend on the weights), and the output says so.
-Bare forward: SliceScorer.score_chunks (-> model.scoring.score_images over the networks of the fast
+Bare forward: SliceScorer.score_chunks (-> model.scoring.score_members over the networks of the fast
 inference path, pipeline.inference, no pixel maps: exactly what a scorer replica runs) over the same
 preprocessed slices in batches of B, in-process, best of 1 and all torch threads
 (preprocessing and I/O excluded), measured right before and right after each service run (--rounds N:

@@ -2,7 +2,7 @@
 
 A `Scorer` turns preprocessed slices into slice scores and per-pixel anomaly maps.
 PatchRank's scorer goes through `pipeline.scan_scoring.score_slices` (hence
-`model.scoring.score_images`, the one scoring function); baselines implement the same
+`model.scoring.score_members`, the one scoring function); baselines implement the same
 interface in `pipeline.evaluation.baselines`.
 
 Protocol (../shared/data/README.md, implemented by `datasets.slice_labels` and

@@ -1,7 +1,7 @@
 """Batched slice scoring behind the Serve scorer deployment (and usable without Serve).
 
 The checkpoint is loaded once; each call scores a list of slice chunks (from one or
-many scans) in ONE forward pass through `model.scoring.score_images` (the one scoring
+many scans) in ONE forward pass through `model.scoring.score_members` (the one scoring
 function) and splits the outputs back per chunk. Only numpy arrays cross the wire. The networks are
 prepared for inference at load (pipeline.inference); pixel maps are computed only for chunks that ask.
 """

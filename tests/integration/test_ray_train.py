@@ -164,7 +164,8 @@ def test_cli_with_workers_prints_only_its_own_lines(phantom_dir, tmp_path):
     over.write_text(json.dumps({"arch": TINY["arch"], "critic_epochs": 1, "ensemble": 2}))
     storage = tmp_path / "runs"
     cmd[cmd.index(str(out))] = str(tmp_path / "e.pt")
-    r = subprocess.run([*cmd, "--storage", str(storage)], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    cmd += ["--storage", str(storage)]
+    r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
     text = r.stdout + r.stderr
     assert r.returncode == 0, text[-3000:]
     assert "ensemble member 2/2 (seed 1)" in text and "done: ensemble of 2 trainings" in text
