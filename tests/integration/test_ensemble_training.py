@@ -24,9 +24,9 @@ TINY = {
 @pytest.mark.timeout(300)
 def test_train_writes_an_ensemble_of_seeds_and_resumes_it(phantom_dir, tmp_path, capsys):
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({**TINY, "ensemble": 2}))
+    cfg.write_text(json.dumps(TINY))
     out = tmp_path / "e.pt"
-    base = ["train", "--data", str(phantom_dir), "--config", str(cfg), "--seed", "3", "--quiet"]
+    base = ["train", "--data", str(phantom_dir), "--config", str(cfg), "--seed", "3", "--quiet", "--ensemble", "2"]
     assert main([*base, "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ensemble member 2/2 (seed 4)" in text and f"done: ensemble of 2 trainings {out}" in text
@@ -43,9 +43,7 @@ def test_train_writes_an_ensemble_of_seeds_and_resumes_it(phantom_dir, tmp_path,
             torch.equal(a, b) for a, b in zip(mine.recon.state_dict().values(), theirs.recon.state_dict().values())
         )
     # member 1 is the training `--seed 4` gives on its own
-    one = tmp_path / "one.json"
-    one.write_text(json.dumps(TINY))
-    assert main(["train", "--data", str(phantom_dir), "--config", str(one), "--seed", "4", "--quiet",
+    assert main(["train", "--data", str(phantom_dir), "--config", str(cfg), "--seed", "4", "--quiet",
                  "--out", str(tmp_path / "s4.pt")]) == 0  # fmt: skip
     assert load_checkpoint(tmp_path / "s4.pt").model_version == members[1].model_version
     # --resume with a finished ensemble: nothing trains again, the same model
