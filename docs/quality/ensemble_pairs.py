@@ -49,6 +49,7 @@ for m in METRICS:
     a, b = np.array(got).T
     d = b - a
     se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-    summary[m] = f"{a.mean():.4f} -> {b.mean():.4f}: {d.mean():+.4f} ± {se:.4f}, {(d > 0).sum()} up / {(d < 0).sum()} down"
+    up, down = int((d > 0).sum()), int((d < 0).sum())
+    summary[m] = f"{a.mean():.4f} -> {b.mean():.4f}: {d.mean():+.4f} ± {se:.4f}, {up} up / {down} down"
     print(f"{len(d)} folds, {m}: one training {summary[m]}")
 Path(args.out).write_text(json.dumps({"pairs": pairs, "summary": summary}, indent=1))
