@@ -163,13 +163,19 @@ def save_ensemble(path: str | os.PathLike, parts: list[str | os.PathLike], meta:
         raise ValueError("an ensemble needs at least two trained checkpoints")
     models = [load_checkpoint(p) for p in parts]
     first = models[0]
-    for p, m in zip(parts[1:], models[1:]):
-        same = (m.preprocess, m.scoring.to_dict(), arch_of(m.recon, m.disc)) == (
-            first.preprocess, first.scoring.to_dict(), arch_of(first.recon, first.disc))  # fmt: skip
+
+    def training(m: LoadedModel) -> dict:  # the settings it was trained with, but for the seed
+        return {k: v for k, v in m.meta.get("train_config", {}).items() if k not in ("seed", "ensemble")}
+
+    for p, m in zip(parts, models):
+        same = (m.preprocess, m.scoring.to_dict(), arch_of(m.recon, m.disc), training(m)) == (
+            first.preprocess, first.scoring.to_dict(), arch_of(first.recon, first.disc), training(first))  # fmt: skip
         if not same:
-            raise ValueError(f"{p} differs from {parts[0]} in preprocessing, scoring or architecture")
+            raise ValueError(f"{p} differs from {parts[0]} in preprocessing, scoring, architecture or training")
         if m.extra:
             raise ValueError(f"{p} is an ensemble already; give single trainings")
+    if len({m.model_version for m in models}) < len(models):
+        raise ValueError("the same training is given twice: an ensemble's members are different trainings")
     meta = {**first.meta, **(meta or {}), "ensemble": [m.model_version for m in models]}
     extra = [Member(m.recon, m.disc, m.stats) for m in models[1:]]
     return save_checkpoint(path, first.recon, first.disc, preprocess=first.preprocess, scoring=first.scoring,
@@ -277,7 +283,7 @@ def check_payload(payload: dict, path: str | os.PathLike = "checkpoint") -> None
     members = payload.get("members", [])
     if (payload.get("format") == FORMAT_3) != ("members" in payload):
         raise _fail(path, f"ensemble members belong in format {FORMAT_3} only, and it needs them")
-    if not isinstance(members, list) or len(members) >= MAX_MEMBERS:
+    if not isinstance(members, list) or len(members) >= MAX_MEMBERS or ("members" in payload and not members):
         raise _fail(path, f"an ensemble checkpoint holds 1..{MAX_MEMBERS - 1} further members")
     try:
         ScoringConfig.from_dict(payload["scoring"])
@@ -286,13 +292,13 @@ def check_payload(payload: dict, path: str | os.PathLike = "checkpoint") -> None
     for i, part in enumerate([payload, *members]):
         label = "" if i == 0 else f"members[{i - 1}]."
         if not isinstance(part, dict):
-            raise _fail(path, f"{label} is not a dict")
+            raise _fail(path, f"{label[:-1]} is not a dict")
         _check_states(part, recon, disc, label, path)
         try:
             stats = ScoreStats.from_dict(part["stats"])
         except Exception as exc:  # noqa: BLE001
             raise _fail(path, f"invalid {label}statistics ({type(exc).__name__})") from None
-        check_stats(stats, size, channels, path)
+        check_stats(stats, size, channels, path, label)
 
 
 def _check_states(part: dict, recon: nn.Module, disc: nn.Module, label: str, path) -> None:
@@ -330,9 +336,12 @@ def _stat_values(stats: ScoreStats):
             yield f, v
 
 
-def check_stats(stats: ScoreStats, image_size: int, channels: int, path: str | os.PathLike = "checkpoint") -> None:
-    """Every statistic finite, scalar spreads positive, spatial maps at image_size."""
+def check_stats(
+    stats: ScoreStats, image_size: int, channels: int, path: str | os.PathLike = "checkpoint", label: str = ""
+) -> None:
+    """Every statistic finite, scalar spreads positive, spatial maps at image_size (label: the member's, in errors)."""
     for name, v in _stat_values(stats):
+        name = label + name
         if v is None:
             continue
         if isinstance(v, torch.Tensor):

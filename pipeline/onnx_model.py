@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from patchrank.model.checkpoint import LoadedModel
+from patchrank.model.checkpoint import MAX_MEMBERS, LoadedModel
 from patchrank.model.config import ScoringConfig
 from patchrank.model.scoring import Member, ScoreStats
 from patchrank.pipeline.data.modality import model_modality
@@ -195,11 +195,19 @@ def onnx_networks(
     return recon, OnnxDiscriminator(_Session(graphs["discriminator"], threads), in_channels, patch_size)
 
 
-def _read_member(folder: Path, entry: dict, meta: dict, threads: int | None) -> Member:
+def _inside(root: Path, folder: Path, name: str) -> Path:
+    """folder/name, refused (ValueError) unless it lies inside the export folder root."""
+    path = (folder / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{root}/patchrank.json names a file outside the export: {name!r}")
+    return path
+
+
+def _read_member(root: Path, folder: Path, entry: dict, meta: dict, threads: int | None) -> Member:
     g, arch = meta["graphs"], meta["arch"]
-    files = {name: folder / g[name]["file"] for name in ("reconstructor", "encoder", "discriminator")}
+    files = {name: _inside(root, folder, g[name]["file"]) for name in ("reconstructor", "encoder", "discriminator")}
     recon, disc = onnx_networks(files, arch["in_channels"], arch["recon_depth"], arch["disc_patch"], threads)
-    with np.load(folder / meta["stats_file"], allow_pickle=False) as z:
+    with np.load(_inside(root, folder, meta["stats_file"]), allow_pickle=False) as z:
         arrays = {k: torch.from_numpy(z[k]) for k in z.files}
     terms: dict[str, dict] = {}
     for key in list(arrays) + entry["stats_none"]:
@@ -215,13 +223,11 @@ def load_onnx(folder: str | Path, *, threads: int | None = None) -> LoadedModel:
     meta = json.loads((folder / "patchrank.json").read_text())
     if meta.get("format") not in (FORMAT, FORMAT_ENSEMBLE):
         raise ValueError(f"{folder} is not a PatchRank ONNX export ({FORMAT_ENSEMBLE} or older)")
-    first = _read_member(folder, meta, meta, threads)
-    extra = []
-    for entry in meta.get("members", []) if meta["format"] == FORMAT_ENSEMBLE else []:
-        sub = (folder / entry["folder"]).resolve()
-        if sub.parent != folder.resolve():
-            raise ValueError(f"{folder}/patchrank.json names a member folder outside the export: {entry['folder']!r}")
-        extra.append(_read_member(sub, entry, meta, threads))
+    first = _read_member(folder, folder, meta, meta, threads)
+    entries = meta.get("members", []) if meta["format"] == FORMAT_ENSEMBLE else []
+    if len(entries) >= MAX_MEMBERS:
+        raise ValueError(f"{folder}/patchrank.json lists {len(entries)} further members; at most {MAX_MEMBERS - 1}")
+    extra = [_read_member(folder, _inside(folder, folder, e["folder"]), e, meta, threads) for e in entries]
     return LoadedModel(
         recon=first.recon,
         disc=first.disc,

@@ -171,7 +171,7 @@ def fit(
         print(f"done: checkpoint {path} (model_version {version}, {where}); learning curve {curve}")
         return version
 
-    version = fit_members(cfg, out, train_one)
+    version = fit_members(cfg, out, train_one, resume=resume)
     if cfg.ensemble > 1:
         print(f"done: ensemble of {cfg.ensemble} trainings {out} (model_version {version}); members kept for --resume")
     return version

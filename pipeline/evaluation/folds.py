@@ -103,6 +103,19 @@ def build_fold(
     return Fold(index, train, val, test, sorted(test_set), train_recs, cfg.seed)
 
 
+def train_fold(fold: Fold, cfg: TrainConfig, path: Path, *, resume: bool = False, gpu: bool = False) -> str:
+    """Train cfg on the fold's normal data into path (one training, or an ensemble whose members divide the
+    training subjects with their own seeds, as `train` does); resume: continue the files found. -> model_version."""
+    from patchrank.pipeline.training.ensemble import fit_members
+    from patchrank.pipeline.training.local import fit_local
+
+    def train_one(scfg: TrainConfig, p: Path) -> str:
+        train, val = fold_sets(fold, scfg)
+        return fit_local(train, val, scfg, p, resume=resume and p.exists(), show=False, gpu=gpu)
+
+    return fit_members(cfg, path, train_one, resume=resume)
+
+
 def _training_key(cfg: TrainConfig, test_subjects: list[str], gpu: bool = False) -> dict:
     """What decides a fold model's weights: the training configuration (scoring excluded,
     its statistics are refit), the fold's held-out subjects, and whether it trained on a GPU
@@ -147,6 +160,8 @@ def _rescored(path: Path, fold: Fold, mcfg: TrainConfig, name: str, device: str 
     from patchrank.pipeline.training.loop import score_stats
 
     lm = load_checkpoint(path, map_location=device)
+    if len(lm.members) != mcfg.ensemble:
+        raise DatasetError(f"{path} holds {len(lm.members)} trainings, the settings {mcfg.ensemble}: remove it")
     members = []
     for i, m in enumerate(lm.members):  # each member's statistics on its own held-out subjects
         scfg = member_config(mcfg, i)
@@ -175,8 +190,6 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
 
         return BASELINES[name](fold.train, fold.val, cfg)
     from patchrank.model.checkpoint import load_checkpoint
-    from patchrank.pipeline.training.ensemble import fit_members
-    from patchrank.pipeline.training.local import fit_local
 
     over = {} if name == "patchrank" else ABLATIONS[name]
     mcfg = TrainConfig(**merge(cfg.model_dump(), over))
@@ -197,12 +210,7 @@ def fit_method(name: str, fold: Fold, cfg: TrainConfig, workdir: Path, reuse: bo
         return _rescored(path, fold, mcfg, name, device)
     resume = old is not None and _only_critic_added(old, key)
     sidecar.unlink(missing_ok=True)
-
-    def train_one(scfg: TrainConfig, p: Path) -> str:
-        train, val = fold_sets(fold, scfg)
-        return fit_local(train, val, scfg, p, resume=resume and p.exists(), show=False, gpu=gpu)
-
-    fit_members(mcfg, path, train_one)
+    train_fold(fold, mcfg, path, resume=resume, gpu=gpu)
     sidecar.write_text(json.dumps(key, indent=1))
     return PatchRankScorer(load_checkpoint(path, map_location=device), name, device)
 

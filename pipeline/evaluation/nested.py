@@ -33,6 +33,7 @@ from patchrank.pipeline.evaluation.folds import (
     fit_method,
     make_folds,
     summarise,
+    train_fold,
 )
 from patchrank.pipeline.evaluation.harness import evaluate_scorer, report
 from patchrank.pipeline.settings import TrainConfig, merge
@@ -116,14 +117,12 @@ def inner_seed(fold_seed: int, outer: int) -> int:
 
 def _trained(path: Path, fold, cfg: TrainConfig, gpu: bool) -> Path:
     """Train `cfg` on the fold into `path` unless a checkpoint of the same training is kept there."""
-    from patchrank.pipeline.training.local import fit_local
-
     key = _training_key(cfg, fold.test_subjects, gpu)
     side = path.with_suffix(".json")
     if path.exists() and side.exists() and json.loads(side.read_text()) == key:
         return path
     side.unlink(missing_ok=True)
-    fit_local(fold.train, fold.val, cfg, path, show=False, gpu=gpu)
+    train_fold(fold, cfg, path, gpu=gpu)
     side.write_text(json.dumps(key, indent=1))
     return path
 

@@ -100,6 +100,9 @@ def fit_local(
     state = None
     if resume and out.exists():
         state = load_checkpoint(out)
+        if state.extra:
+            k = len(state.members)
+            raise ValueError(f"{out} is an ensemble of {k} trainings: resume it with --ensemble {k}")
         if not state.train_state:
             raise ValueError(f"{out} has no training state to resume from")
         log.info("resuming from %s after epoch %d", out, int(state.train_state["epoch"]) + 1)

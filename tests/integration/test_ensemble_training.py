@@ -51,6 +51,16 @@ def test_train_writes_an_ensemble_of_seeds_and_resumes_it(phantom_dir, tmp_path,
     assert main([*base, "--out", str(out), "--resume"]) == 0
     assert load_checkpoint(out).model_version == ens.model_version
     assert (tmp_path / "e.pt.members" / "member0.curve.csv").read_text() == curve
+    # --resume refuses files that are not this ensemble's members, before anything trains
+    capsys.readouterr()
+    for flags, out_name, message in (
+        (["--seed", "5"], "e.pt", "member0.pt was trained with seed 3; member 0 of this ensemble needs seed 5"),
+        (["--ensemble", "1"], "e.pt", "is an ensemble of 2 trainings: resume it with --ensemble 2"),
+        ([], "s4.pt", "has no ensemble members under"),
+    ):
+        assert main([*base, *flags, "--out", str(tmp_path / out_name), "--resume"]) != 0
+        assert message in capsys.readouterr().err
+    assert load_checkpoint(out).model_version == ens.model_version
 
 
 @pytest.mark.timeout(600)
@@ -84,3 +94,18 @@ def test_quality_benchmark_scores_the_ensemble_and_refits_each_members_statistic
     row = next(r for r in res["runs"] if r["method"] == "patchrank" and r["fold"] == 0)
     assert row["image_auroc"] == pytest.approx(auroc, abs=1e-6)
     assert {r["method"] for r in res["runs"]} == {"patchrank", "no_shape"}
+
+
+@pytest.mark.timeout(300)
+def test_nested_inner_trainings_are_ensembles_too(tmp_path):
+    from patchrank.pipeline.data.discover import discover
+    from patchrank.pipeline.evaluation.folds import build_fold
+    from patchrank.pipeline.evaluation.nested import _trained
+    from patchrank.pipeline.settings import TrainConfig
+
+    write_isic(tmp_path / "isic")
+    records = discover(tmp_path / "isic")
+    cfg = TrainConfig(**{**TINY, "ensemble": 2, "preprocess": {**TINY["preprocess"], "channels": 3}})
+    fold = build_fold(records, sorted({r.subject for r in records})[:6], cfg, 0)
+    path = _trained(tmp_path / "inner.pt", fold, cfg, gpu=False)
+    assert len(load_checkpoint(path).members) == 2

@@ -88,6 +88,9 @@ def _rewrite(path, change) -> None:
         (lambda p: p.__setitem__("format", "patchrank-ckpt/2"), "format patchrank-ckpt/3 only"),
         (lambda p: p.pop("members"), "format patchrank-ckpt/3 only"),
         (lambda p: p.__setitem__("members", [p["members"][0]] * 16), "1..15 further members"),
+        (lambda p: p.__setitem__("members", []), "1..15 further members"),
+        (lambda p: p["members"][1]["stats"]["terms"]["features"].__setitem__(
+            "feat_mean", torch.tensor(float("inf"))), "statistic members\\[1\\].features.feat_mean"),
     ],
 )  # fmt: skip
 def test_a_broken_ensemble_is_refused_at_load(parts, tmp_path, change, message):
@@ -114,6 +117,15 @@ def test_save_ensemble_refuses_parts_that_do_not_belong_together(parts, tmp_path
         save_ensemble(tmp_path / "e.pt", [parts[0], other])
     with pytest.raises(ValueError, match="at least two"):
         save_ensemble(tmp_path / "e.pt", parts[:1])
+    with pytest.raises(ValueError, match="the same training is given twice"):
+        save_ensemble(tmp_path / "e.pt", [parts[0], parts[1], parts[0]])
+    other = _trained(tmp_path / "other.pt", 6)
+    payload = torch.load(other, weights_only=True)
+    payload["meta"]["train_config"] = {"seed": 6, "epochs": 99}
+    payload["model_version"] = content_version(payload)
+    torch.save(payload, other)
+    with pytest.raises(ValueError, match="or training"):
+        save_ensemble(tmp_path / "e.pt", [parts[0], other])
     save_ensemble(tmp_path / "e.pt", parts[:2])
     with pytest.raises(ValueError, match="an ensemble already"):
         save_ensemble(tmp_path / "e2.pt", [parts[2], tmp_path / "e.pt"])
@@ -142,7 +154,14 @@ def test_fast_path_and_onnx_export_score_every_member(parts, tmp_path, capsys):
         got = score_slices(model, x.numpy(), fg.numpy())
         for f in ("image_scores", "patch_scores", "pixel_map"):
             assert float((getattr(got, f) - getattr(want, f)).abs().max()) < 1e-3, f
-    meta["members"][0]["folder"] = "../elsewhere"
-    (out / "patchrank.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="outside the export"):
-        load_onnx(out)
+    for where, outside in (("members", "../elsewhere"), ("stats_file", "/etc/hostname"), ("graphs", "../x.onnx")):
+        bad = json.loads(json.dumps(meta))
+        if where == "members":
+            bad["members"][0]["folder"] = outside
+        elif where == "graphs":
+            bad["graphs"]["encoder"]["file"] = outside
+        else:
+            bad[where] = outside
+        (out / "patchrank.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="outside the export"):
+            load_onnx(out)
