@@ -118,9 +118,7 @@ def save_checkpoint(
         "arch": arch_of(recon, disc),
         "preprocess": dict(preprocess),
         "scoring": scoring.to_dict(),
-        "stats": stats.to_dict(),
-        "recon_state": {k: v.detach().cpu() for k, v in _unwrap(recon).state_dict().items()},
-        "disc_state": {k: v.detach().cpu() for k, v in _unwrap(disc).state_dict().items()},
+        **_member_payload(Member(recon, disc, stats)),  # stats, recon_state, disc_state
         "meta": dict(meta or {}),
     }
     if extra:
@@ -148,6 +146,7 @@ def save_checkpoint(
 
 
 def _member_payload(m: Member) -> dict:
+    """One training's weights (CPU, unwrapped) and statistics, as a checkpoint stores them."""
     return {
         "recon_state": {k: v.detach().cpu() for k, v in _unwrap(m.recon).state_dict().items()},
         "disc_state": {k: v.detach().cpu() for k, v in _unwrap(m.disc).state_dict().items()},

@@ -70,18 +70,21 @@ class Fold:
     val: object
     test: list  # EvalScan
     test_subjects: list[str]
-    normal: list = ()  # the training subjects' normal records, which `split_by_subject` divides into train / val
-    seed: int = 0  # the seed of that division
+    normal: list  # the training subjects' normal records, which `split_by_subject` divides into train / val
+    seed: int  # the seed of that division
+
+
+def _train_val(normal: list[Record], cfg: TrainConfig) -> tuple:
+    """The training subjects divided with cfg.seed -> (train, val) normal slices (val = train without a val part)."""
+    tr, va = split_by_subject(normal, cfg.val_fraction, cfg.seed)
+    train = build_slices(tr, cfg.preprocess, normal_only=True)
+    return train, build_slices(va, cfg.preprocess, normal_only=True) if va else train
 
 
 def fold_sets(fold: Fold, cfg: TrainConfig) -> tuple:
     """(train, val) slices as a training with cfg.seed divides the fold's training subjects (an ensemble's
     members divide them as `train --seed` does: each with its own seed)."""
-    if cfg.seed == fold.seed or not fold.normal:
-        return fold.train, fold.val
-    tr, va = split_by_subject(list(fold.normal), cfg.val_fraction, cfg.seed)
-    train = build_slices(tr, cfg.preprocess, normal_only=True)
-    return train, build_slices(va, cfg.preprocess, normal_only=True) if va else train
+    return (fold.train, fold.val) if cfg.seed == fold.seed else _train_val(fold.normal, cfg)
 
 
 def build_fold(
@@ -96,9 +99,7 @@ def build_fold(
     train_recs = [r for r in records if r.subject not in test_set and r.label in (None, 0)]
     if not train_recs:
         raise DatasetError(f"fold {index}: no normal training records")
-    tr, va = split_by_subject(train_recs, cfg.val_fraction, cfg.seed)
-    train = build_slices(tr, cfg.preprocess, normal_only=True)
-    val = build_slices(va, cfg.preprocess, normal_only=True) if va else train
+    train, val = _train_val(train_recs, cfg)
     test = load_test_scans([r for r in test_records or records if r.subject in test_set], cfg.preprocess)
     return Fold(index, train, val, test, sorted(test_set), train_recs, cfg.seed)
 
