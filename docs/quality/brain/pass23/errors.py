@@ -107,19 +107,29 @@ def errors(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return above / n, below / n
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def fold_args(doc: str) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", required=True, type=Path, help="the --models folder of the bench quality run")
     ap.add_argument("--fold", required=True, type=int, choices=(1, 2, 3))
     ap.add_argument("--data", default="../shared/data/brats2015")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def fold_scores(args: argparse.Namespace) -> tuple:
+    """The outer fold's test patients scored by its kept model -> (test subjects, Fold, the harness's scores: the
+    maps of every labelled slice, scan by scan, in fold.test order)."""
     records = discover(args.data)
     cfg, _ = config_for(records, None, {"seed": 0})
     test = make_folds(records, 3, 0)[args.fold - 1]
     fcfg = with_target(cfg, [r for r in records if r.subject not in test and r.label in (None, 0)])
     fold = build_fold(records, test, fcfg, args.fold - 1)
     scorer = fit_method("patchrank", fold, fcfg, args.models, reuse=True)
-    data = evaluate_scorer(scorer, fold.test)  # the maps of every labelled slice, scan by scan, in fold.test order
+    return test, fold, evaluate_scorer(scorer, fold.test)
+
+
+def main() -> None:
+    args = fold_args(__doc__)
+    test, fold, data = fold_scores(args)
     print(f"fold {args.fold}, test {test}: harness pixel AUROC {report(data)['pixel_auroc']:.4f}")
     cols: dict[str, list] = {}
     start = 0

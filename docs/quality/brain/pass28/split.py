@@ -10,7 +10,6 @@ across slices are what a per-slice rescaling of the map could fix; pairs inside 
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,11 +17,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pass23"))
-from errors import slice_pixels  # noqa: E402
-
-from patchrank.pipeline.data.discover import config_for, discover  # noqa: E402
-from patchrank.pipeline.evaluation.folds import build_fold, fit_method, make_folds, with_target  # noqa: E402
-from patchrank.pipeline.evaluation.harness import evaluate_scorer  # noqa: E402
+from errors import fold_args, fold_scores, slice_pixels  # noqa: E402
 
 
 def misordered(pos: np.ndarray, neg: np.ndarray) -> float:
@@ -32,18 +27,8 @@ def misordered(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", required=True, type=Path)
-    ap.add_argument("--fold", required=True, type=int, choices=(1, 2, 3))
-    ap.add_argument("--data", default="../shared/data/brats2015")
-    args = ap.parse_args()
-    records = discover(args.data)
-    cfg, _ = config_for(records, None, {"seed": 0})
-    test = make_folds(records, 3, 0)[args.fold - 1]
-    fcfg = with_target(cfg, [r for r in records if r.subject not in test and r.label in (None, 0)])
-    fold = build_fold(records, test, fcfg, args.fold - 1)
-    scorer = fit_method("patchrank", fold, fcfg, args.models, reuse=True)
-    data = evaluate_scorer(scorer, fold.test)
+    args = fold_args(__doc__)
+    _, fold, data = fold_scores(args)
     slices, start = [], 0  # (patient, map, label, signed distance to the label boundary) per labelled slice
     for t in fold.test:
         n = int((t.labels >= 0).sum())
