@@ -56,11 +56,17 @@ def _secrets(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _validation_line(e: dict) -> str:
-    msg = (
-        "unknown setting" if e.get("type") == "extra_forbidden" else str(e.get("msg", "")).removeprefix("Value error, ")
-    )
+def _validation_line(e: dict, model: str) -> str:
+    msg = str(e.get("msg", "")).removeprefix("Value error, ")
     where = ".".join(map(str, e.get("loc", ()))) or "settings"
+    if e.get("type") == "extra_forbidden":
+        msg = "unknown setting"
+        if model == "TrainConfig":  # the same name one level deeper, e.g. image_size -> preprocess.image_size
+            from patchrank.pipeline.settings import setting_names
+
+            last = where.rsplit(".", 1)[-1]
+            near = [n for n in setting_names() if n.rsplit(".", 1)[-1] == last and n != where]
+            msg += f" (did you mean {' or '.join(near)}?)" if near else ""
     return msg if msg.startswith(where) else f"{where}: {msg}"
 
 
@@ -71,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # nibabel reports each header field it repairs on its own handler and ours (2 lines per read); -v shows them
+    logging.getLogger("nibabel.global").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     from pydantic import ValidationError
 
     from patchrank.model.checkpoint import CheckpointError
@@ -95,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
         return 141
     except ValidationError as exc:  # settings built from the flags; inputs are never echoed
-        fail("; ".join(_validation_line(e) for e in exc.errors()[:3]))
+        fail("; ".join(_validation_line(e, exc.title) for e in exc.errors()[:3]))
         return 2
     except (DatasetError, ScanError, CheckpointError, FileNotFoundError, ValueError, ConnectionError) as exc:
         fail(" ".join(str(exc).split()) if str(exc) else one_line(exc))

@@ -121,6 +121,23 @@ class TrainConfig(Strict):
         return replace(self.scoring, grid_cell=self.scoring.cell(self.preprocess.image_size))
 
 
+def setting_names(model: type = TrainConfig, prefix: str = "") -> list[str]:
+    """Every setting a config file may give, dotted (e.g. preprocess.image_size)."""
+    import dataclasses
+    import typing
+
+    out = []
+    fields = (
+        typing.get_type_hints(model)
+        if dataclasses.is_dataclass(model)
+        else {k: f.annotation for k, f in model.model_fields.items()}
+    )
+    for name, kind in fields.items():
+        nested = isinstance(kind, type) and (issubclass(kind, BaseModel) or dataclasses.is_dataclass(kind))
+        out += setting_names(kind, f"{prefix}{name}.") if nested else [prefix + name]
+    return out
+
+
 PRESETS = ("brain-mri", "dermoscopy")
 
 

@@ -15,15 +15,21 @@ import sys
 import tempfile
 from pathlib import Path
 
+from patchrank.pipeline.commands.options import number, output_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="end-to-end demo on built-in phantom data: train -> screen (Redis + Ray Serve) -> query"
     )
     p.add_argument("--workdir", help="keep data, checkpoint and results here (default: a temp dir)")
-    p.add_argument("--epochs", type=int, default=12, help="adversarial epochs, then the critic epochs (default 12)")
-    p.add_argument("--image-size", type=int, default=96, help="model input side, multiple of 16 (default 96)")
-    p.add_argument("--train-subjects", type=int, default=8, help="normal phantoms to train on (default 8)")
+    p.add_argument(
+        "--epochs", type=number(), default=12, help="adversarial epochs, then the critic epochs (default 12)"
+    )
+    p.add_argument(
+        "--image-size", type=number(int, 16), default=96, help="model input side, multiple of 16 (default 96)"
+    )
+    p.add_argument("--train-subjects", type=number(), default=8, help="normal phantoms to train on (default 8)")
     p.add_argument(
         "--min-area",
         type=float,
@@ -50,22 +56,24 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.training.local import fit_local, prepare_data
     from patchrank.pipeline.training.state import critic_epochs
 
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="patchrank-demo-")).resolve()
-    train_dir, archive = work / "train", work / "archive"
-    print(f"[1/4] writing phantom data under {work}")
-    write_phantom_dataset(train_dir, PhantomSpec(n_normal=args.train_subjects, n_abnormal=0, seed=args.seed))
-    lo, hi = args.lesion_radius
-    cases = write_phantom_dataset(
-        archive, PhantomSpec(n_normal=4, n_abnormal=4, min_radius=lo, max_radius=hi, seed=args.seed + 1000)
-    )
-    truth = {str((c / f"{c.name}_flair.nii.gz").resolve()): _has_lesion(c) for c in cases}
-    print(f"      archive: 4 normal + 4 abnormal phantoms (lesion radius {lo:g}-{hi:g} voxels), never seen in training")
-    cfg = TrainConfig(
+    cfg = TrainConfig(  # settings checked before anything is written
         epochs=args.epochs,
         batch_size=16,
         seed=args.seed,
         preprocess={"image_size": args.image_size, "min_area_fraction": args.min_area},
     )
+    lo, hi = args.lesion_radius
+    normals = PhantomSpec(n_normal=args.train_subjects, n_abnormal=0, seed=args.seed)
+    mixed = PhantomSpec(n_normal=4, n_abnormal=4, min_radius=lo, max_radius=hi, seed=args.seed + 1000)
+    if args.workdir:
+        output_folder(args.workdir, "--workdir")
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="patchrank-demo-")).resolve()
+    train_dir, archive = work / "train", work / "archive"
+    print(f"[1/4] writing phantom data under {work}")
+    write_phantom_dataset(train_dir, normals)
+    cases = write_phantom_dataset(archive, mixed)
+    truth = {str((c / f"{c.name}_flair.nii.gz").resolve()): _has_lesion(c) for c in cases}
+    print(f"      archive: 4 normal + 4 abnormal phantoms (lesion radius {lo:g}-{hi:g} voxels), never seen in training")
     print(
         f"[2/4] training {args.epochs} epochs + {critic_epochs(cfg)} critic epochs at {args.image_size}px on "
         f"{args.train_subjects} normal phantoms (slices with >= {args.min_area:g} x the largest brain area; "

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from patchrank.pipeline.commands.options import number, output_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -23,12 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--modality", default="flair", help="MRI modality for BraTS-style folders (default flair)")
     p.add_argument("--subjects", help="comma-separated subjects to evaluate (default: all)")
-    p.add_argument("--top", type=int, default=8, help="slices in the montage (default 8)")
+    p.add_argument("--top", type=number(), default=8, help="slices in the montage (default 8)")
     p.add_argument("--gpu", action="store_true", help="score on the CUDA device")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--fpr",
-        type=float,
+        type=number(float, 0, 1, open_high=True),
         default=0.05,
         help="fit the scan-score threshold at this false-positive rate on normal scans and store it beside the "
         "checkpoint (<checkpoint>.operating_point.json; default 0.05; 0 = do not fit); not fitted when the data "
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.evaluation.plots import montage_png, roc_png
     from patchrank.pipeline.training.local import pick_device
 
+    output_folder(args.out, "--out")
     t0 = time.perf_counter()
     device = pick_device(args.gpu).type  # a clear error for --gpu without CUDA
     model = load_checkpoint(local_checkpoint(args.checkpoint), map_location=device)  # s3://: fetched once

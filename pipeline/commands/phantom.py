@@ -5,14 +5,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from patchrank.pipeline.commands.options import number
 from patchrank.pipeline.data.phantom import PhantomSpec, write_phantom_dataset
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("phantom", help="write built-in phantom brain volumes (NIfTI, BraTS layout)")
     p.add_argument("out", help="output folder")
-    p.add_argument("--normal", type=int, default=6, help="subjects without lesions (default 6)")
-    p.add_argument("--abnormal", type=int, default=6, help="subjects with 1-3 lesions (default 6)")
+    p.add_argument("--normal", type=number(int, 0), default=6, help="subjects without lesions (default 6)")
+    p.add_argument("--abnormal", type=number(int, 0), default=6, help="subjects with 1-3 lesions (default 6)")
     p.add_argument(
         "--shape", type=int, nargs=3, default=(96, 96, 40), metavar=("X", "Y", "Z"), help="voxels (default 96 96 40)"
     )

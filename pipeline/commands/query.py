@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from patchrank.pipeline.commands.options import number, output_file
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -15,13 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--s3-endpoint", default=None, help="S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)"
     )
-    p.add_argument("--top", type=int, default=10, help="list the N most suspicious scans (default 10)")
-    p.add_argument("--patches", type=int, default=3, help="top patches listed per scan (default 3)")
+    p.add_argument("--top", type=number(), default=10, help="list the N most suspicious scans (default 10)")
+    p.add_argument("--patches", type=number(int, 0), default=3, help="top patches listed per scan (default 3)")
     p.add_argument("--model-version", help="only results of this model version")
-    p.add_argument("--sql", help='run SQL over the tables, e.g. "SELECT status, count(*) FROM scans GROUP BY 1"')
-    p.add_argument("--scan", help="scan_id (or unique prefix) to show / render")
+    mode = p.add_mutually_exclusive_group()  # default: the top scans
+    mode.add_argument("--sql", help='run SQL over the tables, e.g. "SELECT status, count(*) FROM scans GROUP BY 1"')
+    mode.add_argument("--scan", help="scan_id (or unique prefix) to show / render")
+    mode.add_argument("--flagged", action="store_true", help="list the flagged scans (score >= the operating point)")
     p.add_argument("--png", help="with --scan: write the heatmap with ranked patch boxes to this PNG")
-    p.add_argument("--flagged", action="store_true", help="list the flagged scans (score >= the operating point)")
     p.set_defaults(func=run)
 
 
@@ -77,6 +80,12 @@ def _flagged(store, model_version: str | None) -> int:
 def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.service.results import ResultStore, format_ranking, no_results
 
+    if args.png and not args.scan:
+        raise ValueError("--png draws one scan: give --scan SCAN_ID too")
+    if args.png:
+        output_file(args.png, "--png")
+    if args.sql and args.model_version:
+        raise ValueError("--model-version does not apply to --sql: filter with WHERE model_version = '...'")
     store = ResultStore(args.dir, endpoint=args.s3_endpoint)
     if args.sql:
         import duckdb

@@ -1,4 +1,8 @@
-"""`patchrank score`: score scans in-process (no Redis/Ray) and print them ranked."""
+"""`patchrank score`: score scans in-process (no Redis/Ray) and print them ranked.
+
+Exit status (as `screen`'s): 0 when every scan found has a result, ok or failed because of the scan (its FAILED line
+says why; a last line on stderr counts them); 1 when none could be scored; 2 for bad arguments.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +11,24 @@ import json
 import math
 from pathlib import Path
 
-from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg
-from patchrank.pipeline.data.files import walk_s3, walk_scans
+from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg, number, output_file, output_folder
+from patchrank.pipeline.data.files import skipped_lines, walk_s3, walk_scans
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="score scan files in-process and print them ranked (no services)")
+    p = sub.add_parser(
+        "score",
+        help="score scan files in-process and print them ranked (no services)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument(
         "paths", nargs="+", help="scan files or folders (NIfTI, DICOM, 2D images), local or s3://bucket/prefix"
     )
     p.add_argument(
         "--checkpoint", required=True, help="checkpoint path or s3://bucket/key (its endpoint from the AWS env)"
     )
-    p.add_argument("--top", type=int, default=3, help="patches to list per scan (default 3)")
+    p.add_argument("--top", type=number(int, 0), default=3, help="patches to list per scan (default 3)")
     p.add_argument("--json", dest="json_out", help="also write all results to this JSON file")
     p.add_argument(
         "--maps",
@@ -53,6 +62,10 @@ def run(args: argparse.Namespace) -> int:
     missing = [p for p in args.paths if not is_s3(p) and not Path(p).exists()]
     if missing:
         raise FileNotFoundError(f"{missing[0]}: no such file or folder")
+    if args.maps:
+        output_folder(args.maps, "--maps")
+    if args.json_out:
+        output_file(args.json_out, "--json")
     model = load_for_inference(local_checkpoint(args.checkpoint))  # an s3:// checkpoint is fetched once (cached)
     threshold = operating_point.load(args.checkpoint, model.model_version)
     pre = as_config(model.preprocess)
@@ -123,15 +136,8 @@ def run(args: argparse.Namespace) -> int:
         if r["status"] == "failed":
             why = r["error"].removeprefix(f"{Path(r['uri']).name}: ")  # the path says which file
             print(f"FAILED  {display_name(r, full=True)}: {why}")
-    aux = [p for p, why in skipped if why.startswith("label/mask")]
-    others = [(p, why) for p, why in skipped if why.startswith(("modality", "DICOM series description"))]
-    for path, why in skipped:
-        if not why.startswith("label/mask") and (path, why) not in others:
-            print(f"skipped {path}: {why}")
-    if aux:
-        print(f"skipped {len(aux)} label/mask files (not scans)")
-    if others:
-        print(f"skipped {len(others)} scans of another modality than {modality}")
+    for line in skipped_lines(skipped):
+        print(line)
     if n_flat:
         print(f"no anomaly map for {n_flat} 2D images: --maps writes the maps of volumes only")
     if args.maps and len(ok) > n_flat:
@@ -139,7 +145,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({"model_version": model.model_version, "results": results}, indent=2))
     if not results:
-        raise ValueError(f"no scans to score in {', '.join(map(str, args.paths))} (see the skipped lines above)")
+        why = "see the skipped lines above" if skipped else "no scan files found"
+        raise ValueError(f"no scans to score in {', '.join(map(str, args.paths))} ({why})")
     if not ok:
         import sys
 
@@ -147,6 +154,11 @@ def run(args: argparse.Namespace) -> int:
             f"patchrank score: none of the {len(results)} scans could be scored (see the FAILED lines)", file=sys.stderr
         )
         return 1
+    if n_failed:
+        import sys
+
+        print(f"patchrank score: {n_failed} of {len(results)} scans could not be scored (see the FAILED lines)",
+              file=sys.stderr)  # fmt: skip
     return 0
 
 

@@ -21,7 +21,13 @@ import argparse
 import os
 from pathlib import Path
 
-from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg, add_redis_password_arg
+from patchrank.pipeline.commands.options import (
+    add_modality_args,
+    add_quiet_arg,
+    add_redis_password_arg,
+    number,
+    output_folder,
+)
 
 
 def add_service_args(p: argparse.ArgumentParser, *, private_redis: bool = True) -> None:
@@ -43,15 +49,22 @@ def add_service_args(p: argparse.ArgumentParser, *, private_redis: bool = True) 
         help="Redis key prefix (default: patchrank for `serve` and a private Redis, "
         "patchrank-screen-<run id> for `screen` on an existing Redis)",
     )
-    p.add_argument("--scorer-replicas", type=int, default=1, help="scorer replicas (default 1)")
+    p.add_argument("--scorer-replicas", type=number(), default=1, help="scorer replicas (default 1)")
     p.add_argument(
-        "--scorer-gpus", type=float, default=0.0, help="GPUs per scorer replica (> 0 scores on CUDA; default 0)"
+        "--scorer-gpus",
+        type=number(float, 0),
+        default=0.0,
+        help="GPUs per scorer replica (> 0 scores on CUDA; default 0)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="max slices per scorer forward (default 32)")
-    p.add_argument("--batch-wait", type=float, default=0.01, help="max seconds a batch waits to fill (default 0.01)")
-    p.add_argument("--chunk", type=int, help="slices per scorer request (default: the max batch size)")
-    p.add_argument("--inflight", type=int, default=4, help="scans scored concurrently per ingest replica (default 4)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for the embedded local Ray (default: all)")
+    p.add_argument("--batch-size", type=number(), default=32, help="max slices per scorer forward (default 32)")
+    p.add_argument(
+        "--batch-wait", type=number(float, 0), default=0.01, help="max seconds a batch waits to fill (default 0.01)"
+    )
+    p.add_argument("--chunk", type=number(), help="slices per scorer request (default: the max batch size)")
+    p.add_argument(
+        "--inflight", type=number(), default=4, help="scans scored concurrently per ingest replica (default 4)"
+    )
+    p.add_argument("--num-cpus", type=number(), help="CPUs for the embedded local Ray (default: all)")
     p.add_argument(
         "--s3-endpoint",
         default=None,
@@ -59,11 +72,11 @@ def add_service_args(p: argparse.ArgumentParser, *, private_redis: bool = True) 
         "else AWS); credentials come from the standard AWS environment/config",
     )
     p.add_argument(
-        "--max-deliveries", type=int, default=3, help="deliveries before a scan is given up as failed (default 3)"
+        "--max-deliveries", type=number(), default=3, help="deliveries before a scan is given up as failed (default 3)"
     )
     p.add_argument(
         "--retry-after",
-        type=float,
+        type=number(float, 0),
         default=30.0,
         help="seconds a scan whose scoring or result write failed waits before it is retried (default 30)",
     )
@@ -135,14 +148,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", required=True, help="Parquet result dataset: directory or s3://bucket/prefix (created; appended to)"
     )
-    p.add_argument("--top", type=int, default=10, help="scans to list in the summary (default 10)")
+    p.add_argument("--top", type=number(int, 0), default=10, help="scans to list in the summary (default 10)")
     p.add_argument(
         "--maps", action="store_true", help="write each volume's anomaly map as OUT/maps/<scan_id>.nii.gz (input grid)"
     )
     add_modality_args(p, "score")
     p.add_argument(
         "--timeout",
-        type=float,
+        type=number(float, 0, open_low=True),
         default=6 * 3600,
         help="give up if the stream is not drained after this many seconds (default 21600: 6 hours)",
     )
@@ -190,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
     for p in args.paths:
         if not is_s3(p):
             _check_exists(p)
+    if not args.address:  # on a cluster the nodes write --out, not this machine
+        output_folder(args.out, "--out")
     model = load_checkpoint(local_checkpoint(args.checkpoint, args.s3_endpoint))  # bad: one line now, not at deploy
     modality = args.modality or model_modality(model.meta)
     paths = list(args.paths)
@@ -240,7 +255,9 @@ def run(args: argparse.Namespace) -> int:
     acc = res.accounting
     print(f"queued {res.queued} scans, {res.seconds:.1f}s with model {res.model_version}; results in {res.out}")
     if res.skipped:
-        print(f"skipped: {_skip_counts(res.skipped)}")
+        from patchrank.pipeline.data.files import skipped_lines
+
+        print("\n".join(skipped_lines(res.skipped)))
     print(acc.summary())
     if acc.rows:
         store = ResultStore(res.out, endpoint=args.s3_endpoint)

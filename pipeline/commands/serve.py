@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from patchrank.pipeline.commands.options import number, output_folder
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     from patchrank.pipeline.commands.screen import add_service_args
@@ -20,7 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--roots", nargs="+", required=True, help="folders or s3://bucket/prefix roots the service may read scans from"
     )
-    p.add_argument("--every", type=float, default=10.0, help="status line every N seconds (default 10)")
+    p.add_argument(
+        "--every", type=number(float, 0, open_low=True), default=10.0, help="status line every N seconds (default 10)"
+    )
     p.add_argument(
         "--detach", action="store_true", help="deploy to the cluster at --address and exit (the app keeps running)"
     )
@@ -55,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     pw = redis_password(args)
     check_redis(args.redis_url, **({"password": pw.get_secret_value()} if pw else {}))  # before Ray starts
     load_checkpoint(args.checkpoint)  # a bad checkpoint: one line now, not a failed deployment
+    if not args.address:  # on a cluster the nodes write --out, not this machine
+        output_folder(args.out, "--out")
     name = args.app_name
     with services(args.redis_url, args.address, args.num_cpus) as url:
         if name_taken(name):

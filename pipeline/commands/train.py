@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from patchrank.pipeline.commands.options import number, output_file
 from patchrank.pipeline.settings import PRESETS, TrainConfig, read_config_file
 
 
@@ -69,7 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="restart a failed worker group this many times from its latest checkpoint (default 2)",
     )
     p.add_argument(
-        "--cpus-per-worker", type=float, default=1.0, help="CPUs reserved per Ray worker = torch threads (default 1)"
+        "--cpus-per-worker",
+        type=number(float, 0, open_low=True),
+        default=1.0,
+        help="CPUs reserved per Ray worker = torch threads (default 1)",
     )
     p.add_argument("--val-data", help="labelled dataset (normal + abnormal subjects) for a validation AUROC per epoch")
     p.add_argument(
@@ -91,10 +95,13 @@ def flag_overrides(args: argparse.Namespace) -> dict:
 
 def config_from_args(args: argparse.Namespace) -> tuple[TrainConfig, str]:
     """-> (the training configuration, the preset it starts from)."""
-    from patchrank.pipeline.data.discover import config_for, discover
+    from patchrank.pipeline.data.discover import choose_preset, config_for, discover
 
     over = flag_overrides(args)  # a bad --config file fails before the data is walked
-    return config_for(discover(args.data, modality=args.modality), args.preset, over)
+    records = discover(args.data, modality=args.modality)
+    if args.preset and args.preset != (fits := choose_preset(records)):
+        print(f"WARNING: --preset {args.preset}, but this kind of data gets the {fits} preset when none is given")
+    return config_for(records, args.preset, over)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,6 +109,14 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.address and args.workers == 0:
         raise ValueError("--address trains on a Ray cluster: give --workers N (N >= 1) too")
+    if args.storage and args.workers == 0:
+        raise ValueError("--storage keeps Ray Train's runs: give --workers N (N >= 1) too")
+    if args.gpu:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("--gpu given but torch sees no CUDA device")
+    output_file(args.out, "--out")
     cfg, preset = config_from_args(args)
     print(f"preset {preset}" + ("" if args.preset else " (chosen from the data; --preset overrides)"))
     options = {k: getattr(args, k) for k in ("resume", "gpu", "address", "storage", "max_failures", "cpus_per_worker")}

@@ -165,3 +165,18 @@ def walk_s3(uri: str, endpoint: str | None = None) -> tuple[list, list[tuple[str
             files.append(o)
     series, skip = find_series_s3(others, endpoint) if others else ([], [])
     return files + series, skipped + skip
+
+
+def skipped_lines(skipped: list[tuple], names: int = 3) -> list[str]:
+    """What was passed over, one line per reason, most frequent first: 'skipped 2 files (reason): a, b'
+    naming up to `names` of them (file names only: paths stay out of the summary)."""
+    from collections import defaultdict
+
+    by_reason: dict[str, list[str]] = defaultdict(list)
+    for path, why in skipped:
+        by_reason[why].append(Path(str(path)).name or str(path))
+    lines = []
+    for why, files in sorted(by_reason.items(), key=lambda kv: -len(kv[1])):
+        shown = ", ".join(files[:names]) + (f" (+{len(files) - names} more)" if len(files) > names else "")
+        lines.append(f"skipped {len(files)} file{'s' if len(files) != 1 else ''} ({why}): {shown}")
+    return lines

@@ -26,6 +26,14 @@ class PhantomSpec:
     max_radius: float = 8.0
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if len(self.shape) != 3 or min(self.shape[:2]) < 16 or self.shape[2] < 4 or max(self.shape) > 512:
+            raise ValueError(f"phantom shape {tuple(self.shape)}: X and Y must be 16-512 voxels, Z 4-512")
+        if self.n_normal < 0 or self.n_abnormal < 0 or self.n_normal + self.n_abnormal == 0:
+            raise ValueError("phantom subjects: give at least one, and no negative count")
+        if not 0 < self.min_radius <= self.max_radius:
+            raise ValueError(f"phantom lesion radius {self.min_radius}-{self.max_radius}: need 0 < min <= max")
+
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], scale: int) -> np.ndarray:
     from scipy.ndimage import gaussian_filter

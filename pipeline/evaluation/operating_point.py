@@ -23,6 +23,8 @@ SUFFIX = ".operating_point.json"
 def fit_threshold(scores: np.ndarray, labels: np.ndarray, fpr: float = 0.05) -> dict:
     """The smallest threshold whose false-positive rate on the normal scans (labels == 0) is <= fpr, with the
     measured FPR and TPR at it."""
+    if not 0 <= fpr < 1:
+        raise ValueError(f"an operating point's false-positive rate must be >= 0 and < 1, got {fpr}")
     scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels)
     normal = np.sort(scores[labels == 0])
     if normal.size == 0:

@@ -95,11 +95,12 @@ class ResultStore:
         return [r[0] for r in self.sql("SELECT model_version FROM scans GROUP BY 1 ORDER BY max(scored_at) DESC")[1]]
 
     def top_scans(self, n: int = 10, *, model_version: str | None = None, patches: int = 3) -> list[dict]:
-        """Most suspicious `ok` scans first, each with its top patches."""
+        """Most suspicious `ok` scans first, each with its top patches (and its flag, where results have one)."""
         where, params = ("AND model_version = ?", [model_version]) if model_version else ("", [])
+        flag = ", flagged" if "flagged" in self.sql("SELECT * FROM scans LIMIT 0")[0] else ""
         out = self._dicts(
-            f"SELECT scan_id, uri, series_uid, scan_score, n_slices, model_version, result_id, latency_s FROM scans "
-            f"WHERE status = 'ok' {where} ORDER BY scan_score DESC NULLS LAST, scan_id LIMIT ?",
+            f"SELECT scan_id, uri, series_uid, scan_score, n_slices, model_version, result_id, latency_s{flag} "
+            f"FROM scans WHERE status = 'ok' {where} ORDER BY scan_score DESC NULLS LAST, scan_id LIMIT ?",
             [*params, n],
         )
         for row in out:
@@ -156,5 +157,6 @@ def format_ranking(rows: list[dict], *, truth: dict[str, bool] | None = None) ->
     for i, r in enumerate(rows, 1):
         tops = ", ".join(f"s{p['slice_index']} ({p['row']},{p['col']}) {p['score']:.2f}" for p in r["patches"])
         score = f"{r['scan_score']:8.3f}" if r["scan_score"] is not None else f"{'nan':>8}"
-        lines.append(f"{i:>4}  {score}  {r['scan_id'][:12]:<12}  {mark(r)}{display_name(r)}  [{tops}]")
+        flag = "  FLAGGED" if r.get("flagged") else ""
+        lines.append(f"{i:>4}  {score}  {r['scan_id'][:12]:<12}  {mark(r)}{display_name(r)}  [{tops}]{flag}")
     return "\n".join(lines)

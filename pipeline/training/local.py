@@ -14,6 +14,7 @@ from patchrank.pipeline.data.discover import discover
 from patchrank.pipeline.settings import TrainConfig
 from patchrank.pipeline.training.loop import Place, fit_loop
 from patchrank.pipeline.training.report import CurveLog, Reporter, epoch_line
+from patchrank.pipeline.training.state import epoch_plan
 
 log = logging.getLogger("patchrank.train")
 
@@ -105,7 +106,13 @@ def fit_local(
             raise ValueError(f"{out} is an ensemble of {k} trainings: resume it with --ensemble {k}")
         if not state.train_state:
             raise ValueError(f"{out} has no training state to resume from")
-        log.info("resuming from %s after epoch %d", out, int(state.train_state["epoch"]) + 1)
+        done = int(state.train_state["epoch"]) + 1
+        if not epoch_plan(cfg, state.train_state):
+            (print if show else log.info)(
+                f"{out} has already trained {done} epoch(s): nothing to train (raise --epochs to train more)"
+            )
+            return state.model_version
+        log.info("resuming from %s after epoch %d", out, done)
     elif resume:
         log.info("nothing to resume at %s; starting from scratch", out)
     device = pick_device(gpu)

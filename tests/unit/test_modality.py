@@ -81,7 +81,8 @@ def test_score_keeps_the_model_modality(tiny_checkpoint, phantom_dir, tmp_path, 
     assert sum(r["series_uid"] is not None for r in rows) == 1
     assert rows[0]["scan_score"] == pytest.approx(rows[1]["scan_score"], abs=1e-6)  # DICOM == NIfTI
     out = capsys.readouterr().out
-    assert "skipped 2 scans of another modality than flair" in out
+    assert "skipped 1 file (modality t2, the model expects flair): PHANTOM_0001_t2.nii.gz\n" in out
+    assert "skipped 1 file (DICOM series description does not match modality flair): b (DICOM series" in out
     assert f"  a [series ...{next(r['series_uid'] for r in rows if r['series_uid'])[-8:]}]  [s" in out
     maps = [nib.as_closest_canonical(nib.load(r["map"])) for r in rows]
     names = sorted(Path(r["map"]).name for r in rows)
