@@ -73,6 +73,15 @@ class _ConsumerHost:
         self.consumer = StreamConsumer(self.cfg, self._client, self._score, await self._info())
         await self.consumer.run(self._stop)
 
+    async def ready(self) -> str:
+        """Wait until the stream consumer runs -> its name; raises what stopped it (an unusable --out, an
+        unreachable Redis), which would otherwise only restart the replica over and over."""
+        while self.consumer is None and not self._task.done():
+            await asyncio.sleep(0.05)
+        if self._task.done() and self._task.exception() is not None:
+            raise self._task.exception()
+        return self.consumer.name
+
     async def stats(self) -> dict:
         if self._task.done() and self._task.exception() is not None:
             raise RuntimeError(f"consumer stopped: {self._task.exception()!r}")

@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from patchrank.pipeline.commands.screen import app_args, redis_password
     from patchrank.pipeline.service.screening import (
         check_redis,
+        consumer_ready,
         deploy,
         name_taken,
         scorer_info,
@@ -70,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
             )
         app = app_args(args, redis_url=url, checkpoint=args.checkpoint, out=args.out, roots=args.roots)
         deploy(app, name)
+        try:
+            consumer_ready(name)
+        except ValueError:
+            undeploy(name)
+            raise
         info = scorer_info(name)
         print(
             f"serving {redact_url(url)} stream {app.service.keys.stream} with model {info.model_version}; "

@@ -157,6 +157,18 @@ def deploy(args: AppArgs, name: str = APP_NAME):
     return serve.run(build_app(args), name=name, route_prefix=None)
 
 
+def consumer_ready(name: str = APP_NAME, timeout_s: float = 120.0) -> None:
+    """Fail now, with its reason, when the app's stream consumer cannot start (ValueError, one line)."""
+    from ray import serve
+
+    from patchrank.pipeline.errors import one_line
+
+    try:
+        serve.get_deployment_handle("Ingest", name).ready.remote().result(timeout_s=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - a Ray error wrapping the consumer's: one line, its root cause
+        raise ValueError(f"the scoring service's stream consumer did not start: {one_line(exc)}") from None
+
+
 def scorer_info(name: str = APP_NAME):
     from ray import serve
 
@@ -367,6 +379,7 @@ def screen(
             )
         start_id = f"{int(client.r.time()[0]) * 1000 - 1000}-0"  # dead letters of this run come after
         deploy(app, name)
+        consumer_ready(name)
         info = scorer_info(name)
         report = enqueue_paths(
             client, paths, modality=modality, pattern=pattern, show=show, endpoint=cfg.s3_endpoint_url, scans=scans

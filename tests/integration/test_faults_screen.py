@@ -108,6 +108,29 @@ def full_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=20)
 
 
+@pytest.mark.timeout(240)
+def test_screen_whose_consumer_cannot_start_says_why(tmp_path, phantom_dir, tiny_checkpoint):
+    """Before: a result folder the service could not create restarted the ingest replica forever and `screen`
+    waited out its 6-hour --timeout. The command's own check on --out is bypassed here, as on a cluster."""
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results would go")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    bypass = (
+        "import sys; import patchrank.pipeline.commands.screen as s; s.output_folder = lambda *a: None; "
+        "from patchrank.pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    cmd = [sys.executable, "-c", bypass, "screen", str(phantom_dir), "--checkpoint", str(tiny_checkpoint)]
+    cmd += ["--out", str(blocker), "--num-cpus", "2"]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 2, (r.stdout + r.stderr)[-3000:]
+    err = [line for line in r.stderr.splitlines() if line.startswith("patchrank screen: error:")]
+    assert err == [
+        "patchrank screen: error: the scoring service's stream consumer did not start: FileExistsError: "
+        f"[Errno 17] File exists: '{blocker}'"
+    ], r.stderr[-3000:]
+    assert "Traceback" not in r.stdout + r.stderr
+
+
 @pytest.mark.timeout(300)
 def test_screen_on_a_full_disk_exits_nonzero_naming_every_scan(tmp_path, phantom_dir, tiny_checkpoint, full_disk):
     """Before: "scored 12 scans ... 1 ok", exit 0, 11 scans without a row, their dead letters
