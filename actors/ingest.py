@@ -74,8 +74,8 @@ class _ConsumerHost:
         await self.consumer.run(self._stop)
 
     async def ready(self) -> str:
-        """Wait until the stream consumer runs -> its name; raises what stopped it (an unusable --out, an
-        unreachable Redis), which would otherwise only restart the replica over and over."""
+        """Wait until the stream consumer is built -> its name; raises what stopped it (e.g. a result folder it
+        cannot create), which would otherwise only restart the replica over and over."""
         while self.consumer is None and not self._task.done():
             await asyncio.sleep(0.05)
         if self._task.done() and self._task.exception() is not None:

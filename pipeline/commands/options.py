@@ -86,15 +86,18 @@ def output_folder(path: str, flag: str) -> None:
         raise ValueError(f"{flag} {path}: no permission to write in {above}")
 
 
-def output_file(path: str, flag: str) -> None:
-    """A local output file (s3:// URIs pass): its folder must exist and be writable, and it must not be a
-    folder; a one-line error now, before any work."""
+def output_file(path: str, flag: str, *, new_folder: bool = False) -> None:
+    """A local output file (s3:// URIs pass), not a folder, whose folder exists and can be written (new_folder:
+    or can be created, for writers that create it); a one-line error now, before any work."""
     if "://" in path:
         return
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"{flag} {path} is a folder: give a file name")
     parent = p.resolve().parent
+    if new_folder:
+        output_folder(str(parent), flag)
+        return
     if not parent.is_dir():
         raise ValueError(f"{flag} {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):

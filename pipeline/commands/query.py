@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--s3-endpoint", default=None, help="S3-compatible endpoint (default $AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL)"
     )
-    p.add_argument("--top", type=number(), default=10, help="list the N most suspicious scans (default 10)")
+    p.add_argument("--top", type=number(int, 0), default=10, help="list the N most suspicious scans (default 10)")
     p.add_argument("--patches", type=number(int, 0), default=3, help="top patches listed per scan (default 3)")
     p.add_argument("--model-version", help="only results of this model version")
     mode = p.add_mutually_exclusive_group()  # default: the top scans
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     if args.png and not args.scan:
         raise ValueError("--png draws one scan: give --scan SCAN_ID too")
     if args.png:
-        output_file(args.png, "--png")
+        output_file(args.png, "--png", new_folder=True)
     if args.sql and args.model_version:
         raise ValueError("--model-version does not apply to --sql: filter with WHERE model_version = '...'")
     store = ResultStore(args.dir, endpoint=args.s3_endpoint)

@@ -56,13 +56,18 @@ def add_service_args(p: argparse.ArgumentParser, *, private_redis: bool = True) 
         default=0.0,
         help="GPUs per scorer replica (> 0 scores on CUDA; default 0)",
     )
-    p.add_argument("--batch-size", type=number(), default=32, help="max slices per scorer forward (default 32)")
     p.add_argument(
-        "--batch-wait", type=number(float, 0), default=0.01, help="max seconds a batch waits to fill (default 0.01)"
+        "--batch-size", type=number(int, 1, 4096), default=32, help="max slices per scorer forward (default 32)"
+    )
+    p.add_argument(
+        "--batch-wait", type=number(float, 0, 10), default=0.01, help="max seconds a batch waits to fill (default 0.01)"
     )
     p.add_argument("--chunk", type=number(), help="slices per scorer request (default: the max batch size)")
     p.add_argument(
-        "--inflight", type=number(), default=4, help="scans scored concurrently per ingest replica (default 4)"
+        "--inflight",
+        type=number(int, 1, 256),
+        default=4,
+        help="scans scored concurrently per ingest replica (default 4)",
     )
     p.add_argument("--num-cpus", type=number(), help="CPUs for the embedded local Ray (default: all)")
     p.add_argument(
@@ -72,11 +77,14 @@ def add_service_args(p: argparse.ArgumentParser, *, private_redis: bool = True) 
         "else AWS); credentials come from the standard AWS environment/config",
     )
     p.add_argument(
-        "--max-deliveries", type=number(), default=3, help="deliveries before a scan is given up as failed (default 3)"
+        "--max-deliveries",
+        type=number(int, 1, 100),
+        default=3,
+        help="deliveries before a scan is given up as failed (default 3)",
     )
     p.add_argument(
         "--retry-after",
-        type=number(float, 0),
+        type=number(float, 0.1),
         default=30.0,
         help="seconds a scan whose scoring or result write failed waits before it is retried (default 30)",
     )

@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--address trains on a Ray cluster: give --workers N (N >= 1) too")
     if args.storage and args.workers == 0:
         raise ValueError("--storage keeps Ray Train's runs: give --workers N (N >= 1) too")
-    if args.gpu:
+    if args.gpu and args.workers == 0:  # Ray Train's GPUs may be on other nodes
         import torch
 
         if not torch.cuda.is_available():

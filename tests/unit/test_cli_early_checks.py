@@ -24,7 +24,13 @@ def _usage_error(capsys, argv: list[str]) -> str:
         (["score", "x", "--checkpoint", "m.pt", "--top", "-1"], "argument --top: must be >= 0, got -1"),
         (["evaluate", "--checkpoint", "m", "--data", "d", "--out", "o", "--fpr", "2"], "--fpr: must be >= 0 and < 1"),
         (["evaluate", "--checkpoint", "m", "--data", "d", "--out", "o", "--fpr", "nan"], "--fpr: must be >= 0"),
-        (["query", "r", "--top", "0"], "argument --top: must be >= 1, got 0"),
+        (["query", "r", "--top", "-1"], "argument --top: must be >= 0, got -1"),
+        (["report", "r", "--top", "0"], "argument --top: must be >= 1, got 0"),
+        (["screen", "x", "--checkpoint", "m", "--out", "o", "--retry-after", "0"], "--retry-after: must be >= 0.1"),
+        (
+            ["screen", "x", "--checkpoint", "m", "--out", "o", "--inflight", "300"],
+            "--inflight: must be >= 1 and <= 256",
+        ),
         (["query", "r", "--sql", "SELECT 1", "--flagged"], "not allowed with argument"),
         (["screen", "x", "--checkpoint", "m", "--out", "o", "--batch-size", "0"], "--batch-size: must be >= 1"),
         (["screen", "x", "--checkpoint", "m", "--out", "o", "--timeout", "-1"], "--timeout: must be > 0"),
@@ -73,6 +79,9 @@ def test_train_refuses_an_out_in_a_missing_folder_and_storage_without_workers(ph
     argv = ["train", "--data", str(phantom_dir), "--out", str(tmp_path / "m.pt"), "--storage", str(tmp_path / "s")]
     assert main(argv) == 2
     assert "--storage keeps Ray Train's runs: give --workers N" in capsys.readouterr().err
+    # --gpu with Ray Train is not judged by this machine's devices (the GPUs may be on other nodes)
+    assert main(["train", "--data", str(phantom_dir), "--out", str(out), "--gpu", "--workers", "1"]) == 2
+    assert f"--out {out}: the folder" in capsys.readouterr().err
 
 
 def test_score_checks_json_and_maps_before_scoring(tiny_checkpoint, phantom_dir, tmp_path, capsys):
@@ -87,9 +96,14 @@ def test_score_checks_json_and_maps_before_scoring(tiny_checkpoint, phantom_dir,
     assert f"--maps {blocker} is a file: give a folder" in capsys.readouterr().err
 
 
-def test_query_png_needs_a_scan(tmp_path, capsys):
+def test_query_png_needs_a_scan_and_may_go_to_a_new_folder(tmp_path, capsys):
     assert main(["query", str(tmp_path), "--png", str(tmp_path / "h.png")]) == 2
     assert "--png draws one scan: give --scan SCAN_ID too" in capsys.readouterr().err
+    from patchrank.pipeline.commands.options import output_file
+
+    output_file(str(tmp_path / "new" / "h.png"), "--png", new_folder=True)  # its writer creates the folder
+    with pytest.raises(ValueError, match="the folder .* does not exist"):
+        output_file(str(tmp_path / "new" / "h.png"), "--png")
 
 
 def test_an_unknown_setting_names_the_nested_one(phantom_dir, tmp_path, capsys):
