@@ -95,10 +95,8 @@ def output_file(path: str, flag: str, *, new_folder: bool = False) -> None:
     if p.is_dir():
         raise ValueError(f"{flag} {path} is a folder: give a file name")
     parent = p.resolve().parent
-    if new_folder:
-        output_folder(str(parent), flag)
-        return
-    if not parent.is_dir():
+    if not new_folder and not parent.is_dir():
         raise ValueError(f"{flag} {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK) or (p.exists() and not os.access(p, os.W_OK)):
+    output_folder(str(parent), flag)
+    if p.exists() and not os.access(p, os.W_OK):
         raise ValueError(f"{flag} {path}: no permission to write it")

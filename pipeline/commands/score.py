@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 from patchrank.pipeline.commands.options import add_modality_args, add_quiet_arg, number, output_file, output_folder
@@ -148,15 +149,11 @@ def run(args: argparse.Namespace) -> int:
         why = "see the skipped lines above" if skipped else "no scan files found"
         raise ValueError(f"no scans to score in {', '.join(map(str, args.paths))} ({why})")
     if not ok:
-        import sys
-
         print(
             f"patchrank score: none of the {len(results)} scans could be scored (see the FAILED lines)", file=sys.stderr
         )
         return 1
     if n_failed:
-        import sys
-
         print(f"patchrank score: {n_failed} of {len(results)} scans could not be scored (see the FAILED lines)",
               file=sys.stderr)  # fmt: skip
     return 0

@@ -111,11 +111,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--address trains on a Ray cluster: give --workers N (N >= 1) too")
     if args.storage and args.workers == 0:
         raise ValueError("--storage keeps Ray Train's runs: give --workers N (N >= 1) too")
-    if args.gpu and args.workers == 0:  # Ray Train's GPUs may be on other nodes
-        import torch
+    if args.workers == 0:  # Ray Train's GPUs may be on other nodes
+        from patchrank.pipeline.training.local import pick_device
 
-        if not torch.cuda.is_available():
-            raise ValueError("--gpu given but torch sees no CUDA device")
+        pick_device(args.gpu)
     output_file(args.out, "--out")
     cfg, preset = config_from_args(args)
     print(f"preset {preset}" + ("" if args.preset else " (chosen from the data; --preset overrides)"))
